@@ -1,0 +1,287 @@
+//! `nestr demo`: builds a real sample workspace — four local "remote" git repositories with a few
+//! commits each, and a manifest with cross-repository service dependencies — then shows the git
+//! side of nestr on it: assemble, an upstream change, status, sync, lock.
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use git2::{Repository, Signature};
+
+use super::render::{Tone, Ui};
+use super::{CliError, ExitCode, Jobs};
+use crate::workspace::{Location, Workspace};
+
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Folder to create the demo in (replaced if it holds an earlier demo).
+    #[arg(long, value_name = "DIR", default_value = "nestr-demo")]
+    pub dir: PathBuf,
+}
+
+const MARKER: &str = ".nestr-demo";
+
+struct SampleRepo {
+    name: &'static str,
+    files: &'static [(&'static str, &'static str)],
+}
+
+const REPOS: &[SampleRepo] = &[
+    SampleRepo {
+        name: "shared-lib",
+        files: &[
+            (
+                "Makefile",
+                "build:\n\t@echo building shared-lib\n\ntest:\n\t@echo 'test shared-lib ... ok'\n",
+            ),
+            ("README.md", "# shared-lib\nCode every service uses.\n"),
+        ],
+    },
+    SampleRepo {
+        name: "api",
+        files: &[
+            (
+                "Makefile",
+                "build:\n\t@echo building api\n\ntest:\n\t@echo 'test api ... ok'\n",
+            ),
+            ("README.md", "# api\nThe HTTP API.\n"),
+        ],
+    },
+    SampleRepo {
+        name: "worker",
+        files: &[
+            (
+                "Makefile",
+                "build:\n\t@echo building worker\n\ntest:\n\t@echo 'test worker ... ok'\n",
+            ),
+            ("README.md", "# worker\nBackground jobs.\n"),
+        ],
+    },
+    SampleRepo {
+        name: "web",
+        files: &[
+            (
+                "Makefile",
+                "build:\n\t@echo building web\n\ntest:\n\t@echo 'test web ... ok'\n",
+            ),
+            ("README.md", "# web\nThe web front end.\n"),
+        ],
+    },
+];
+
+const MANIFEST: &str = r#"# The nestr demo workspace (made by `nestr demo`).
+[workspace]
+name = "demo-shop"
+description = "Four repositories, four services, dependencies across repositories"
+
+[repos.shared-lib]
+url = "../remotes/shared-lib.git"
+branch = "main"
+
+[repos.api]
+url = "../remotes/api.git"
+branch = "main"
+path = "services/api"
+
+[repos.worker]
+url = "../remotes/worker.git"
+tag = "v1.0.0"
+path = "services/worker"
+
+[repos.web]
+url = "../remotes/web.git"
+
+[services.shared]
+repo = "shared-lib"
+tags = ["lib"]
+
+[services.api]
+repo = "api"
+depends_on = ["shared"]
+tags = ["backend"]
+
+[services.worker]
+repo = "worker"
+depends_on = ["shared"]
+tags = ["backend"]
+
+[services.web]
+repo = "web"
+depends_on = ["api"]
+tags = ["frontend"]
+
+[operations.build]
+plugin = "command"
+config = { run = [["make", "build"]] }
+
+[operations.test]
+plugin = "command"
+config = { run = [["make", "test"]] }
+
+[plugins.command]
+grants = { exec = ["make", "sh"], env = ["PATH"] }
+"#;
+
+pub fn run(args: DemoArgs, ui: &Ui) -> Result<ExitCode, CliError> {
+    let cwd = std::env::current_dir()
+        .map_err(|e| CliError::usage(format!("cannot read the current folder: {e}")))?;
+    let dir = cwd.join(&args.dir);
+    prepare_dir(&dir)?;
+    let fail = |e: String| CliError::Plain {
+        message: e,
+        help: None,
+        code: ExitCode::Failed,
+    };
+
+    heading(
+        ui,
+        &format!(
+            "Creating sample repositories in {}",
+            dir.join("remotes").display()
+        ),
+    );
+    for repo in REPOS {
+        make_remote(
+            &dir.join("remotes").join(format!("{}.git", repo.name)),
+            repo,
+        )
+        .map_err(fail)?;
+        ui.note(&format!("  {}.git", repo.name));
+    }
+    let ws_dir = dir.join("workspace");
+    std::fs::create_dir_all(&ws_dir)
+        .and_then(|()| std::fs::write(ws_dir.join("nestr.toml"), MANIFEST))
+        .map_err(|e| fail(format!("cannot write the demo manifest: {e}")))?;
+
+    let location = Location {
+        manifest: Some(ws_dir.join("nestr.toml")),
+        state: None,
+        cwd,
+    };
+    let mut ws = Workspace::load(&location)?;
+    let jobs = Jobs { jobs: 4 };
+
+    heading(ui, "nestr assemble");
+    super::assemble::run(
+        &mut ws,
+        super::assemble::AssembleArgs {
+            jobs,
+            locked: false,
+            json: false,
+        },
+        ui,
+    )?;
+
+    heading(
+        ui,
+        "Meanwhile, teammates push to api and shared-lib; you edit shared-lib locally",
+    );
+    for (repo, change) in [
+        ("api", "api: faster endpoints"),
+        ("shared-lib", "shared-lib: new helper"),
+    ] {
+        let remote = dir.join("remotes").join(format!("{repo}.git"));
+        commit(&remote, &[("CHANGES", &format!("{change}\n"))], change).map_err(fail)?;
+    }
+    std::fs::write(
+        ws_dir.join("shared-lib/README.md"),
+        "# shared-lib\nwork in progress\n",
+    )
+    .map_err(|e| fail(e.to_string()))?;
+
+    heading(ui, "nestr sync");
+    super::sync::run(
+        &mut ws,
+        super::sync::SyncArgs {
+            jobs,
+            atomic: false,
+            locked: false,
+            json: false,
+        },
+        ui,
+    )?;
+
+    heading(ui, "nestr status");
+    super::status::run(&ws, super::status::StatusArgs { jobs, json: false }, ui)?;
+
+    heading(ui, "nestr services");
+    super::services::run(&ws, super::services::ServicesArgs { json: false }, ui)?;
+
+    heading(ui, "nestr lock");
+    super::lock::run(&ws, super::lock::LockArgs {}, ui)?;
+
+    println!(
+        "\n{} The demo workspace is at {}\n  cd {} && nestr status --json\n",
+        ui.paint(Tone::Good, "Done."),
+        ws_dir.display(),
+        ws_dir.display()
+    );
+    Ok(ExitCode::Ok)
+}
+
+fn heading(ui: &Ui, text: &str) {
+    println!("\n{}", ui.paint(Tone::Bold, &format!("── {text}")));
+}
+
+fn prepare_dir(dir: &Path) -> Result<(), CliError> {
+    if dir.exists() {
+        if !dir.join(MARKER).exists() {
+            return Err(CliError::usage(format!(
+                "{} exists and is not an earlier nestr demo; nothing was changed. Choose another \
+                 folder with --dir",
+                dir.display()
+            )));
+        }
+        std::fs::remove_dir_all(dir)
+            .map_err(|e| CliError::usage(format!("cannot remove the old demo: {e}")))?;
+    }
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::write(dir.join(MARKER), "made by `nestr demo`\n"))
+        .map_err(|e| CliError::usage(format!("cannot create {}: {e}", dir.display())))
+}
+
+/// A bare repository with two commits on `main` (and tag v1.0.0 on the first).
+fn make_remote(path: &Path, repo: &SampleRepo) -> Result<(), String> {
+    let git = Repository::init_bare(path).map_err(|e| e.message().to_string())?;
+    git.set_head("refs/heads/main")
+        .map_err(|e| e.message().to_string())?;
+    let first = commit(path, repo.files, &format!("{}: first version", repo.name))?;
+    let object = git
+        .find_object(first, None)
+        .map_err(|e| e.message().to_string())?;
+    git.tag_lightweight("v1.0.0", &object, false)
+        .map_err(|e| e.message().to_string())?;
+    commit(
+        path,
+        &[("VERSION", "1.1.0\n")],
+        &format!("{}: version 1.1.0", repo.name),
+    )?;
+    Ok(())
+}
+
+/// Adds a commit on `main` of the bare repository at `path` with `files` written at its root.
+fn commit(path: &Path, files: &[(&str, &str)], message: &str) -> Result<git2::Oid, String> {
+    let err = |e: git2::Error| e.message().to_string();
+    let git = Repository::open_bare(path).map_err(err)?;
+    let parent = git
+        .find_reference("refs/heads/main")
+        .ok()
+        .and_then(|r| r.peel_to_commit().ok());
+    let base = parent.as_ref().and_then(|p| p.tree().ok());
+    let mut tree = git.treebuilder(base.as_ref()).map_err(err)?;
+    for (name, content) in files {
+        let blob = git.blob(content.as_bytes()).map_err(err)?;
+        tree.insert(name, blob, 0o100_644).map_err(err)?;
+    }
+    let tree = git.find_tree(tree.write().map_err(err)?).map_err(err)?;
+    let sig = Signature::now("nestr demo", "demo@nestr.invalid").map_err(err)?;
+    let parents: Vec<&git2::Commit<'_>> = parent.iter().collect();
+    git.commit(
+        Some("refs/heads/main"),
+        &sig,
+        &sig,
+        message,
+        &tree,
+        &parents,
+    )
+    .map_err(err)
+}

@@ -1,0 +1,124 @@
+//! The `nestr` command line: argument definitions (clap derive), global options, dispatch to
+//! one file per subcommand, and the mapping of errors to exit codes ([`exit`]).
+
+mod assemble;
+pub mod demo;
+pub mod exit;
+mod init;
+mod lock;
+pub mod render;
+mod services;
+mod status;
+mod sync;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::workspace::{Location, Workspace, WorkspaceError};
+pub use exit::{CliError, ExitCode};
+use render::Ui;
+
+/// nestr — one place that knows your whole multi-repository workspace.
+#[derive(Debug, Parser)]
+#[command(
+    name = "nestr",
+    version,
+    about,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every subcommand takes.
+#[derive(Debug, Args)]
+pub struct Global {
+    /// The manifest to use (default: nestr.toml in this folder or the nearest one above it).
+    #[arg(long, global = true, value_name = "PATH", env = "NESTR_MANIFEST")]
+    pub manifest: Option<PathBuf>,
+    /// Folder for nestr's state database (default: .nestr/ beside the manifest).
+    #[arg(long, global = true, value_name = "DIR", env = "NESTR_STATE")]
+    pub state: Option<PathBuf>,
+    /// More log output (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+    /// Print only errors and the requested data.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+    /// When to use colour (NO_COLOR in the environment means never, unless `always`).
+    #[arg(long, global = true, value_enum, default_value_t = ColorChoice::Auto, value_name = "WHEN")]
+    pub color: ColorChoice,
+    /// Format of log lines on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Pretty, value_name = "FORMAT")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ColorChoice {
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Pretty,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Write a commented starter nestr.toml in this folder.
+    Init(init::InitArgs),
+    /// Clone every missing repository and check out its pin.
+    Assemble(assemble::AssembleArgs),
+    /// Fetch every repository and fast-forward those that can be updated without losing work.
+    Sync(sync::SyncArgs),
+    /// Show where every repository stands: branch, head, ahead/behind, uncommitted changes.
+    Status(status::StatusArgs),
+    /// Write nestr.lock with the exact commit of every repository.
+    Lock(lock::LockArgs),
+    /// List the services with their repository, path, dependencies, tags and operations.
+    Services(services::ServicesArgs),
+    /// Create a sample workspace of local git repositories and assemble it.
+    Demo(demo::DemoArgs),
+}
+
+/// Runs the parsed command line.
+pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
+    let ui = Ui::new(&cli.global);
+    let cwd = std::env::current_dir()
+        .map_err(|e| CliError::usage(format!("cannot read the current folder: {e}")))?;
+    let location = Location {
+        manifest: cli.global.manifest.clone(),
+        state: cli.global.state.clone(),
+        cwd,
+    };
+    match cli.command {
+        Command::Init(args) => init::run(&location, args, &ui),
+        Command::Demo(args) => demo::run(args, &ui),
+        Command::Assemble(args) => assemble::run(&mut load(&location)?, args, &ui),
+        Command::Sync(args) => sync::run(&mut load(&location)?, args, &ui),
+        Command::Status(args) => status::run(&load(&location)?, args, &ui),
+        Command::Lock(args) => lock::run(&load(&location)?, args, &ui),
+        Command::Services(args) => services::run(&load(&location)?, args, &ui),
+    }
+}
+
+fn load(location: &Location) -> Result<Workspace, WorkspaceError> {
+    Workspace::load(location)
+}
+
+/// `-j N`: how many repositories at once.
+#[derive(Debug, Args, Clone, Copy)]
+pub struct Jobs {
+    /// How many repositories to work on at once.
+    #[arg(short = 'j', long = "jobs", value_name = "N", default_value_t = 4,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub jobs: u16,
+}

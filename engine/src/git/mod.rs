@@ -1,0 +1,324 @@
+//! Git through libgit2 (git2): assembling the workspace (clone), keeping it in sync (fetch and
+//! safe fast-forward), reporting drift (status) and pinning it (lock). This module owns the
+//! pieces they share: remote callbacks that never prompt for credentials, progress reporting,
+//! URL resolution, error wording, and the parallel runner.
+//!
+//! libgit2 never runs hooks and this module never recurses into submodules.
+
+mod assemble;
+mod lock;
+mod status;
+mod sync;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use git2::{CredentialType, ErrorClass, ErrorCode, FetchOptions, RemoteCallbacks, Repository};
+use serde::Serialize;
+
+pub use assemble::assemble_one;
+pub use lock::{LOCK_FILE, LockEntry, Lockfile};
+pub use status::{RepoState, RepoStatus, status_of};
+pub use sync::{FetchInfo, fetch_one, update_one};
+
+use crate::manifest::{Manifest, Repo};
+use crate::redact;
+pub use crate::store::SyncResult;
+
+/// What happened to one repository in an assemble or sync.
+#[derive(Debug, Clone, Serialize)]
+pub struct RepoOutcome {
+    pub name: String,
+    pub result: SyncResult,
+    /// Why, and what to do when something needs the user (already redacted).
+    pub message: String,
+    pub old_head: Option<String>,
+    pub head: Option<String>,
+    pub branch: Option<String>,
+}
+
+impl RepoOutcome {
+    pub(crate) fn new(repo: &Repo, result: SyncResult, message: impl AsRef<str>) -> Self {
+        RepoOutcome {
+            name: repo.name.clone(),
+            result,
+            message: redact::text(message.as_ref()),
+            old_head: None,
+            head: None,
+            branch: None,
+        }
+    }
+
+    pub(crate) fn failed(repo: &Repo, message: impl AsRef<str>) -> Self {
+        Self::new(repo, SyncResult::Failed, message)
+    }
+
+    pub(crate) fn heads(mut self, old: Option<git2::Oid>, new: Option<git2::Oid>) -> Self {
+        self.old_head = old.map(|o| o.to_string());
+        self.head = new.map(|o| o.to_string());
+        self
+    }
+}
+
+/// Receives progress while repositories are cloned or fetched. Implementations must be cheap:
+/// they are called from libgit2's transfer callbacks.
+pub trait Progress: Sync {
+    /// Work on `repo` starts (`cloning`, `fetching`).
+    fn start(&self, _repo: &str, _what: &str) {}
+    /// Objects received so far, of `total`, and bytes received.
+    fn transfer(&self, _repo: &str, _received: usize, _total: usize, _bytes: usize) {}
+    /// Work on `repo` ended with this outcome.
+    fn finish(&self, _outcome: &RepoOutcome) {}
+}
+
+/// Progress that shows nothing.
+pub struct NoProgress;
+impl Progress for NoProgress {}
+
+/// Runs `f` on every item with at most `jobs` threads; results keep the items' order.
+pub fn parallel<T: Sync, R: Send>(items: &[T], jobs: usize, f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+    let jobs = jobs.clamp(1, items.len().max(1));
+    if jobs == 1 {
+        return items.iter().map(f).collect();
+    }
+    let next = AtomicUsize::new(0);
+    let mut results: Vec<Option<R>> = Vec::with_capacity(items.len());
+    results.resize_with(items.len(), || None);
+    let slots = std::sync::Mutex::new(&mut results);
+    std::thread::scope(|s| {
+        for _ in 0..jobs {
+            s.spawn(|| {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(item) = items.get(i) else { break };
+                    let r = f(item);
+                    if let Ok(mut slots) = slots.lock() {
+                        slots[i] = Some(r);
+                    }
+                }
+            });
+        }
+    });
+    results.into_iter().flatten().collect()
+}
+
+/// The URL or path libgit2 should use: relative local paths are taken from the workspace root.
+pub fn resolve_url(root: &Path, url: &str) -> String {
+    if url.contains("://") || is_scp_like(url) {
+        return url.to_string();
+    }
+    let p = Path::new(url);
+    if p.is_absolute() {
+        url.to_string()
+    } else {
+        root.join(p).to_string_lossy().into_owned()
+    }
+}
+
+/// `user@host:path` or `host:path` (a colon before any slash), as git reads it.
+fn is_scp_like(url: &str) -> bool {
+    match (url.find(':'), url.find('/')) {
+        (Some(colon), Some(slash)) => colon < slash && colon > 1,
+        (Some(colon), None) => colon > 1,
+        _ => false,
+    }
+}
+
+/// A comparable form of a remote URL: credentials and `file://` dropped, local paths made
+/// canonical, trailing `/` and `.git` trimmed.
+pub(crate) fn normalize_remote(root: &Path, url: &str) -> String {
+    let resolved = resolve_url(root, url);
+    let local = resolved.strip_prefix("file://").unwrap_or(&resolved);
+    if !resolved.contains("://") || resolved.starts_with("file://") {
+        if let Ok(canon) = std::fs::canonicalize(local) {
+            return trim_git(&canon.to_string_lossy()).to_string();
+        }
+        return trim_git(local).to_string();
+    }
+    let without_creds = match resolved.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_once('/').unwrap_or((rest, ""));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+            format!(
+                "{}://{}/{}",
+                scheme.to_ascii_lowercase(),
+                host.to_ascii_lowercase(),
+                path
+            )
+        }
+        None => resolved.clone(),
+    };
+    trim_git(&without_creds).to_string()
+}
+
+fn trim_git(s: &str) -> &str {
+    let s = s.trim_end_matches('/');
+    s.strip_suffix(".git").unwrap_or(s)
+}
+
+/// Fetch options with non-interactive credentials (one attempt per method, never a prompt) and
+/// progress reported for `repo`.
+pub(crate) fn fetch_options<'a>(repo: &'a str, progress: &'a dyn Progress) -> FetchOptions<'a> {
+    let mut callbacks = RemoteCallbacks::new();
+    let mut tried = CredentialType::empty();
+    callbacks.credentials(move |url, username, allowed| {
+        let user = username.unwrap_or("git");
+        if allowed.contains(CredentialType::SSH_KEY)
+            && !tried.contains(CredentialType::SSH_KEY)
+            && std::env::var_os("SSH_AUTH_SOCK").is_some()
+        {
+            tried |= CredentialType::SSH_KEY;
+            return git2::Cred::ssh_key_from_agent(user);
+        }
+        if allowed.contains(CredentialType::USER_PASS_PLAINTEXT)
+            && !tried.contains(CredentialType::USER_PASS_PLAINTEXT)
+        {
+            tried |= CredentialType::USER_PASS_PLAINTEXT;
+            if let Ok(config) = git2::Config::open_default()
+                && let Ok(cred) = git2::Cred::credential_helper(&config, url, username)
+            {
+                return Ok(cred);
+            }
+        }
+        if allowed.contains(CredentialType::USERNAME) && !tried.contains(CredentialType::USERNAME) {
+            tried |= CredentialType::USERNAME;
+            return git2::Cred::username(user);
+        }
+        Err(git2::Error::new(
+            ErrorCode::Auth,
+            ErrorClass::Net,
+            "authentication failed (nestr never prompts for credentials)",
+        ))
+    });
+    callbacks.transfer_progress(move |stats| {
+        progress.transfer(
+            repo,
+            stats.received_objects(),
+            stats.total_objects(),
+            stats.received_bytes(),
+        );
+        true
+    });
+    let mut options = FetchOptions::new();
+    options.remote_callbacks(callbacks);
+    options
+}
+
+/// Words a libgit2 error for the user, with what to do, credentials masked.
+pub(crate) fn explain(e: &git2::Error, url: &str) -> String {
+    let shown = redact::url(url);
+    let msg = e.message().trim_end_matches('.');
+    let text = if e.code() == ErrorCode::Auth
+        || e.class() == ErrorClass::Ssh
+        || msg.contains("authentication")
+        || msg.contains("401")
+        || msg.contains("403")
+    {
+        format!(
+            "authentication failed for {shown}: {msg}; nestr never prompts: use an SSH agent \
+             (SSH_AUTH_SOCK), a git credential helper, or a token in the URL"
+        )
+    } else if e.class() == ErrorClass::Net || e.class() == ErrorClass::Http {
+        format!("cannot reach {shown}: {msg}")
+    } else if msg.contains("could not find repository")
+        || msg.contains("failed to resolve path")
+        || (e.code() == ErrorCode::NotFound && e.class() == ErrorClass::Os)
+    {
+        format!("no repository at {shown}: {msg}; check the url in nestr.toml")
+    } else {
+        format!("{msg} ({shown})")
+    };
+    redact::text(&text)
+}
+
+/// Opens the repository whose work tree is exactly `dir` (never a parent's).
+pub(crate) fn open_exact(dir: &Path) -> Option<Repository> {
+    let repo = Repository::open_ext(
+        dir,
+        git2::RepositoryOpenFlags::NO_SEARCH,
+        std::iter::empty::<&Path>(),
+    )
+    .ok()?;
+    let workdir = repo.workdir()?;
+    let same = match (std::fs::canonicalize(workdir), std::fs::canonicalize(dir)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    same.then_some(repo)
+}
+
+/// The absolute folder of `repo`, refused when it leaves the workspace through a symlink.
+pub(crate) fn safe_repo_dir(manifest: &Manifest, repo: &Repo) -> Result<PathBuf, String> {
+    let dir = manifest.repo_dir(repo);
+    let root = std::fs::canonicalize(&manifest.root)
+        .map_err(|e| format!("cannot resolve the workspace folder: {e}"))?;
+    let mut existing = dir.as_path();
+    while !existing.exists() {
+        match existing.parent() {
+            Some(p) => existing = p,
+            None => break,
+        }
+    }
+    let real = std::fs::canonicalize(existing)
+        .map_err(|e| format!("cannot resolve {}: {e}", existing.display()))?;
+    if !real.starts_with(&root) {
+        return Err(format!(
+            "{}:{}: path `{}` of repository `{}` leads outside the workspace folder (through a \
+             symbolic link to {}); give it a path inside the workspace",
+            manifest.path.display(),
+            repo.line,
+            repo.path.display(),
+            repo.name,
+            real.display()
+        ));
+    }
+    Ok(dir)
+}
+
+/// The commit HEAD points at, if any.
+pub(crate) fn head_oid(repo: &Repository) -> Option<git2::Oid> {
+    repo.head().ok().and_then(|h| h.target())
+}
+
+/// Short form of an id for messages.
+pub(crate) fn short(oid: git2::Oid) -> String {
+    oid.to_string()[..10].to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scp_like_and_relative_urls() {
+        let root = Path::new("/ws");
+        assert_eq!(
+            resolve_url(root, "git@host:org/repo.git"),
+            "git@host:org/repo.git"
+        );
+        assert_eq!(resolve_url(root, "https://h/r.git"), "https://h/r.git");
+        assert_eq!(
+            resolve_url(root, "../remotes/a.git"),
+            "/ws/../remotes/a.git"
+        );
+        assert_eq!(resolve_url(root, "/abs/a.git"), "/abs/a.git");
+    }
+
+    #[test]
+    fn normalized_remotes_ignore_credentials_and_suffix() {
+        let root = Path::new("/ws");
+        assert_eq!(
+            normalize_remote(root, "https://u:t@Host.example/org/r.git"),
+            normalize_remote(root, "https://host.example/org/r")
+        );
+    }
+
+    #[test]
+    fn parallel_keeps_order() {
+        let items: Vec<usize> = (0..50).collect();
+        assert_eq!(
+            parallel(&items, 4, |i| i * 2),
+            items.iter().map(|i| i * 2).collect::<Vec<_>>()
+        );
+    }
+}

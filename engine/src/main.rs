@@ -1,0 +1,81 @@
+//! The `nestr` binary: parse arguments, set up logging, run the command, and map its outcome to
+//! an exit code (docs/cli.md). All the work happens in the library.
+
+use std::io::IsTerminal;
+
+use clap::Parser;
+use miette::{GraphicalReportHandler, GraphicalTheme};
+use nestr::cli::render::{Tone, paint};
+use nestr::cli::{self, Cli, CliError, ColorChoice, Global, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(&cli.global);
+    let color = stderr_color(&cli.global);
+    let code = match cli::run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            report(&e, color);
+            e.exit_code()
+        }
+    };
+    std::process::exit(code.code());
+}
+
+fn stderr_color(g: &Global) -> bool {
+    match g.color {
+        ColorChoice::Always => true,
+        ColorChoice::Never => false,
+        ColorChoice::Auto => {
+            std::io::stderr().is_terminal()
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        }
+    }
+}
+
+fn init_logging(g: &Global) {
+    let default = match (g.quiet, g.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "info",
+        (false, 2) => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_env("NESTR_LOG").unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match g.log_format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Pretty => builder.with_ansi(stderr_color(g)).try_init(),
+    };
+}
+
+fn report(e: &CliError, color: bool) {
+    match e {
+        CliError::Manifest(m) => {
+            let theme = if color {
+                GraphicalTheme::unicode()
+            } else {
+                GraphicalTheme::unicode_nocolor()
+            };
+            let handler = GraphicalReportHandler::new_themed(theme).with_wrap_lines(false);
+            let mut out = String::new();
+            if handler.render_report(&mut out, m.as_ref()).is_err() {
+                out = m.to_string();
+            }
+            eprint!("{out}");
+        }
+        CliError::Plain { message, help, .. } => {
+            eprintln!(
+                "{} {}",
+                paint(color, Tone::Bad, "error:"),
+                nestr::redact::text(message)
+            );
+            if let Some(h) = help {
+                eprintln!("{} {h}", paint(color, Tone::Info, "help:"));
+            }
+        }
+    }
+}

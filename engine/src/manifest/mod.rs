@@ -1,0 +1,271 @@
+//! The workspace manifest, `nestr.toml`: discovery (search upward from a folder), parsing, and
+//! validation into the typed model the rest of the engine uses. No I/O beyond reading the file.
+//!
+//! Every problem is reported with the file, line and column at fault and what to write instead
+//! (see [`diagnostic`]). The format is documented in `docs/manifest.md`.
+
+pub mod diagnostic;
+mod raw;
+mod validate;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indexmap::IndexMap;
+use serde::Serialize;
+
+pub use diagnostic::{InvalidManifest, Problem};
+pub use validate::valid_name;
+
+/// The file name nestr looks for.
+pub const FILE_NAME: &str = "nestr.toml";
+
+/// Plugins compiled into the engine; they need no `path`, only grants.
+pub const BUILTIN_PLUGINS: &[&str] = &["command", "cargo", "npm", "http-deploy"];
+
+/// A validated manifest.
+#[derive(Debug, Clone)]
+pub struct Manifest {
+    /// Absolute path of the manifest file.
+    pub path: PathBuf,
+    /// The folder holding the manifest: the workspace root.
+    pub root: PathBuf,
+    pub name: String,
+    pub description: Option<String>,
+    /// Repositories in manifest order.
+    pub repos: Vec<Repo>,
+    /// Services in manifest order.
+    pub services: Vec<Service>,
+    /// Workspace-wide operation defaults, used by services that do not define their own.
+    pub operations: IndexMap<String, OperationSpec>,
+    /// Plugin declarations (built-in plugins appear only when given grants).
+    pub plugins: IndexMap<String, PluginDecl>,
+}
+
+/// A repository of the workspace.
+#[derive(Debug, Clone, Serialize)]
+pub struct Repo {
+    pub name: String,
+    /// As written in the manifest (may carry credentials: show it through `redact`).
+    #[serde(skip)]
+    pub url: String,
+    pub pin: Pin,
+    /// Relative to the workspace root, normalised (no `.`, no trailing `/`).
+    pub path: PathBuf,
+    /// Line of the `[repos.NAME]` header, for messages that point back at the manifest.
+    #[serde(skip)]
+    pub line: usize,
+}
+
+/// What a repository is checked out at.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "value", rename_all = "lowercase")]
+pub enum Pin {
+    /// The remote's default branch.
+    Default,
+    Branch(String),
+    Tag(String),
+    /// A full 40-hex commit id, lower case.
+    Rev(String),
+}
+
+impl Pin {
+    /// `branch main`, `tag v1`, `rev 0123…`, `default branch`.
+    pub fn describe(&self) -> String {
+        match self {
+            Pin::Default => "the remote's default branch".to_string(),
+            Pin::Branch(b) => format!("branch {b}"),
+            Pin::Tag(t) => format!("tag {t}"),
+            Pin::Rev(r) => format!("rev {r}"),
+        }
+    }
+}
+
+/// A service: a folder inside a repository with operations and dependencies.
+#[derive(Debug, Clone, Serialize)]
+pub struct Service {
+    pub name: String,
+    pub repo: String,
+    /// Relative to the repository's folder; `.` for the repository itself.
+    pub path: PathBuf,
+    pub depends_on: Vec<String>,
+    pub tags: Vec<String>,
+    /// Operations the service defines itself.
+    pub operations: IndexMap<String, OperationSpec>,
+}
+
+/// Which plugin runs an operation, with what configuration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct OperationSpec {
+    pub plugin: String,
+    /// The `config` table as JSON (an object; empty when absent).
+    pub config: serde_json::Value,
+    /// At most this many steps of the operation run at once, when set.
+    pub concurrency: Option<u32>,
+}
+
+/// A `[plugins.NAME]` entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginDecl {
+    pub name: String,
+    pub source: PluginSource,
+    pub grants: Grants,
+}
+
+/// Where a plugin's code comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum PluginSource {
+    Builtin,
+    File {
+        /// As written; relative paths are relative to the workspace root.
+        path: PathBuf,
+        /// Expected sha256 of the file, lower-case hex.
+        sha256: Option<String>,
+    },
+}
+
+/// Capabilities the workspace owner grants a plugin.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Grants {
+    pub exec: Vec<ExecGrant>,
+    pub env: Vec<String>,
+    pub secrets: Vec<String>,
+    /// Origins, `scheme://host[:port]`.
+    pub http: Vec<String>,
+    pub fs: FsGrant,
+    pub memory_mb: Option<u64>,
+    #[serde(with = "duration_secs")]
+    pub timeout: Option<Duration>,
+}
+
+/// A program a plugin may run, optionally restricted to argument patterns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ExecGrant {
+    /// A program name (looked up on PATH) or an absolute path.
+    pub program: String,
+    /// Glob patterns every argument must match; empty means any arguments.
+    pub args: Vec<String>,
+}
+
+/// The plugin's own view of the service folder.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FsGrant {
+    None,
+    #[default]
+    ReadOnly,
+    ReadWrite,
+}
+
+mod duration_secs {
+    use std::time::Duration;
+
+    pub fn serialize<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
+}
+
+/// Why a manifest could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("no {FILE_NAME} in {} or any folder above it", start.display())]
+    NotFound { start: PathBuf },
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Invalid(#[from] InvalidManifest),
+}
+
+impl ManifestError {
+    /// What the user should do about it.
+    pub fn help(&self) -> Option<String> {
+        match self {
+            ManifestError::NotFound { .. } => Some(format!(
+                "run `nestr init` to create a {FILE_NAME} here, or pass --manifest PATH"
+            )),
+            ManifestError::Read { .. } => {
+                Some("check that the path is right and the file is readable".to_string())
+            }
+            ManifestError::Invalid(_) => None,
+        }
+    }
+}
+
+/// Searches `start` and its ancestors for a `nestr.toml`.
+pub fn discover(start: &Path) -> Result<PathBuf, ManifestError> {
+    let mut dir = Some(start);
+    while let Some(d) = dir {
+        let candidate = d.join(FILE_NAME);
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+        dir = d.parent();
+    }
+    Err(ManifestError::NotFound {
+        start: start.to_path_buf(),
+    })
+}
+
+/// Reads and validates the manifest at `path`.
+pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+    let source = std::fs::read_to_string(path).map_err(|source| ManifestError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let abs = std::path::absolute(path).map_err(|source| ManifestError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let manifest = parse(&abs, &source)?;
+    Ok(manifest)
+}
+
+/// Validates manifest `source` as if read from `path` (which must be absolute).
+pub fn parse(path: &Path, source: &str) -> Result<Manifest, InvalidManifest> {
+    let manifest = validate::validate(path, source)?;
+    for repo in &manifest.repos {
+        crate::redact::register_url(&repo.url);
+    }
+    Ok(manifest)
+}
+
+impl Manifest {
+    pub fn repo(&self, name: &str) -> Option<&Repo> {
+        self.repos.iter().find(|r| r.name == name)
+    }
+
+    pub fn service(&self, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.name == name)
+    }
+
+    /// The absolute folder of a repository.
+    pub fn repo_dir(&self, repo: &Repo) -> PathBuf {
+        self.root.join(&repo.path)
+    }
+
+    /// The operation `op` of `service`: its own, else the workspace default.
+    pub fn operation<'a>(&'a self, service: &'a Service, op: &str) -> Option<&'a OperationSpec> {
+        service
+            .operations
+            .get(op)
+            .or_else(|| self.operations.get(op))
+    }
+
+    /// Names of every operation `service` can run (own first, then workspace defaults).
+    pub fn operation_names(&self, service: &Service) -> Vec<String> {
+        let mut names: Vec<String> = service.operations.keys().cloned().collect();
+        for k in self.operations.keys() {
+            if !names.contains(k) {
+                names.push(k.clone());
+            }
+        }
+        names
+    }
+}

@@ -1,0 +1,85 @@
+//! The manifest exactly as written: serde structures that keep the source span of every key and
+//! value so that validation can point at the line and column at fault. Unknown keys are refused
+//! here (by `deny_unknown_fields`); meaning is checked in `validate`.
+
+use indexmap::IndexMap;
+use serde::Deserialize;
+use toml::Spanned;
+
+pub(crate) type Named<T> = IndexMap<Spanned<String>, Spanned<T>>;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawManifest {
+    pub workspace: Spanned<RawWorkspace>,
+    #[serde(default)]
+    pub repos: Named<RawRepo>,
+    #[serde(default)]
+    pub services: Named<RawService>,
+    #[serde(default)]
+    pub operations: Named<RawOperation>,
+    #[serde(default)]
+    pub plugins: Named<RawPlugin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawWorkspace {
+    pub name: Spanned<String>,
+    pub description: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawRepo {
+    pub url: Spanned<String>,
+    pub branch: Option<Spanned<String>>,
+    pub tag: Option<Spanned<String>>,
+    pub rev: Option<Spanned<String>>,
+    pub path: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawService {
+    pub repo: Spanned<String>,
+    pub path: Option<Spanned<String>>,
+    #[serde(default)]
+    pub depends_on: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub tags: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub operations: Named<RawOperation>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawOperation {
+    pub plugin: Spanned<String>,
+    pub config: Option<Spanned<toml::Table>>,
+    pub concurrency: Option<Spanned<i64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPlugin {
+    pub path: Option<Spanned<String>>,
+    pub sha256: Option<Spanned<String>>,
+    pub grants: Option<Spanned<RawGrants>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawGrants {
+    #[serde(default)]
+    pub exec: Vec<Spanned<toml::Value>>,
+    #[serde(default)]
+    pub env: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub secrets: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub http: Vec<Spanned<String>>,
+    pub fs: Option<Spanned<String>>,
+    pub memory_mb: Option<Spanned<i64>>,
+    pub timeout: Option<Spanned<String>>,
+}

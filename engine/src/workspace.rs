@@ -1,0 +1,254 @@
+//! The facade the CLI and the API both call: find and load the manifest, open the store, and run
+//! the workspace-wide git actions (assemble, sync, status, lock), recording their results.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::git::{self, FetchInfo, LockEntry, Lockfile, Progress, RepoOutcome, RepoStatus};
+use crate::manifest::{self, Manifest, ManifestError};
+use crate::store::{RepoRecord, Store, StoreError, SyncAction, SyncResult};
+
+/// Name of the state folder beside the manifest.
+pub const STATE_DIR: &str = ".nestr";
+
+/// Why a workspace action could not run at all (per-repository failures are outcomes instead).
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A problem with `nestr.lock` or with what `--locked` needs.
+    #[error("{0}")]
+    Lock(String),
+}
+
+impl WorkspaceError {
+    pub fn help(&self) -> Option<String> {
+        match self {
+            WorkspaceError::Manifest(e) => e.help(),
+            WorkspaceError::Store(e) => e.help(),
+            WorkspaceError::Lock(_) => None,
+        }
+    }
+}
+
+/// Where to find the manifest and the state.
+#[derive(Debug, Clone, Default)]
+pub struct Location {
+    /// `--manifest PATH`; otherwise discovered upward from `cwd`.
+    pub manifest: Option<PathBuf>,
+    /// `--state DIR`; otherwise `.nestr/` beside the manifest.
+    pub state: Option<PathBuf>,
+    pub cwd: PathBuf,
+}
+
+/// A loaded workspace.
+pub struct Workspace {
+    pub manifest: Manifest,
+    state_dir: PathBuf,
+    store: Option<Store>,
+}
+
+impl Workspace {
+    /// Finds and validates the manifest. The store is opened on first use.
+    pub fn load(at: &Location) -> Result<Workspace, WorkspaceError> {
+        let path = match &at.manifest {
+            Some(p) => at.cwd.join(p),
+            None => manifest::discover(&at.cwd)?,
+        };
+        let manifest = manifest::load(&path)?;
+        tracing::info!(
+            manifest = %manifest.path.display(),
+            repos = manifest.repos.len(),
+            services = manifest.services.len(),
+            "loaded manifest"
+        );
+        let state_dir = match &at.state {
+            Some(s) => at.cwd.join(s),
+            None => manifest.root.join(STATE_DIR),
+        };
+        Ok(Workspace {
+            manifest,
+            state_dir,
+            store: None,
+        })
+    }
+
+    /// The folder holding `state.db`.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// The store, opened (and migrated) on first use.
+    pub fn store(&mut self) -> Result<&mut Store, StoreError> {
+        if self.store.is_none() {
+            self.store = Some(Store::open(&self.state_dir)?);
+        }
+        match self.store.as_mut() {
+            Some(s) => Ok(s),
+            None => unreachable!("store was just opened"),
+        }
+    }
+
+    fn locked_commits(&self, locked: bool) -> Result<Vec<Option<git2::Oid>>, WorkspaceError> {
+        if !locked {
+            return Ok(vec![None; self.manifest.repos.len()]);
+        }
+        let lock = Lockfile::read(&Lockfile::path(&self.manifest)).map_err(WorkspaceError::Lock)?;
+        self.manifest
+            .repos
+            .iter()
+            .map(|r| lock.commit(&r.name).map(Some).map_err(WorkspaceError::Lock))
+            .collect()
+    }
+
+    /// Clones every missing repository (at most `jobs` at once) and records the results.
+    pub fn assemble(
+        &mut self,
+        jobs: usize,
+        locked: bool,
+        progress: &dyn Progress,
+    ) -> Result<Vec<RepoOutcome>, WorkspaceError> {
+        let commits = self.locked_commits(locked)?;
+        tracing::info!(jobs, locked, "assemble");
+        let items: Vec<_> = self.manifest.repos.iter().zip(commits).collect();
+        let manifest = &self.manifest;
+        let outcomes = git::parallel(&items, jobs, |(repo, commit)| {
+            let o = git::assemble_one(manifest, repo, *commit, progress);
+            progress.finish(&o);
+            o
+        });
+        self.record(SyncAction::Assemble, &outcomes)?;
+        Ok(outcomes)
+    }
+
+    /// Fetches every repository, then updates those that can be updated without losing local
+    /// work. With `atomic`, a failed fetch means nothing is updated.
+    pub fn sync(
+        &mut self,
+        jobs: usize,
+        atomic: bool,
+        locked: bool,
+        progress: &dyn Progress,
+    ) -> Result<Vec<RepoOutcome>, WorkspaceError> {
+        let commits = self.locked_commits(locked)?;
+        tracing::info!(jobs, atomic, locked, "sync");
+        let last_heads: Vec<Option<git2::Oid>> = {
+            let names: Vec<String> = self.manifest.repos.iter().map(|r| r.name.clone()).collect();
+            let store = self.store()?;
+            names
+                .iter()
+                .map(|n| {
+                    store
+                        .last_head(n)
+                        .ok()
+                        .flatten()
+                        .and_then(|h| git2::Oid::from_str(&h).ok())
+                })
+                .collect()
+        };
+        let manifest = &self.manifest;
+        let fetched: Vec<Result<FetchInfo, String>> =
+            git::parallel(&manifest.repos, jobs, |repo| {
+                git::fetch_one(manifest, repo, progress)
+            });
+        let failed: Vec<&str> = manifest
+            .repos
+            .iter()
+            .zip(&fetched)
+            .filter(|(_, f)| f.is_err())
+            .map(|(r, _)| r.name.as_str())
+            .collect();
+        let items: Vec<_> = manifest
+            .repos
+            .iter()
+            .zip(&fetched)
+            .zip(commits)
+            .zip(last_heads)
+            .collect();
+        let outcomes = git::parallel(&items, jobs, |(((repo, fetch), commit), last)| {
+            let o = match fetch {
+                Err(e) => RepoOutcome::failed(repo, format!("fetch failed: {e}")),
+                Ok(_) if atomic && !failed.is_empty() => RepoOutcome::new(
+                    repo,
+                    SyncResult::Skipped,
+                    format!(
+                        "not updated: --atomic, and the fetch of {} failed",
+                        failed.join(", ")
+                    ),
+                ),
+                Ok(info) => git::update_one(manifest, repo, info, *commit, *last),
+            };
+            progress.finish(&o);
+            o
+        });
+        self.record(SyncAction::Sync, &outcomes)?;
+        Ok(outcomes)
+    }
+
+    /// The status of every repository, in manifest order.
+    pub fn status(&self, jobs: usize) -> Vec<Result<RepoStatus, String>> {
+        let manifest = &self.manifest;
+        git::parallel(&manifest.repos, jobs, |repo| git::status_of(manifest, repo))
+    }
+
+    /// Writes `nestr.lock` with the commit every repository has checked out.
+    pub fn lock(&self) -> Result<(PathBuf, Lockfile), WorkspaceError> {
+        let mut repos = BTreeMap::new();
+        let mut missing = Vec::new();
+        for row in self.status(4) {
+            match row {
+                Ok(RepoStatus {
+                    name,
+                    head: Some(head),
+                    branch,
+                    ..
+                }) => {
+                    repos.insert(
+                        name,
+                        LockEntry {
+                            commit: head,
+                            branch,
+                        },
+                    );
+                }
+                Ok(RepoStatus { name, .. }) => missing.push(name),
+                Err(e) => return Err(WorkspaceError::Lock(e)),
+            }
+        }
+        if !missing.is_empty() {
+            return Err(WorkspaceError::Lock(format!(
+                "cannot lock: {} not assembled (or without a commit); run `nestr assemble` first",
+                missing.join(", ")
+            )));
+        }
+        let lock = Lockfile::new(repos);
+        let path = Lockfile::path(&self.manifest);
+        lock.write(&path).map_err(WorkspaceError::Lock)?;
+        Ok((path, lock))
+    }
+
+    fn record(&mut self, action: SyncAction, outcomes: &[RepoOutcome]) -> Result<(), StoreError> {
+        for o in outcomes {
+            tracing::debug!(repo = %o.name, result = o.result.as_str(), message = %o.message, "{}", action.as_str());
+        }
+        let records: Vec<RepoRecord> = outcomes
+            .iter()
+            .filter_map(|o| {
+                let repo = self.manifest.repo(&o.name)?;
+                Some(RepoRecord {
+                    name: o.name.clone(),
+                    url: repo.url.clone(),
+                    path: repo.path.to_string_lossy().into_owned(),
+                    branch: o.branch.clone(),
+                    old_head: o.old_head.clone(),
+                    head: o.head.clone(),
+                    result: o.result,
+                    message: o.message.clone(),
+                })
+            })
+            .collect();
+        self.store()?.record_repo_results(action, &records)
+    }
+}

@@ -1,0 +1,226 @@
+//! The command line: init, services, discovery, global options, JSON shapes and exit codes.
+
+use crate::support::{Sandbox, TestResult};
+
+#[test]
+fn init_writes_a_valid_starter_and_refuses_to_overwrite() -> TestResult {
+    let sb = Sandbox::new();
+    let dir = sb.path().join("My Shop");
+    std::fs::create_dir_all(&dir)?;
+    sb.nestr(&dir, &["init"]).ok();
+    let text = std::fs::read_to_string(dir.join("nestr.toml"))?;
+    assert!(text.contains("name = \"my-shop\""), "{text}");
+    sb.nestr(&dir, &["services"]).ok();
+    let again = sb.nestr(&dir, &["init", "--name", "other"]).expect(2);
+    assert!(again.stderr.contains("already exists"), "{}", again.stderr);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("nestr.toml"))?,
+        text,
+        "untouched"
+    );
+    let named = sb.path().join("named");
+    std::fs::create_dir_all(&named)?;
+    sb.nestr(&named, &["init", "--name", "acme"]).ok();
+    assert!(std::fs::read_to_string(named.join("nestr.toml"))?.contains("name = \"acme\""));
+    sb.nestr(
+        &named,
+        &["init", "--name", "Bad Name", "--manifest", "x.toml"],
+    )
+    .expect(2);
+    assert!(!named.join("x.toml").exists());
+    Ok(())
+}
+
+const SERVICES: &str = r#"
+[workspace]
+name = "shop"
+
+[repos.api]
+url = "https://git.example.com/acme/api.git"
+
+[repos.shared]
+url = "git@git.example.com:acme/shared.git"
+tag = "v1.4.0"
+path = "libs/shared"
+
+[services.shared]
+repo = "shared"
+tags = ["lib"]
+
+[services.api]
+repo = "api"
+path = "server"
+depends_on = ["shared"]
+tags = ["backend", "http"]
+
+[services.api.operations]
+build = { plugin = "command", config = { run = [["make", "build"]] } }
+
+[operations.lint]
+plugin = "command"
+config = { run = [["make", "lint"]] }
+"#;
+
+#[test]
+fn services_json_lists_everything_and_discovery_walks_up() -> TestResult {
+    let sb = Sandbox::new();
+    let ws = sb.workspace(SERVICES);
+    let deep = ws.join("a/b/c");
+    std::fs::create_dir_all(&deep)?;
+    let run = sb.nestr(&deep, &["services", "--json"]).ok();
+    let v = run.json();
+    let api = &v[1];
+    assert_eq!(api["name"], "api");
+    assert_eq!(api["repo"], "api");
+    assert_eq!(api["path"], "server");
+    assert_eq!(api["depends_on"], serde_json::json!(["shared"]));
+    assert_eq!(api["tags"], serde_json::json!(["backend", "http"]));
+    assert_eq!(
+        api["operations"],
+        serde_json::json!({"build": "command", "lint": "command"})
+    );
+    assert_eq!(v[0]["operations"], serde_json::json!({"lint": "command"}));
+    let table = sb.nestr(&deep, &["services"]).ok();
+    assert!(
+        table.stdout.contains("build (command), lint (command)"),
+        "{}",
+        table.stdout
+    );
+    // --manifest from elsewhere; --state elsewhere is where the database goes.
+    let other = sb.path().join("elsewhere");
+    std::fs::create_dir_all(&other)?;
+    let m = ws.join("nestr.toml");
+    sb.nestr(
+        &other,
+        &["--manifest", m.to_str().ok_or("utf8")?, "services"],
+    )
+    .ok();
+    sb.nestr(
+        &other,
+        &[
+            "--manifest",
+            m.to_str().ok_or("utf8")?,
+            "--state",
+            "st",
+            "sync",
+        ],
+    )
+    .expect(1);
+    assert!(other.join("st/state.db").is_file());
+    assert!(!ws.join(".nestr").exists());
+    Ok(())
+}
+
+#[test]
+fn no_manifest_is_a_usage_error_with_help() -> TestResult {
+    let sb = Sandbox::new();
+    let run = sb.nestr(sb.path(), &["status"]).expect(2);
+    assert!(run.stderr.contains("no nestr.toml in"), "{}", run.stderr);
+    assert!(run.stderr.contains("nestr init"), "{}", run.stderr);
+    let bad_flag = sb.nestr(sb.path(), &["status", "--bogus"]).expect(2);
+    assert!(bad_flag.stderr.contains("--bogus"));
+    let bad_jobs = sb.nestr(sb.path(), &["sync", "-j", "0"]).expect(2);
+    assert!(bad_jobs.stderr.contains("-j"), "{}", bad_jobs.stderr);
+    Ok(())
+}
+
+#[test]
+fn status_json_has_exactly_the_contract_fields() -> TestResult {
+    let sb = Sandbox::new();
+    sb.remote("a");
+    let ws = sb.workspace("[workspace]\nname = \"t\"\n[repos.a]\nurl = \"{remotes}/a.git\"\n[repos.b]\nurl = \"{remotes}/a.git\"\n");
+    sb.nestr(&ws, &["assemble"]).ok();
+    std::fs::remove_dir_all(ws.join("b"))?;
+    let rows = sb.nestr(&ws, &["status", "--json"]).ok().json();
+    let want = [
+        "ahead",
+        "behind",
+        "branch",
+        "dirty",
+        "head",
+        "modified",
+        "name",
+        "path",
+        "staged",
+        "state",
+        "untracked",
+        "upstream",
+    ];
+    for row in rows.as_array().ok_or("array")? {
+        let mut keys: Vec<&str> = row
+            .as_object()
+            .ok_or("object")?
+            .keys()
+            .map(String::as_str)
+            .collect();
+        keys.sort_unstable();
+        assert_eq!(keys, want);
+    }
+    assert_eq!(rows[0]["upstream"], "origin/main");
+    assert_eq!(rows[0]["head"].as_str().map(str::len), Some(40));
+    assert_eq!(rows[1]["state"], "missing");
+    Ok(())
+}
+
+#[test]
+fn colour_follows_flag_and_no_color() -> TestResult {
+    let sb = Sandbox::new();
+    let ws = sb.workspace(SERVICES);
+    let plain = sb.nestr(&ws, &["services"]).ok();
+    assert!(!plain.stdout.contains('\x1b'));
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nestr"));
+    let out = cmd
+        .current_dir(&ws)
+        .args(["--color", "always", "services"])
+        .output()?;
+    assert!(String::from_utf8_lossy(&out.stdout).contains('\x1b'));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nestr"))
+        .current_dir(&ws)
+        .env("NO_COLOR", "1")
+        .args(["services"])
+        .output()?;
+    assert!(!String::from_utf8_lossy(&out.stdout).contains('\x1b'));
+    Ok(())
+}
+
+#[test]
+fn demo_builds_a_workspace_and_runs_again() -> TestResult {
+    let sb = Sandbox::new();
+    let run = sb.nestr(sb.path(), &["demo", "--dir", "d"]).ok();
+    assert!(
+        run.stdout.contains("4 repositories: 4 cloned"),
+        "{}",
+        run.stdout
+    );
+    assert!(run.stdout.contains("fast-forwarded"), "{}", run.stdout);
+    assert!(run.stdout.contains("dirty"), "{}", run.stdout);
+    assert!(sb.path().join("d/workspace/nestr.lock").is_file());
+    sb.nestr(sb.path(), &["demo", "--dir", "d"]).ok();
+    std::fs::create_dir_all(sb.path().join("notdemo"))?;
+    sb.nestr(sb.path(), &["demo", "--dir", "notdemo"]).expect(2);
+    Ok(())
+}
+
+#[test]
+fn json_logs_go_to_stderr() -> TestResult {
+    let sb = Sandbox::new();
+    let ws = sb.workspace(SERVICES);
+    let run = sb
+        .nestr(&ws, &["-v", "--log-format", "json", "services", "--json"])
+        .ok();
+    run.json();
+    let logs: Vec<serde_json::Value> = run
+        .stderr
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    assert!(
+        logs.iter()
+            .any(|l| l["fields"]["message"] == "loaded manifest"),
+        "{}",
+        run.stderr
+    );
+    let quiet = sb.nestr(&ws, &["services", "--json"]).ok();
+    assert_eq!(quiet.stderr, "", "no logs by default");
+    Ok(())
+}

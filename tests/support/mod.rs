@@ -1,0 +1,217 @@
+//! Test helpers: temp sandboxes with real git repositories (a work clone that commits and a bare
+//! "remote" it pushes to), workspaces with a manifest, and running the real `nestr` binary.
+//! git runs with the user's global and system configuration switched off.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Environment that isolates git (and libgit2 in nestr) from the machine's configuration.
+fn isolate(cmd: &mut Command, home: &Path) {
+    cmd.env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", home)
+        .env("XDG_CONFIG_HOME", home.join(".config"))
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env_remove("SSH_AUTH_SOCK")
+        .env_remove("NESTR_MANIFEST")
+        .env_remove("NESTR_STATE")
+        .env_remove("NO_COLOR");
+}
+
+/// Runs git in `dir`, panicking with its output when it fails.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let home = std::env::temp_dir();
+    let mut cmd = Command::new("git");
+    cmd.current_dir(dir)
+        .args([
+            "-c",
+            "user.name=nestr-test",
+            "-c",
+            "user.email=test@nestr.invalid",
+        ])
+        .args([
+            "-c",
+            "init.defaultBranch=main",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args);
+    isolate(&mut cmd, &home);
+    let out = cmd.output().expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?} in {} failed: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A temp folder holding remotes and workspaces; removed when dropped.
+pub struct Sandbox {
+    pub tmp: tempfile::TempDir,
+}
+
+impl Sandbox {
+    pub fn new() -> Sandbox {
+        Sandbox {
+            tmp: tempfile::Builder::new()
+                .prefix("nestr-test-")
+                .tempdir()
+                .expect("tempdir"),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// A bare remote `remotes/NAME.git` with one commit on `main`, and a work clone that pushes.
+    pub fn remote(&self, name: &str) -> Remote {
+        let work = self.path().join("src").join(name);
+        let bare = self.path().join("remotes").join(format!("{name}.git"));
+        std::fs::create_dir_all(&work).expect("mkdir");
+        git(&work, &["init", "-q"]);
+        std::fs::write(work.join("README.md"), format!("# {name}\n")).expect("write");
+        std::fs::write(work.join("Makefile"), "all:\n\t@echo built\n").expect("write");
+        git(&work, &["add", "-A"]);
+        git(&work, &["commit", "-qm", &format!("init {name}")]);
+        std::fs::create_dir_all(bare.parent().expect("parent")).expect("mkdir");
+        git(
+            self.path(),
+            &[
+                "clone",
+                "-q",
+                "--bare",
+                work.to_str().expect("utf8"),
+                bare.to_str().expect("utf8"),
+            ],
+        );
+        git(
+            &work,
+            &["remote", "add", "origin", bare.to_str().expect("utf8")],
+        );
+        git(&work, &["fetch", "-q", "origin"]);
+        git(&work, &["branch", "-q", "-u", "origin/main", "main"]);
+        Remote {
+            name: name.to_string(),
+            work,
+            bare,
+        }
+    }
+
+    /// Writes `ws/nestr.toml` (the manifest text with `{remotes}` replaced) and returns `ws`.
+    pub fn workspace(&self, manifest: &str) -> PathBuf {
+        self.workspace_at("ws", manifest)
+    }
+
+    pub fn workspace_at(&self, dir: &str, manifest: &str) -> PathBuf {
+        let ws = self.path().join(dir);
+        std::fs::create_dir_all(&ws).expect("mkdir");
+        let text = manifest.replace("{remotes}", &self.path().join("remotes").to_string_lossy());
+        std::fs::write(ws.join("nestr.toml"), text).expect("write manifest");
+        ws
+    }
+
+    /// Runs the nestr binary in `dir` with `args` (colour off, git isolated).
+    pub fn nestr(&self, dir: &Path, args: &[&str]) -> Run {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nestr"));
+        cmd.current_dir(dir).arg("--color").arg("never").args(args);
+        isolate(&mut cmd, self.path());
+        let out = cmd.output().expect("nestr runs");
+        Run::from(out)
+    }
+}
+
+/// The result of one nestr run.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Run {
+    fn from(o: Output) -> Run {
+        Run {
+            code: o.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+impl Run {
+    /// Asserts exit code `code`, showing the output when it differs.
+    pub fn expect(self, code: i32) -> Run {
+        assert_eq!(
+            self.code, code,
+            "exit code\n--- stdout\n{}\n--- stderr\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    pub fn ok(self) -> Run {
+        self.expect(0)
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+    }
+
+    /// Both streams.
+    pub fn all(&self) -> String {
+        format!("{}\n{}", self.stdout, self.stderr)
+    }
+}
+
+/// A remote with its work clone.
+pub struct Remote {
+    pub name: String,
+    pub work: PathBuf,
+    pub bare: PathBuf,
+}
+
+impl Remote {
+    /// The remote's path as a URL for the manifest.
+    pub fn url(&self) -> String {
+        self.bare.to_string_lossy().into_owned()
+    }
+
+    /// Commits a change in the work clone and pushes it; returns the new commit.
+    pub fn push_commit(&self, message: &str) -> String {
+        let file = self.work.join("CHANGES");
+        let mut text = std::fs::read_to_string(&file).unwrap_or_default();
+        text.push_str(message);
+        text.push('\n');
+        std::fs::write(&file, text).expect("write");
+        git(&self.work, &["add", "-A"]);
+        git(&self.work, &["commit", "-qm", message]);
+        git(&self.work, &["push", "-q", "origin", "HEAD"]);
+        git(&self.work, &["rev-parse", "HEAD"])
+    }
+
+    /// The commit `main` points at on the remote.
+    pub fn head(&self) -> String {
+        git(&self.bare, &["rev-parse", "main"])
+    }
+
+    pub fn rev(&self, rev: &str) -> String {
+        git(&self.bare, &["rev-parse", rev])
+    }
+}
+
+/// `status --json` rows by repository name.
+pub fn status_by_name(run: &Run) -> std::collections::HashMap<String, serde_json::Value> {
+    run.json()
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|r| (r["name"].as_str().expect("name").to_string(), r.clone()))
+        .collect()
+}
