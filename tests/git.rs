@@ -592,3 +592,56 @@ fn a_newer_database_is_refused_with_exit_3() -> TestResult {
     assert_eq!(v, 4242, "left as it was");
     Ok(())
 }
+
+/// A loopback HTTP server that answers every request with 401, for at most `limit` connections.
+fn unauthorized_server(limit: usize) -> std::io::Result<(u16, std::thread::JoinHandle<usize>)> {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let handle = std::thread::spawn(move || {
+        let mut served = 0;
+        for stream in listener.incoming().take(limit) {
+            let Ok(mut stream) = stream else { break };
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+            let mut buf = [0u8; 4096];
+            let _ = stream.read(&mut buf);
+            let _ = stream.write_all(
+                b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Basic realm=\"nestr-test\"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            );
+            served += 1;
+        }
+        served
+    });
+    Ok((port, handle))
+}
+
+#[test]
+fn auth_failure_fails_fast_without_prompting() -> TestResult {
+    let sb = Sandbox::new();
+    sb.remote("ok");
+    let (port, server) = unauthorized_server(1000)?;
+    let ws = sb.workspace(&format!(
+        "[workspace]\nname = \"t\"\n[repos.ok]\nurl = \"{{remotes}}/ok.git\"\n[repos.private]\nurl = \"http://bot:wr0ng-t0ken@127.0.0.1:{port}/acme/private.git\"\n[repos.anon]\nurl = \"http://127.0.0.1:{port}/acme/anon.git\"\n"
+    ));
+    let started = std::time::Instant::now();
+    // stdin is closed: a prompt would fail or hang, never succeed.
+    let run = sb.nestr(&ws, &["assemble", "--json"]).expect(1);
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "failed fast"
+    );
+    let rows = run.json();
+    assert_eq!(rows[0]["result"], "cloned", "the others finish: {rows}");
+    for i in [1, 2] {
+        assert_eq!(rows[i]["result"], "failed");
+        let m = rows[i]["message"].as_str().unwrap_or_default();
+        assert!(
+            m.contains("authentication failed") && m.contains("never prompts"),
+            "{m}"
+        );
+    }
+    assert!(!run.all().contains("wr0ng-t0ken"));
+    // The server thread stays blocked in accept and ends with the test binary.
+    drop(server);
+    Ok(())
+}

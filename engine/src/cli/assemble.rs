@@ -23,6 +23,7 @@ pub struct AssembleArgs {
 pub fn run(ws: &mut Workspace, args: AssembleArgs, ui: &Ui) -> Result<ExitCode, CliError> {
     let progress = ui.repo_progress();
     let outcomes = ws.assemble(usize::from(args.jobs.jobs), args.locked, &progress)?;
+    progress.clear();
     super::sync::print_outcomes(ui, &outcomes, args.json)?;
     Ok(exit_for(&outcomes))
 }

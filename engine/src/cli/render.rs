@@ -120,6 +120,20 @@ pub struct RepoProgress {
     ui: Ui,
 }
 
+impl RepoProgress {
+    /// Removes every bar from the terminal; call before printing results.
+    pub fn clear(&self) {
+        if let Ok(mut bars) = self.bars.lock() {
+            for (_, bar) in bars.drain() {
+                bar.finish_and_clear();
+            }
+        }
+        if let Some(multi) = &self.multi {
+            let _ = multi.clear();
+        }
+    }
+}
+
 impl Progress for RepoProgress {
     fn start(&self, repo: &str, what: &str) {
         match &self.multi {

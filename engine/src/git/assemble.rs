@@ -46,6 +46,7 @@ pub fn assemble_one(
         }
     }
     progress.start(&repo.name, "cloning");
+    remove_stale_clones(&dest, &repo.name);
     let tmp = temp_sibling(&dest, &repo.name);
     let result = clone_into(manifest, repo, &tmp, locked, progress).and_then(|outcome| {
         if dest.exists() {
@@ -103,6 +104,28 @@ fn existing_clone(manifest: &Manifest, repo: &Repo, existing: &Repository) -> Re
 fn temp_sibling(dest: &Path, name: &str) -> PathBuf {
     let parent = dest.parent().unwrap_or(dest);
     parent.join(format!(".nestr-clone-{name}-{}", std::process::id()))
+}
+
+/// Removes temp clones of `name` left by nestr processes that are gone (killed mid-clone).
+/// Only where liveness can be checked (`/proc`); a live process's temp clone is never touched.
+fn remove_stale_clones(dest: &Path, name: &str) {
+    let proc = Path::new("/proc/self");
+    let (Some(parent), true) = (dest.parent(), proc.exists()) else {
+        return;
+    };
+    let prefix = format!(".nestr-clone-{name}-");
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let file_name = entry.file_name();
+        let Some(pid) = file_name.to_str().and_then(|n| n.strip_prefix(&prefix)) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 fn clone_into(

@@ -187,7 +187,7 @@ pub(crate) fn fetch_options<'a>(repo: &'a str, progress: &'a dyn Progress) -> Fe
         Err(git2::Error::new(
             ErrorCode::Auth,
             ErrorClass::Net,
-            "authentication failed (nestr never prompts for credentials)",
+            "the remote refused the credentials nestr could offer",
         ))
     });
     callbacks.transfer_progress(move |stats| {
