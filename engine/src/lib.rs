@@ -7,6 +7,8 @@
 pub mod cli;
 pub mod git;
 pub mod manifest;
+pub mod plugin;
 pub mod redact;
+pub mod scheduler;
 pub mod store;
 pub mod workspace;

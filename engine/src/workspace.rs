@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use crate::git::{self, FetchInfo, LockEntry, Lockfile, Progress, RepoOutcome, RepoStatus};
 use crate::manifest::{self, Manifest, ManifestError};
+use crate::plugin::state::Cancel;
+use crate::scheduler::{self, PlanError, RunContext, RunReport, Selection};
 use crate::store::{RepoRecord, Store, StoreError, SyncAction, SyncResult};
 
 /// Name of the state folder beside the manifest.
@@ -21,6 +23,9 @@ pub enum WorkspaceError {
     /// A problem with `nestr.lock` or with what `--locked` needs.
     #[error("{0}")]
     Lock(String),
+    /// A run could not start (bad selection, …).
+    #[error("{0}")]
+    Plan(String),
 }
 
 impl WorkspaceError {
@@ -28,7 +33,7 @@ impl WorkspaceError {
         match self {
             WorkspaceError::Manifest(e) => e.help(),
             WorkspaceError::Store(e) => e.help(),
-            WorkspaceError::Lock(_) => None,
+            WorkspaceError::Lock(_) | WorkspaceError::Plan(_) => None,
         }
     }
 }
@@ -82,13 +87,11 @@ impl Workspace {
 
     /// The store, opened (and migrated) on first use.
     pub fn store(&mut self) -> Result<&mut Store, StoreError> {
-        if self.store.is_none() {
-            self.store = Some(Store::open(&self.state_dir)?);
-        }
-        match self.store.as_mut() {
-            Some(s) => Ok(s),
-            None => unreachable!("store was just opened"),
-        }
+        let store = match self.store.take() {
+            Some(s) => s,
+            None => Store::open(&self.state_dir)?,
+        };
+        Ok(self.store.insert(store))
     }
 
     fn locked_commits(&self, locked: bool) -> Result<Vec<Option<git2::Oid>>, WorkspaceError> {
@@ -227,6 +230,39 @@ impl Workspace {
         let path = Lockfile::path(&self.manifest);
         lock.write(&path).map_err(WorkspaceError::Lock)?;
         Ok((path, lock))
+    }
+
+    /// Runs `operation` over the selected services, one step after another in dependency order.
+    pub fn run_operation(
+        &mut self,
+        operation: &str,
+        selection: &Selection,
+        on_line: Option<scheduler::LineObserver>,
+        on_step: Option<scheduler::StepObserver<'_>>,
+        cancel: Cancel,
+    ) -> Result<RunReport, WorkspaceError> {
+        let opened = match self.store.take() {
+            Some(s) => s,
+            None => Store::open(&self.state_dir)?,
+        };
+        let Workspace {
+            manifest,
+            store,
+            state_dir,
+        } = self;
+        let store = store.insert(opened);
+        let rc = RunContext {
+            manifest,
+            store,
+            state_dir,
+            on_line,
+            on_step,
+            cancel,
+        };
+        scheduler::run(rc, operation, selection).map_err(|e| match e {
+            PlanError::Selection(m) => WorkspaceError::Plan(m),
+            PlanError::Store(e) => WorkspaceError::Store(e),
+        })
     }
 
     fn record(&mut self, action: SyncAction, outcomes: &[RepoOutcome]) -> Result<(), StoreError> {

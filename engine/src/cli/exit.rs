@@ -62,11 +62,13 @@ impl From<WorkspaceError> for CliError {
         let message = crate::redact::text(&e.to_string());
         match e {
             WorkspaceError::Manifest(ManifestError::Invalid(m)) => CliError::Manifest(Box::new(m)),
-            WorkspaceError::Manifest(_) | WorkspaceError::Lock(_) => CliError::Plain {
-                message,
-                help,
-                code: ExitCode::Usage,
-            },
+            WorkspaceError::Manifest(_) | WorkspaceError::Lock(_) | WorkspaceError::Plan(_) => {
+                CliError::Plain {
+                    message,
+                    help,
+                    code: ExitCode::Usage,
+                }
+            }
             WorkspaceError::Store(_) => CliError::Plain {
                 message,
                 help,

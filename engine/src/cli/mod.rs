@@ -6,7 +6,9 @@ pub mod demo;
 pub mod exit;
 mod init;
 mod lock;
+mod plugin;
 pub mod render;
+mod run;
 mod services;
 mod status;
 mod sync;
@@ -85,6 +87,10 @@ pub enum Command {
     Lock(lock::LockArgs),
     /// List the services with their repository, path, dependencies, tags and operations.
     Services(services::ServicesArgs),
+    /// Run an operation (build, test, deploy, …) over services in dependency order.
+    Run(run::RunArgs),
+    /// List, inspect, check and create operation plugins.
+    Plugin(plugin::PluginArgs),
     /// Create a sample workspace of local git repositories and assemble it.
     Demo(demo::DemoArgs),
 }
@@ -107,6 +113,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Status(args) => status::run(&load(&location)?, args, &ui),
         Command::Lock(args) => lock::run(&load(&location)?, args, &ui),
         Command::Services(args) => services::run(&load(&location)?, args, &ui),
+        Command::Run(args) => run::run(&mut load(&location)?, args, &ui),
+        Command::Plugin(args) => plugin::run(&location, args, &ui),
     }
 }
 

@@ -15,7 +15,7 @@ use indexmap::IndexMap;
 use serde::Serialize;
 
 pub use diagnostic::{InvalidManifest, Problem};
-pub use validate::valid_name;
+pub use validate::{normalize_origin, valid_name};
 
 /// The file name nestr looks for.
 pub const FILE_NAME: &str = "nestr.toml";

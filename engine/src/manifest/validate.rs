@@ -840,7 +840,7 @@ impl Validator<'_> {
 }
 
 /// `https://Host:443/` → `https://host:443`; refuses paths, queries and credentials.
-pub(crate) fn normalize_origin(s: &str) -> Result<String, &'static str> {
+pub fn normalize_origin(s: &str) -> Result<String, &'static str> {
     let (scheme, rest) = s.split_once("://").ok_or("it has no scheme")?;
     let scheme = scheme.to_ascii_lowercase();
     if scheme != "http" && scheme != "https" {

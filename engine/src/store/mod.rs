@@ -4,6 +4,7 @@
 //! table group (`repos.rs`). Every write runs in a `BEGIN IMMEDIATE` transaction.
 
 mod repos;
+mod runs;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -13,6 +14,9 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use rusqlite_migration::{M, Migrations};
 
 pub use repos::{RepoRecord, RepoRow, SyncAction, SyncEvent, SyncResult};
+pub use runs::{
+    AuditEntry, LogLine, NewRun, RunRow, RunStatus, StepEnd, StepRow, StepStatus, Stream, TestsRow,
+};
 
 static MIGRATIONS_DIR: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../migrations");
 

@@ -1,0 +1,368 @@
+//! `nestr plugin`: list the plugins a workspace can use (built-in and declared) with their digest,
+//! declared capabilities and grants; inspect one (`describe()`); check a `.wasm` file against the
+//! contract; scaffold a new plugin crate.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Subcommand};
+use serde::Serialize;
+
+use super::render::{self, Tone, Ui};
+use super::{CliError, ExitCode};
+use crate::manifest::{BUILTIN_PLUGINS, PluginSource};
+use crate::plugin::caps::grants_line;
+use crate::plugin::{Host, LoadedPlugin, PluginInfo};
+use crate::workspace::{Location, Workspace};
+
+#[derive(Debug, Args)]
+pub struct PluginArgs {
+    #[command(subcommand)]
+    pub command: PluginCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Built-in and declared plugins: source, digest, declared capabilities, grants.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// What a plugin says about itself (describe()).
+    Inspect {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validates a .wasm file against the plugin contract and prints what it declares.
+    Check {
+        file: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Creates a new plugin crate in ./NAME (or --dir).
+    New {
+        name: String,
+        /// Where to create it (default: ./NAME).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Path of nestr-sdk to depend on (default: the sdk/ this nestr was built from).
+        #[arg(long, value_name = "PATH")]
+        sdk: Option<PathBuf>,
+    },
+}
+
+/// A row of `nestr plugin list --json`.
+#[derive(Debug, Serialize)]
+struct PluginRow {
+    name: String,
+    source: String,
+    digest: Option<String>,
+    version: Option<String>,
+    declared: Option<crate::plugin::caps::Declared>,
+    grants: String,
+    error: Option<String>,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::usage(format!("cannot start the async runtime: {e}")))
+}
+
+fn host(cache: Option<&Path>) -> Result<Host, CliError> {
+    Host::new(cache).map_err(|e| CliError::Plain {
+        message: format!("cannot start the plugin host: {e}"),
+        help: None,
+        code: ExitCode::Failed,
+    })
+}
+
+pub fn run(at: &Location, args: PluginArgs, ui: &Ui) -> Result<ExitCode, CliError> {
+    match args.command {
+        PluginCommand::New { name, dir, sdk } => new(at, &name, dir, sdk, ui),
+        PluginCommand::Check { file, json } => check(at, &file, json, ui),
+        PluginCommand::List { json } => {
+            let ws = Workspace::load(at)?;
+            list(&ws, json, ui)
+        }
+        PluginCommand::Inspect { name, json } => {
+            let ws = Workspace::load(at)?;
+            inspect(&ws, &name, json, ui)
+        }
+    }
+}
+
+fn load(
+    ws: &Workspace,
+    rt: &tokio::runtime::Runtime,
+    host: &Host,
+    name: &str,
+) -> Result<LoadedPlugin, String> {
+    crate::scheduler::load_plugin(rt, host, &ws.manifest, name)
+}
+
+fn list(ws: &Workspace, json: bool, ui: &Ui) -> Result<ExitCode, CliError> {
+    let rt = runtime()?;
+    let host = host(Some(&ws.state_dir().join("cache")))?;
+    let mut names: Vec<String> = BUILTIN_PLUGINS.iter().map(|s| s.to_string()).collect();
+    for n in ws.manifest.plugins.keys() {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    let rows: Vec<PluginRow> = names
+        .iter()
+        .map(|name| {
+            let decl = ws.manifest.plugins.get(name);
+            let source = match decl.map(|d| &d.source) {
+                Some(PluginSource::File { path, .. }) => path.display().to_string(),
+                _ => "builtin".to_string(),
+            };
+            let grants = decl
+                .map(|d| grants_line(&d.grants))
+                .unwrap_or_else(|| "(none)".into());
+            match load(ws, &rt, &host, name) {
+                Ok(p) => PluginRow {
+                    name: name.clone(),
+                    source,
+                    digest: Some(p.digest.clone()),
+                    version: Some(p.info.version.clone()),
+                    declared: Some(p.info.capabilities.clone()),
+                    grants,
+                    error: None,
+                },
+                Err(e) => PluginRow {
+                    name: name.clone(),
+                    source,
+                    digest: None,
+                    version: None,
+                    declared: None,
+                    grants,
+                    error: Some(e),
+                },
+            }
+        })
+        .collect();
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&rows).map_err(|e| CliError::usage(e.to_string()))?
+        );
+    } else {
+        let cells: Vec<Vec<(String, Option<Tone>)>> = rows
+            .iter()
+            .map(|r| {
+                let declared = r
+                    .declared
+                    .as_ref()
+                    .map_or_else(|| r.error.clone().unwrap_or_default(), describe_caps);
+                vec![
+                    (r.name.clone(), Some(Tone::Bold)),
+                    (r.version.clone().unwrap_or_else(|| "-".into()), None),
+                    (r.source.clone(), None),
+                    (
+                        r.digest
+                            .as_deref()
+                            .map_or("-".into(), |d| d[..12].to_string()),
+                        Some(Tone::Dim),
+                    ),
+                    (
+                        declared,
+                        if r.error.is_some() {
+                            Some(Tone::Bad)
+                        } else {
+                            None
+                        },
+                    ),
+                    (r.grants.clone(), None),
+                ]
+            })
+            .collect();
+        print!(
+            "{}",
+            render::table(
+                &["PLUGIN", "VERSION", "SOURCE", "SHA256", "NEEDS", "GRANTED"],
+                &cells,
+                ui.color_out
+            )
+        );
+    }
+    Ok(if rows.iter().any(|r| r.error.is_some()) {
+        ExitCode::Failed
+    } else {
+        ExitCode::Ok
+    })
+}
+
+fn describe_caps(d: &crate::plugin::caps::Declared) -> String {
+    let mut parts = Vec::new();
+    for (k, v) in [
+        ("exec", &d.exec),
+        ("env", &d.env),
+        ("secrets", &d.secrets),
+        ("http", &d.http),
+    ] {
+        if !v.is_empty() {
+            parts.push(format!("{k} {}", v.join(",")));
+        }
+    }
+    parts.push(format!(
+        "fs {}",
+        serde_json::to_value(d.fs)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default()
+    ));
+    parts.join("; ")
+}
+
+fn print_info(info: &PluginInfo, digest: &str, json: bool, ui: &Ui) -> Result<(), CliError> {
+    if json {
+        let v = serde_json::json!({"digest": digest, "info": info});
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).map_err(|e| CliError::usage(e.to_string()))?
+        );
+        return Ok(());
+    }
+    println!(
+        "{} {}  {}",
+        ui.paint(Tone::Bold, &info.name),
+        info.version,
+        ui.paint(Tone::Dim, &format!("sha256 {digest}"))
+    );
+    println!("{}", info.description);
+    let ops = if info.operations.is_empty() {
+        "any".to_string()
+    } else {
+        info.operations.join(", ")
+    };
+    println!("operations: {ops}");
+    println!("needs: {}", describe_caps(&info.capabilities));
+    if !info.config.is_empty() {
+        println!("config:");
+        for f in &info.config {
+            let req = if f.required { "required" } else { "optional" };
+            println!("  {:<20} {:<8} {:<9} {}", f.name, f.ty, req, f.description);
+        }
+    }
+    Ok(())
+}
+
+fn inspect(ws: &Workspace, name: &str, json: bool, ui: &Ui) -> Result<ExitCode, CliError> {
+    if !BUILTIN_PLUGINS.contains(&name) && !ws.manifest.plugins.contains_key(name) {
+        return Err(CliError::usage(format!(
+            "there is no plugin `{name}`; built-in: {}; declared: {}",
+            BUILTIN_PLUGINS.join(", "),
+            ws.manifest
+                .plugins
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let rt = runtime()?;
+    let host = host(Some(&ws.state_dir().join("cache")))?;
+    let plugin = load(ws, &rt, &host, name).map_err(|e| CliError::Plain {
+        message: e,
+        help: None,
+        code: ExitCode::Failed,
+    })?;
+    print_info(&plugin.info, &plugin.digest, json, ui)?;
+    Ok(ExitCode::Ok)
+}
+
+fn check(at: &Location, file: &Path, json: bool, ui: &Ui) -> Result<ExitCode, CliError> {
+    let path = at.cwd.join(file);
+    let name = path.file_stem().map_or_else(
+        || "plugin".to_string(),
+        |s| s.to_string_lossy().into_owned(),
+    );
+    let rt = runtime()?;
+    let host = host(None)?;
+    let fail = |message: String| CliError::Plain {
+        message,
+        help: Some(
+            "build plugins with `cargo build --release --target wasm32-wasip2` against nestr-sdk"
+                .into(),
+        ),
+        code: ExitCode::Failed,
+    };
+    let bytes = Host::read_file(&name, &path, None).map_err(|e| fail(e.to_string()))?;
+    let plugin = rt
+        .block_on(host.load(&name, &path.display().to_string(), &bytes))
+        .map_err(|e| fail(e.to_string()))?;
+    print_info(&plugin.info, &plugin.digest, json, ui)?;
+    if !json {
+        ui.note(&format!(
+            "\n{} is a valid nestr plugin. Use it from nestr.toml:\n[plugins.{name}]\npath = \"{}\"\nsha256 = \"{}\"",
+            path.display(),
+            file.display(),
+            plugin.digest
+        ));
+    }
+    Ok(ExitCode::Ok)
+}
+
+fn new(
+    at: &Location,
+    name: &str,
+    dir: Option<PathBuf>,
+    sdk: Option<PathBuf>,
+    ui: &Ui,
+) -> Result<ExitCode, CliError> {
+    if !crate::manifest::valid_name(name) {
+        return Err(CliError::usage(format!(
+            "`{name}` is not a valid plugin name: use lower-case letters, digits, `-` and `_`"
+        )));
+    }
+    let dir = at.cwd.join(dir.unwrap_or_else(|| PathBuf::from(name)));
+    if dir.exists() {
+        return Err(CliError::usage(format!(
+            "{} already exists; nothing was written",
+            dir.display()
+        )));
+    }
+    let sdk = match sdk {
+        Some(p) => at.cwd.join(p),
+        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk")),
+    };
+    let sdk = std::fs::canonicalize(&sdk).map_err(|_| {
+        CliError::usage(format!(
+            "nestr-sdk is not at {}; pass --sdk PATH to your nestr checkout's sdk/",
+            sdk.display()
+        ))
+    })?;
+    let crate_name = name.replace('-', "_");
+    let cargo_toml = format!(
+        "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n\
+         [lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nnestr-sdk = {{ path = {:?} }}\n\
+         serde = {{ version = \"1\", features = [\"derive\"] }}\n\n\
+         [profile.release]\nopt-level = \"s\"\nstrip = true\n\n# A plugin builds on its own.\n[workspace]\n",
+        sdk.display().to_string()
+    );
+    let lib = include_str!("plugin_template.rs").replace("{{name}}", name);
+    let write = |p: PathBuf, text: &str| {
+        std::fs::write(&p, text)
+            .map_err(|e| CliError::usage(format!("cannot write {}: {e}", p.display())))
+    };
+    std::fs::create_dir_all(dir.join("src"))
+        .map_err(|e| CliError::usage(format!("cannot create {}: {e}", dir.display())))?;
+    write(dir.join("Cargo.toml"), &cargo_toml)?;
+    write(dir.join("src/lib.rs"), &lib)?;
+    write(dir.join(".gitignore"), "/target\n")?;
+    let rel = dir
+        .strip_prefix(&at.cwd)
+        .unwrap_or(&dir)
+        .display()
+        .to_string();
+    ui.note(&format!(
+        "created the plugin crate {rel}\n\nbuild it:\n  cd {rel} && cargo build --release --target wasm32-wasip2\n\n\
+         use it from nestr.toml (one table):\n  [plugins.{name}]\n  path = \"{rel}/target/wasm32-wasip2/release/{crate_name}.wasm\"\n  \
+         grants = {{ exec = [\"echo\"] }}\n\nthen give a service an operation:  lint = {{ plugin = \"{name}\" }}"
+    ));
+    Ok(ExitCode::Ok)
+}

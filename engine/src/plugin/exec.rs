@@ -1,0 +1,309 @@
+//! The host side of the `exec` interface: runs a granted program for a plugin.
+//!
+//! The program must be granted (checked in `caps`); its working folder must resolve (symbolic
+//! links included) inside the service folder; its environment holds only granted names plus the
+//! `NESTR_STEP` marker; it runs in its own process group. Its stdout and stderr stream into the
+//! step log line by line as they arrive. At its deadline (its own timeout or the step's) or on
+//! cancellation the group gets SIGTERM, then SIGKILL after a grace period. When it ends, anything
+//! left in its group is killed, and so is any process carrying its marker that escaped the group
+//! (`setsid` daemons): no process outlives the call.
+
+use std::collections::VecDeque;
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use tokio::io::AsyncReadExt;
+
+use super::bindings::nestr::plugin::exec::{self, Command, Output};
+use super::bindings::nestr::plugin::types;
+use super::caps::Denial;
+use super::limits::KILL_GRACE;
+use super::sink::{LineBuffer, StepLog};
+use super::state::{StepContext, StepState};
+use crate::store::Stream;
+
+/// Bytes of output returned to the plugin as `tail`.
+const TAIL_BYTES: usize = 64 * 1024;
+
+impl exec::Host for StepState {
+    async fn run(&mut self, command: Command) -> Result<Output, types::Error> {
+        let ctx = self.ctx.clone();
+        run(&ctx, command).await
+    }
+}
+
+/// The last bytes of a program's output, masked.
+#[derive(Default)]
+struct Tail {
+    bytes: VecDeque<u8>,
+}
+
+impl Tail {
+    fn push(&mut self, line: &str) {
+        self.bytes.extend(line.as_bytes());
+        self.bytes.push_back(b'\n');
+        while self.bytes.len() > TAIL_BYTES {
+            self.bytes.pop_front();
+        }
+    }
+
+    fn text(&self) -> String {
+        let (a, b) = self.bytes.as_slices();
+        let mut v = a.to_vec();
+        v.extend_from_slice(b);
+        String::from_utf8_lossy(&v).into_owned()
+    }
+}
+
+/// Kills the process group (and marked escapees) when dropped: the plugin call was abandoned.
+struct GroupGuard {
+    pgid: Option<Pid>,
+    marker: String,
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.pgid {
+            let _ = killpg(pgid, Signal::SIGKILL);
+            kill_marked(&self.marker);
+        }
+    }
+}
+
+pub async fn run(ctx: &StepContext, cmd: Command) -> Result<Output, types::Error> {
+    if ctx.cancel.is_cancelled() {
+        return Err(types::Error::Failed("the step was cancelled".into()));
+    }
+    let program = match ctx.caps.check_exec(&cmd.program, &cmd.args) {
+        Err(d) => return Err(ctx.denied(d)),
+        Ok(Err(not_found)) => return Err(types::Error::Failed(not_found)),
+        Ok(Ok(p)) => p,
+    };
+    for (name, _) in &cmd.env {
+        if let Err(d) = ctx.caps.check_env(name) {
+            return Err(ctx.denied(d));
+        }
+        if name == "NESTR_STEP" {
+            return Err(types::Error::Failed(
+                "NESTR_STEP is set by the engine".into(),
+            ));
+        }
+    }
+    let cwd = match resolve_cwd(&ctx.service_dir, cmd.cwd.as_deref()) {
+        Ok(dir) => dir,
+        Err(Ok(d)) => return Err(ctx.denied(d)),
+        Err(Err(msg)) => return Err(types::Error::Failed(msg)),
+    };
+
+    let started = Instant::now();
+    let mut child_cmd = tokio::process::Command::new(&program);
+    child_cmd
+        .args(&cmd.args)
+        .current_dir(&cwd)
+        .env_clear()
+        .envs(ctx.caps.environment())
+        .envs(cmd.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .env("NESTR_STEP", &ctx.marker)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    let mut child = child_cmd
+        .spawn()
+        .map_err(|e| types::Error::Failed(format!("cannot start `{}`: {e}", cmd.program)))?;
+    let pgid = child
+        .id()
+        .and_then(|id| i32::try_from(id).ok())
+        .map(Pid::from_raw);
+    let mut guard = GroupGuard {
+        pgid,
+        marker: ctx.marker.clone(),
+    };
+
+    let tail = Arc::new(Mutex::new(Tail::default()));
+    let readers: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+    ]
+    .into_iter()
+    .zip([Stream::Stdout, Stream::Stderr])
+    .filter_map(|(r, stream)| {
+        r.map(|r| tokio::spawn(pump(r, ctx.log.clone(), stream, tail.clone())))
+    })
+    .collect();
+
+    let own_deadline = cmd.timeout_ms.map(|ms| started + Duration::from_millis(ms));
+    let deadline = own_deadline.map_or(ctx.deadline, |d| d.min(ctx.deadline));
+    let mut timed_out = false;
+    let status: std::io::Result<ExitStatus> = tokio::select! {
+        s = child.wait() => s,
+        () = tokio::time::sleep_until(deadline.into()) => {
+            timed_out = true;
+            ctx.log.system(format!(
+                "[nestr: `{}` reached its deadline after {} ms; SIGTERM to its process group]",
+                cmd.program, started.elapsed().as_millis()
+            ));
+            terminate(&mut child, pgid, ctx.log.as_ref()).await
+        }
+        () = ctx.cancel.cancelled() => {
+            ctx.log.system(format!("[nestr: cancelled; SIGTERM to `{}`]", cmd.program));
+            terminate(&mut child, pgid, ctx.log.as_ref()).await
+        }
+    };
+    // Nothing of this program may outlive the call.
+    if let Some(pgid) = pgid {
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    kill_marked(&ctx.marker);
+    guard.pgid = None;
+    for r in readers {
+        // Output still buffered in the pipes is read; a pipe held open by nothing is closed now.
+        let _ = tokio::time::timeout(Duration::from_millis(500), r).await;
+    }
+    let status =
+        status.map_err(|e| types::Error::Failed(format!("waiting for `{}`: {e}", cmd.program)))?;
+    let tail = tail.lock().map(|t| t.text()).unwrap_or_default();
+    Ok(Output {
+        exit_code: status.code(),
+        signal: status.signal(),
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        tail,
+        truncated: ctx.log.truncated(),
+        timed_out,
+    })
+}
+
+/// SIGTERM to the group, then SIGKILL after the grace period; waits for the child.
+async fn terminate(
+    child: &mut tokio::process::Child,
+    pgid: Option<Pid>,
+    log: &StepLog,
+) -> std::io::Result<ExitStatus> {
+    if let Some(pgid) = pgid {
+        let _ = killpg(pgid, Signal::SIGTERM);
+    }
+    match tokio::time::timeout(KILL_GRACE, child.wait()).await {
+        Ok(status) => status,
+        Err(_) => {
+            log.system(format!(
+                "[nestr: still running {} s after SIGTERM; SIGKILL to its process group]",
+                KILL_GRACE.as_secs()
+            ));
+            if let Some(pgid) = pgid {
+                let _ = killpg(pgid, Signal::SIGKILL);
+            }
+            child.wait().await
+        }
+    }
+}
+
+/// Reads a pipe to its end, feeding the step log line by line and the tail.
+async fn pump(
+    mut reader: Box<dyn tokio::io::AsyncRead + Send + Unpin>,
+    log: Arc<StepLog>,
+    stream: Stream,
+    tail: Arc<Mutex<Tail>>,
+) {
+    let mut lines = LineBuffer::with_tap(
+        log,
+        stream,
+        Box::new(move |line: &str| {
+            if let Ok(mut t) = tail.lock() {
+                t.push(line);
+            }
+        }),
+    );
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => lines.write(&buf[..n]),
+        }
+    }
+    lines.finish();
+}
+
+/// The working folder: the service folder, or a folder inside it (symbolic links resolved).
+fn resolve_cwd(
+    service_dir: &Path,
+    cwd: Option<&str>,
+) -> Result<std::path::PathBuf, Result<Denial, String>> {
+    let Some(rel) = cwd.filter(|c| !c.is_empty() && *c != ".") else {
+        return Ok(service_dir.to_path_buf());
+    };
+    let outside = |what: &str| Denial {
+        capability: "fs".into(),
+        requested: format!("cwd {what}"),
+        grant: "no grant allows a working folder outside the service folder".into(),
+    };
+    if Path::new(rel).is_absolute() {
+        return Err(Ok(outside(rel)));
+    }
+    let joined = service_dir.join(rel);
+    let real = std::fs::canonicalize(&joined).map_err(|e| {
+        if joined
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+        {
+            Ok(outside(rel))
+        } else {
+            Err(format!(
+                "working folder `{rel}` does not exist in the service folder: {e}"
+            ))
+        }
+    })?;
+    if !real.starts_with(service_dir) {
+        return Err(Ok(outside(rel)));
+    }
+    if !real.is_dir() {
+        return Err(Err(format!("working folder `{rel}` is not a folder")));
+    }
+    Ok(real)
+}
+
+/// Kills every process whose environment carries `NESTR_STEP=marker` (processes that left the
+/// group, e.g. with setsid). Repeats while it finds some, as they may fork while dying.
+pub fn kill_marked(marker: &str) {
+    let needle = format!("NESTR_STEP={marker}");
+    for _ in 0..5 {
+        let mut found = 0;
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let Some(pid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if pid == std::process::id() as i32 {
+                continue;
+            }
+            let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+                continue;
+            };
+            if environ.split(|&b| b == 0).any(|v| v == needle.as_bytes()) {
+                found += 1;
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        if found == 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

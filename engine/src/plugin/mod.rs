@@ -1,0 +1,570 @@
+//! The wasmtime host for operation plugins.
+//!
+//! One [`Host`] holds one `Engine` (component model, async, epoch interruption) and one `Linker`
+//! (WASI p2, wasi:http through checking hooks, and the nestr imports), built once. Loading a
+//! plugin compiles it (through wasmtime's on-disk cache under `.nestr/cache/`), checks it against
+//! the contract, keeps an `InstancePre`, and calls `describe()`. Every step gets a fresh `Store`
+//! with its own limits and capabilities ([`Host::run_step`]). Submodules: `bindings` (the one
+//! `bindgen!`), `caps` (grants), `limits`, `sink` (step log), `state` (store data, `log`),
+//! `exec`, `http`.
+
+pub mod bindings;
+pub mod caps;
+mod exec;
+mod http;
+pub mod limits;
+pub mod sink;
+pub mod state;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Config, Engine, Store, Trap};
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
+use wasmtime_wasi_http::WasiHttpCtx;
+
+use bindings::types;
+use caps::{Declared, Effective};
+use limits::{Limiter, Ticker};
+use sink::StepLog;
+use state::{Cancel, GuestOutput, StepContext, StepState};
+
+use crate::manifest::FsGrant;
+use crate::store::{StepStatus, Stream};
+
+pub use bindings::{Operation, OperationPre};
+
+include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
+
+/// The package of the contract this host speaks.
+pub const CONTRACT: &str = "nestr:plugin@0.1.0";
+/// Where the service folder appears in a plugin's filesystem.
+pub const GUEST_WORKDIR: &str = "/service";
+
+/// Why a plugin could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("plugin `{plugin}`: {message}")]
+pub struct LoadError {
+    pub plugin: String,
+    pub message: String,
+}
+
+fn load_error(plugin: &str, message: impl Into<String>) -> LoadError {
+    LoadError {
+        plugin: plugin.to_string(),
+        message: message.into(),
+    }
+}
+
+/// What a plugin's `describe()` said.
+#[derive(Debug, Clone, Serialize)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub description: String,
+    /// Empty: any operation.
+    pub operations: Vec<String>,
+    pub capabilities: Declared,
+    pub config: Vec<ConfigField>,
+}
+
+/// A documented config field.
+#[derive(Debug, Clone, Serialize)]
+pub struct ConfigField {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub ty: String,
+    pub required: bool,
+    pub description: String,
+}
+
+/// A plugin ready to run steps.
+pub struct LoadedPlugin {
+    pub name: String,
+    /// sha256 of the component, hex.
+    pub digest: String,
+    /// `builtin` or the file it came from.
+    pub source: String,
+    pub info: PluginInfo,
+    pre: OperationPre<StepState>,
+}
+
+impl std::fmt::Debug for LoadedPlugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedPlugin")
+            .field("name", &self.name)
+            .field("digest", &self.digest)
+            .finish()
+    }
+}
+
+/// The request of one step, in engine terms.
+#[derive(Debug, Clone)]
+pub struct StepRequest {
+    pub operation: String,
+    pub run_id: String,
+    pub service: types::Service,
+    pub commit: Option<String>,
+    pub branch: Option<String>,
+    pub config: serde_json::Value,
+}
+
+/// How a step ended.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepOutcome {
+    pub status: StepStatus,
+    pub summary: String,
+    /// Why it failed, was skipped or refused.
+    pub reason: Option<String>,
+    pub tests: Option<(u32, u32, u32)>,
+    pub artifacts: serde_json::Value,
+    pub metrics: serde_json::Value,
+    pub duration: Duration,
+}
+
+impl StepOutcome {
+    pub fn new(
+        status: StepStatus,
+        summary: impl Into<String>,
+        reason: Option<String>,
+    ) -> StepOutcome {
+        StepOutcome {
+            status,
+            summary: summary.into(),
+            reason,
+            tests: None,
+            artifacts: serde_json::json!([]),
+            metrics: serde_json::json!({}),
+            duration: Duration::ZERO,
+        }
+    }
+}
+
+/// The wasmtime engine, linker and epoch ticker shared by every plugin and step.
+pub struct Host {
+    engine: Engine,
+    linker: Linker<StepState>,
+    _ticker: Ticker,
+}
+
+impl Host {
+    /// A host caching compiled components in `cache_dir` (none: no disk cache).
+    pub fn new(cache_dir: Option<&Path>) -> wasmtime::Result<Host> {
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .max_wasm_stack(limits::MAX_WASM_STACK);
+        if let Some(dir) = cache_dir {
+            std::fs::create_dir_all(dir)?;
+            let mut cache = wasmtime::CacheConfig::new();
+            cache.with_directory(dir);
+            config.cache(Some(wasmtime::Cache::new(cache)?));
+        }
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        Operation::add_to_linker::<StepState, HasSelf<StepState>>(&mut linker, |s| s)?;
+        let ticker = Ticker::start(&engine);
+        Ok(Host {
+            engine,
+            linker,
+            _ticker: ticker,
+        })
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// The component bytes of a built-in plugin.
+    pub fn builtin(name: &str) -> Option<&'static [u8]> {
+        BUILTIN_WASM
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, b)| *b)
+    }
+
+    /// Reads a plugin file, refusing oversized files and a sha256 that differs from the pin.
+    pub fn read_file(plugin: &str, path: &Path, pin: Option<&str>) -> Result<Vec<u8>, LoadError> {
+        let meta = std::fs::metadata(path)
+            .map_err(|e| load_error(plugin, format!("cannot read {}: {e}", path.display())))?;
+        if meta.len() > limits::MAX_PLUGIN_BYTES {
+            return Err(load_error(
+                plugin,
+                format!(
+                    "{} is {} MiB; plugins may be at most {} MiB",
+                    path.display(),
+                    meta.len() / (1024 * 1024),
+                    limits::MAX_PLUGIN_BYTES / (1024 * 1024)
+                ),
+            ));
+        }
+        let bytes = std::fs::read(path)
+            .map_err(|e| load_error(plugin, format!("cannot read {}: {e}", path.display())))?;
+        if let Some(pin) = pin {
+            let digest = hex::encode(Sha256::digest(&bytes));
+            if digest != pin {
+                return Err(load_error(
+                    plugin,
+                    format!(
+                        "{} has sha256 {digest}, but nestr.toml pins {pin}; nothing was run. If \
+                         you trust the new file, update `sha256` in [plugins.{plugin}]",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+        Ok(bytes)
+    }
+
+    /// Compiles (or loads from the cache), checks against the contract, and describes a plugin.
+    pub async fn load(
+        &self,
+        name: &str,
+        source: &str,
+        bytes: &[u8],
+    ) -> Result<LoadedPlugin, LoadError> {
+        let digest = hex::encode(Sha256::digest(bytes));
+        let component = Component::new(&self.engine, bytes).map_err(|e| {
+            load_error(
+                name,
+                format!("{source} is not a valid WebAssembly component ({}); build plugins with `cargo build --target wasm32-wasip2`", root_cause(&e)),
+            )
+        })?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .and_then(OperationPre::new)
+            .map_err(|e| {
+                load_error(
+                    name,
+                    format!(
+                        "{source} was built for a different plugin contract than this nestr \
+                         speaks ({CONTRACT}): {}. Rebuild it against nestr-sdk {}",
+                        root_cause(&e),
+                        env!("CARGO_PKG_VERSION")
+                    ),
+                )
+            })?;
+        let mut plugin = LoadedPlugin {
+            name: name.to_string(),
+            digest,
+            source: source.to_string(),
+            info: empty_info(name),
+            pre,
+        };
+        plugin.info = self.describe(&plugin).await?;
+        Ok(plugin)
+    }
+
+    async fn describe(&self, plugin: &LoadedPlugin) -> Result<PluginInfo, LoadError> {
+        let log = StepLog::new(0, Arc::default(), sink::DEFAULT_OUTPUT_CAP, vec![]);
+        let ctx = Arc::new(StepContext {
+            run_id: String::new(),
+            step_id: 0,
+            caps: caps::effective(
+                &plugin.name,
+                &Declared {
+                    fs: FsGrant::None,
+                    ..Declared::default()
+                },
+                &crate::manifest::Grants {
+                    fs: FsGrant::None,
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| load_error(&plugin.name, e))?,
+            log,
+            service_dir: PathBuf::from("/nonexistent"),
+            deadline: Instant::now() + limits::DESCRIBE_TIMEOUT,
+            cancel: Cancel::default(),
+            marker: String::new(),
+            audit: Arc::new(|_| {}),
+        });
+        let mut store = self
+            .store(ctx, caps::DEFAULT_MEMORY_MB, limits::DESCRIBE_TIMEOUT, None)
+            .map_err(|e| load_error(&plugin.name, e.to_string()))?;
+        let call = async {
+            let instance = plugin.pre.instantiate_async(&mut store).await?;
+            instance.call_describe(&mut store).await
+        };
+        let info = tokio::time::timeout(limits::DESCRIBE_TIMEOUT, call)
+            .await
+            .map_err(|_| load_error(&plugin.name, "describe() did not return within 5 s"))?
+            .map_err(|e| {
+                load_error(
+                    &plugin.name,
+                    format!("describe() failed: {}", root_cause(&e)),
+                )
+            })?;
+        Ok(convert_info(info))
+    }
+
+    /// A fresh store for one call.
+    fn store(
+        &self,
+        ctx: Arc<StepContext>,
+        memory_mb: u64,
+        timeout: Duration,
+        preopen: Option<(&Path, FsGrant)>,
+    ) -> wasmtime::Result<Store<StepState>> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(GuestOutput::new(ctx.log.clone(), Stream::Stdout))
+            .stderr(GuestOutput::new(ctx.log.clone(), Stream::Stderr))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        match preopen {
+            Some((dir, FsGrant::ReadOnly)) => {
+                wasi.preopened_dir(dir, GUEST_WORKDIR, FsPerms::ReadOnly)?;
+            }
+            Some((dir, FsGrant::ReadWrite)) => {
+                wasi.preopened_dir(dir, GUEST_WORKDIR, FsPerms::ReadWrite)?;
+            }
+            _ => {}
+        }
+        let state = StepState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            http: WasiHttpCtx::new(),
+            hooks: http::HttpHooks { ctx: ctx.clone() },
+            limiter: Limiter::new(memory_mb),
+            ctx,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(limits::ticks(timeout));
+        store.epoch_deadline_trap();
+        Ok(store)
+    }
+
+    /// Runs one step: a fresh store with the step's limits and capabilities, `run(request)`, and
+    /// the outcome. A trap, a panic, a timeout or exhausted memory ends this step only.
+    pub async fn run_step(
+        &self,
+        plugin: &LoadedPlugin,
+        request: &StepRequest,
+        ctx: Arc<StepContext>,
+    ) -> StepOutcome {
+        let started = Instant::now();
+        let caps = ctx.caps.clone();
+        let timeout = ctx.deadline.saturating_duration_since(started);
+        let preopen = (caps.fs != FsGrant::None).then_some((ctx.service_dir.as_path(), caps.fs));
+        let mut store = match self.store(ctx.clone(), caps.memory_mb, timeout, preopen) {
+            Ok(s) => s,
+            Err(e) => {
+                return StepOutcome::new(
+                    StepStatus::Failed,
+                    "the sandbox could not be prepared",
+                    Some(root_cause(&e)),
+                );
+            }
+        };
+        let wit_request = types::Request {
+            operation: request.operation.clone(),
+            run_id: request.run_id.clone(),
+            service: request.service.clone(),
+            commit: request.commit.clone(),
+            branch: request.branch.clone(),
+            config: request.config.to_string(),
+            workdir: GUEST_WORKDIR.to_string(),
+        };
+        let call = async {
+            let instance = plugin.pre.instantiate_async(&mut store).await?;
+            instance.call_run(&mut store, &wit_request).await
+        };
+        // The wall-clock bound: beyond the deadline (plus the grace a program gets to exit), the
+        // call is dropped wherever it is, even inside a host function.
+        let wall = ctx.deadline + limits::KILL_GRACE + Duration::from_millis(250);
+        let result = tokio::select! {
+            r = call => Some(r),
+            () = tokio::time::sleep_until(wall.into()) => None,
+            () = ctx.cancel.cancelled() => {
+                // Give a running program its SIGTERM grace, then drop the call.
+                tokio::time::sleep(limits::KILL_GRACE + Duration::from_millis(100)).await;
+                None
+            }
+        };
+        let hit_memory = store.data().limiter.hit_memory_limit;
+        drop(store);
+        let mut outcome = classify(
+            result,
+            hit_memory,
+            ctx.cancel.is_cancelled(),
+            &caps,
+            timeout,
+        );
+        let mask = |s: &str| ctx.log.masker().mask(s);
+        outcome.summary = mask(&outcome.summary);
+        outcome.reason = outcome.reason.as_deref().map(mask);
+        outcome.metrics =
+            serde_json::from_str(&mask(&outcome.metrics.to_string())).unwrap_or_default();
+        outcome.duration = started.elapsed();
+        ctx.log.finish();
+        outcome
+    }
+}
+
+fn empty_info(name: &str) -> PluginInfo {
+    PluginInfo {
+        name: name.to_string(),
+        version: String::new(),
+        description: String::new(),
+        operations: vec![],
+        capabilities: Declared::default(),
+        config: vec![],
+    }
+}
+
+fn convert_info(i: types::PluginInfo) -> PluginInfo {
+    PluginInfo {
+        name: i.name,
+        version: i.version,
+        description: i.description,
+        operations: i.operations,
+        capabilities: Declared {
+            exec: i.capabilities.exec,
+            env: i.capabilities.env,
+            secrets: i.capabilities.secrets,
+            http: i.capabilities.http,
+            fs: match i.capabilities.fs {
+                types::FsAccess::None => FsGrant::None,
+                types::FsAccess::ReadOnly => FsGrant::ReadOnly,
+                types::FsAccess::ReadWrite => FsGrant::ReadWrite,
+            },
+        },
+        config: i
+            .config
+            .into_iter()
+            .map(|f| ConfigField {
+                name: f.name,
+                ty: f.type_,
+                required: f.required,
+                description: f.description,
+            })
+            .collect(),
+    }
+}
+
+/// The innermost message of an error chain.
+fn root_cause(e: &wasmtime::Error) -> String {
+    e.root_cause().to_string()
+}
+
+fn classify(
+    result: Option<wasmtime::Result<Result<types::Report, types::Error>>>,
+    hit_memory: bool,
+    cancelled: bool,
+    caps: &Effective,
+    timeout: Duration,
+) -> StepOutcome {
+    let timed_out = || {
+        StepOutcome::new(
+            StepStatus::TimedOut,
+            format!(
+                "timed out after {}",
+                humantime::format_duration(round_ms(timeout))
+            ),
+            Some(format!(
+                "the step did not finish within its deadline of {}; raise it with `timeout` in the \
+                 plugin's grants",
+                humantime::format_duration(round_ms(timeout))
+            )),
+        )
+    };
+    match result {
+        None if cancelled => StepOutcome::new(
+            StepStatus::Cancelled,
+            "cancelled",
+            Some("the run was cancelled".into()),
+        ),
+        None => timed_out(),
+        Some(Ok(Ok(report))) => from_report(report),
+        Some(Ok(Err(types::Error::Denied(d)))) => StepOutcome::new(
+            StepStatus::Denied,
+            format!("denied: {} `{}`", d.capability, d.requested),
+            Some(format!(
+                "{} `{}` is not granted; to allow it: {}",
+                d.capability, d.requested, d.grant
+            )),
+        ),
+        Some(Ok(Err(types::Error::InvalidConfig(m)))) => StepOutcome::new(
+            StepStatus::Failed,
+            format!("invalid config: {m}"),
+            Some(format!("invalid config: {m}")),
+        ),
+        Some(Ok(Err(types::Error::Failed(m)))) => {
+            StepOutcome::new(StepStatus::Failed, m.clone(), Some(m))
+        }
+        Some(Err(e)) => {
+            let trap = e.downcast_ref::<Trap>().copied();
+            if cancelled {
+                return StepOutcome::new(
+                    StepStatus::Cancelled,
+                    "cancelled",
+                    Some("the run was cancelled".into()),
+                );
+            }
+            if hit_memory {
+                return StepOutcome::new(
+                    StepStatus::ResourceExhausted,
+                    format!("out of memory (limit {} MiB)", caps.memory_mb),
+                    Some(format!(
+                        "the plugin needed more than its {} MiB of memory; raise it with \
+                         `memory_mb` in the plugin's grants",
+                        caps.memory_mb
+                    )),
+                );
+            }
+            match trap {
+                Some(Trap::Interrupt) => timed_out(),
+                Some(Trap::StackOverflow) => StepOutcome::new(
+                    StepStatus::ResourceExhausted,
+                    "wasm stack exhausted",
+                    Some("the plugin exhausted its stack (unbounded recursion?)".into()),
+                ),
+                Some(t) => StepOutcome::new(
+                    StepStatus::Failed,
+                    format!("plugin trapped: {t}"),
+                    Some(format!(
+                        "the plugin trapped ({t}); a Rust panic shows its message in the step log"
+                    )),
+                ),
+                None => StepOutcome::new(StepStatus::Failed, "plugin failed", Some(root_cause(&e))),
+            }
+        }
+    }
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn from_report(r: types::Report) -> StepOutcome {
+    let (status, reason) = match r.outcome {
+        types::Outcome::Succeeded => (StepStatus::Succeeded, None),
+        types::Outcome::Failed(why) => (StepStatus::Failed, Some(why)),
+        types::Outcome::Skipped(why) => (StepStatus::Skipped, Some(why)),
+    };
+    let mut o = StepOutcome::new(status, r.summary, reason);
+    o.tests = r.tests.map(|t| (t.passed, t.failed, t.skipped));
+    o.artifacts = serde_json::Value::Array(
+        r.artifacts
+            .into_iter()
+            .map(|a| serde_json::json!({"path": a.path, "kind": a.kind, "sha256": a.sha256}))
+            .collect(),
+    );
+    o.metrics = serde_json::Value::Object(
+        r.metrics
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .collect(),
+    );
+    o
+}

@@ -1,0 +1,226 @@
+//! What a step's `Store` holds: the WASI context (service folder preopened, stdout/stderr into
+//! the step log, no env, args or sockets), the wasi:http context with its checking hooks, the
+//! limiter, and the step context shared with host functions (capabilities, log, deadline,
+//! cancellation, audit). Also the host side of the `log` and `types` interfaces.
+
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use super::bindings::nestr::plugin::{log, types};
+use super::caps::{Denial, Effective};
+use super::http::HttpHooks;
+use super::limits::Limiter;
+use super::sink::{LineBuffer, StepLog};
+use crate::store::{AuditEntry, Stream};
+
+/// Receives audit entries (capability decisions) of a step.
+pub type AuditSink = Arc<dyn Fn(AuditEntry) + Send + Sync>;
+
+/// Everything host functions need to know about the step they serve.
+pub struct StepContext {
+    pub run_id: String,
+    pub step_id: i64,
+    pub caps: Effective,
+    pub log: Arc<StepLog>,
+    /// Canonical path of the service folder.
+    pub service_dir: PathBuf,
+    pub deadline: Instant,
+    pub cancel: Cancel,
+    /// Marks every process this step starts (NESTR_STEP), so that escaped ones can be found.
+    pub marker: String,
+    pub audit: AuditSink,
+}
+
+impl StepContext {
+    /// Records a refusal and turns it into the plugin-visible error.
+    pub fn denied(&self, d: Denial) -> types::Error {
+        tracing::info!(plugin = %self.caps.plugin, capability = %d.capability, requested = %d.requested, "denied");
+        self.log.system(format!(
+            "[nestr: denied {} `{}`; to allow it: {}]",
+            d.capability, d.requested, d.grant
+        ));
+        (self.audit)(AuditEntry {
+            run_id: Some(self.run_id.clone()),
+            step_id: Some(self.step_id),
+            plugin: self.caps.plugin.clone(),
+            capability: d.capability.clone(),
+            requested: self.log.masker().mask(&d.requested),
+            decision: "denied".into(),
+            detail: Some(d.grant.clone()),
+        });
+        types::Error::Denied(types::Denial {
+            capability: d.capability,
+            requested: d.requested,
+            grant: d.grant,
+        })
+    }
+}
+
+/// A cancellation flag that async code can wait on.
+#[derive(Clone, Default)]
+pub struct Cancel {
+    inner: Arc<(std::sync::atomic::AtomicBool, Notify)>,
+}
+
+impl Cancel {
+    pub fn cancel(&self) {
+        self.inner
+            .0
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner.1.notify_waiters();
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.inner.0.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves once cancelled.
+    pub async fn cancelled(&self) {
+        loop {
+            let notified = self.inner.1.notified();
+            if self.is_cancelled() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// The data of a step's `Store`.
+pub struct StepState {
+    pub wasi: WasiCtx,
+    pub table: ResourceTable,
+    pub http: WasiHttpCtx,
+    pub hooks: HttpHooks,
+    pub limiter: Limiter,
+    pub ctx: Arc<StepContext>,
+}
+
+impl WasiView for StepState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for StepState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            hooks: &mut self.hooks,
+            table: &mut self.table,
+            ctx: &mut self.http,
+        }
+    }
+}
+
+impl types::Host for StepState {}
+
+impl log::Host for StepState {
+    async fn log(&mut self, level: log::Level, message: String) {
+        let level = match level {
+            log::Level::Trace => "trace",
+            log::Level::Debug => "debug",
+            log::Level::Info => "info",
+            log::Level::Warn => "warn",
+            log::Level::Error => "error",
+        };
+        for line in message.lines() {
+            self.ctx.log.line(Stream::Log, Some(level), line);
+        }
+    }
+}
+
+/// The plugin's own stdout or stderr: bytes become lines of the step log.
+#[derive(Clone)]
+pub struct GuestOutput {
+    buffer: Arc<Mutex<LineBuffer>>,
+}
+
+impl GuestOutput {
+    pub fn new(log: Arc<StepLog>, stream: Stream) -> GuestOutput {
+        GuestOutput {
+            buffer: Arc::new(Mutex::new(LineBuffer::new(log, stream))),
+        }
+    }
+
+    fn write_bytes(&self, bytes: &[u8]) {
+        if let Ok(mut b) = self.buffer.lock() {
+            b.write(bytes);
+        }
+    }
+
+    /// Emits a last unterminated line, if any.
+    pub fn finish(&self) {
+        if let Ok(mut b) = self.buffer.lock() {
+            b.finish();
+        }
+    }
+}
+
+impl IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestOutput {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+impl OutputStream for GuestOutput {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.write_bytes(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for GuestOutput {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for GuestOutput {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.write_bytes(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}

@@ -1,0 +1,455 @@
+//! Queries on the run history: `runs`, `steps`, `log_lines` and the capability `audit` trail.
+
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+use super::{Store, StoreError, now_ms};
+
+/// How a step ended (or where it stands).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepStatus {
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Skipped,
+    Denied,
+    TimedOut,
+    ResourceExhausted,
+    Cancelled,
+    Interrupted,
+}
+
+impl StepStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepStatus::Queued => "queued",
+            StepStatus::Running => "running",
+            StepStatus::Succeeded => "succeeded",
+            StepStatus::Failed => "failed",
+            StepStatus::Skipped => "skipped",
+            StepStatus::Denied => "denied",
+            StepStatus::TimedOut => "timed_out",
+            StepStatus::ResourceExhausted => "resource_exhausted",
+            StepStatus::Cancelled => "cancelled",
+            StepStatus::Interrupted => "interrupted",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<StepStatus> {
+        use StepStatus::*;
+        [
+            Queued,
+            Running,
+            Succeeded,
+            Failed,
+            Skipped,
+            Denied,
+            TimedOut,
+            ResourceExhausted,
+            Cancelled,
+            Interrupted,
+        ]
+        .into_iter()
+        .find(|v| v.as_str() == s)
+    }
+
+    /// Succeeded or skipped: nothing went wrong.
+    pub fn is_ok(self) -> bool {
+        matches!(self, StepStatus::Succeeded | StepStatus::Skipped)
+    }
+}
+
+/// How a run ended (or that it is running).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunStatus {
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+    Interrupted,
+}
+
+impl RunStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunStatus::Running => "running",
+            RunStatus::Succeeded => "succeeded",
+            RunStatus::Failed => "failed",
+            RunStatus::Cancelled => "cancelled",
+            RunStatus::Interrupted => "interrupted",
+        }
+    }
+
+    fn parse(s: &str) -> RunStatus {
+        match s {
+            "running" => RunStatus::Running,
+            "succeeded" => RunStatus::Succeeded,
+            "cancelled" => RunStatus::Cancelled,
+            "interrupted" => RunStatus::Interrupted,
+            _ => RunStatus::Failed,
+        }
+    }
+}
+
+/// A new run.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    pub id: String,
+    pub operation: String,
+    pub selection: serde_json::Value,
+    pub options: serde_json::Value,
+    pub started_by: String,
+}
+
+/// What is known when a step ends.
+#[derive(Debug, Clone, Default)]
+pub struct StepEnd {
+    pub summary: String,
+    pub reason: Option<String>,
+    pub tests: Option<(u32, u32, u32)>,
+    pub artifacts: serde_json::Value,
+    pub metrics: serde_json::Value,
+    pub duration_ms: u64,
+}
+
+/// Where a log line came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    Stdout,
+    Stderr,
+    /// The plugin's `log` import.
+    Log,
+    /// The engine (truncation markers, denials, timeouts).
+    System,
+}
+
+impl Stream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+            Stream::Log => "log",
+            Stream::System => "system",
+        }
+    }
+
+    fn parse(s: &str) -> Stream {
+        match s {
+            "stdout" => Stream::Stdout,
+            "stderr" => Stream::Stderr,
+            "log" => Stream::Log,
+            _ => Stream::System,
+        }
+    }
+}
+
+/// One stored line of a step's log.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogLine {
+    pub step_id: i64,
+    pub seq: i64,
+    pub at: i64,
+    pub stream: Stream,
+    pub level: Option<String>,
+    pub text: String,
+}
+
+/// A capability decision.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEntry {
+    pub run_id: Option<String>,
+    pub step_id: Option<i64>,
+    pub plugin: String,
+    pub capability: String,
+    pub requested: String,
+    pub decision: String,
+    pub detail: Option<String>,
+}
+
+/// A run as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunRow {
+    pub id: String,
+    pub operation: String,
+    pub status: RunStatus,
+    pub started_by: String,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+    pub steps: Vec<StepRow>,
+}
+
+/// A step as stored.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepRow {
+    pub id: i64,
+    pub service: String,
+    pub plugin: String,
+    pub plugin_digest: Option<String>,
+    pub status: StepStatus,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub duration_ms: Option<i64>,
+    pub summary: Option<String>,
+    pub reason: Option<String>,
+    pub tests: Option<TestsRow>,
+    pub metrics: serde_json::Value,
+}
+
+/// Test counts of a step.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct TestsRow {
+    pub passed: i64,
+    pub failed: i64,
+    pub skipped: i64,
+}
+
+impl Store {
+    pub fn create_run(&mut self, run: &NewRun) -> Result<(), StoreError> {
+        let host = std::env::var("HOSTNAME").ok();
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO runs (id, operation, selection, options, started_by, host, pid, status, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'running', ?8)",
+                params![
+                    run.id,
+                    run.operation,
+                    run.selection.to_string(),
+                    run.options.to_string(),
+                    run.started_by,
+                    host,
+                    std::process::id(),
+                    now_ms()
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Adds a step in `status` (usually queued); returns its id.
+    pub fn add_step(
+        &mut self,
+        run_id: &str,
+        service: &str,
+        plugin: &str,
+        status: StepStatus,
+    ) -> Result<i64, StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO steps (run_id, service, plugin, status) VALUES (?1, ?2, ?3, ?4)",
+                params![run_id, service, plugin, status.as_str()],
+            )?;
+            Ok(tx.last_insert_rowid())
+        })
+    }
+
+    /// Marks a step running, with the plugin's digest and the capabilities it was given.
+    pub fn start_step(
+        &mut self,
+        step_id: i64,
+        digest: &str,
+        grants: &serde_json::Value,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE steps SET status = 'running', started_at = ?2, plugin_digest = ?3, grants = ?4
+                 WHERE id = ?1",
+                params![step_id, now_ms(), digest, grants.to_string()],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn finish_step(
+        &mut self,
+        step_id: i64,
+        status: StepStatus,
+        end: &StepEnd,
+    ) -> Result<(), StoreError> {
+        let (p, f, s) = match end.tests {
+            Some((p, f, s)) => (Some(p), Some(f), Some(s)),
+            None => (None, None, None),
+        };
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE steps SET status = ?2, finished_at = ?3, duration_ms = ?4, summary = ?5,
+                    reason = ?6, tests_passed = ?7, tests_failed = ?8, tests_skipped = ?9,
+                    artifacts = ?10, metrics = ?11
+                 WHERE id = ?1",
+                params![
+                    step_id,
+                    status.as_str(),
+                    now_ms(),
+                    i64::try_from(end.duration_ms).unwrap_or(i64::MAX),
+                    end.summary,
+                    end.reason,
+                    p,
+                    f,
+                    s,
+                    end.artifacts.to_string(),
+                    end.metrics.to_string()
+                ],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn finish_run(&mut self, run_id: &str, status: RunStatus) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE runs SET status = ?2, finished_at = ?3 WHERE id = ?1",
+                params![run_id, status.as_str(), now_ms()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Appends log lines in one transaction.
+    pub fn insert_logs(&mut self, lines: &[LogLine]) -> Result<(), StoreError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        self.write(|tx| {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR REPLACE INTO log_lines (step_id, seq, at, stream, level, text)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for l in lines {
+                stmt.execute(params![
+                    l.step_id,
+                    l.seq,
+                    l.at,
+                    l.stream.as_str(),
+                    l.level,
+                    l.text
+                ])?;
+            }
+            Ok(())
+        })
+    }
+
+    pub fn audit(&mut self, e: &AuditEntry) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO audit (at, run_id, step_id, plugin, capability, requested, decision, detail)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![now_ms(), e.run_id, e.step_id, e.plugin, e.capability, e.requested, e.decision, e.detail],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// A run with its steps.
+    pub fn run(&self, run_id: &str) -> Result<Option<RunRow>, StoreError> {
+        let run = self
+            .conn()
+            .query_row(
+                "SELECT id, operation, status, started_by, created_at, finished_at FROM runs WHERE id = ?1",
+                [run_id],
+                |r| {
+                    Ok(RunRow {
+                        id: r.get(0)?,
+                        operation: r.get(1)?,
+                        status: RunStatus::parse(&r.get::<_, String>(2)?),
+                        started_by: r.get(3)?,
+                        created_at: r.get(4)?,
+                        finished_at: r.get(5)?,
+                        steps: Vec::new(),
+                    })
+                },
+            )
+            .optional()?;
+        let Some(mut run) = run else { return Ok(None) };
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT id, service, plugin, plugin_digest, status, started_at, finished_at, duration_ms,
+                    summary, reason, tests_passed, tests_failed, tests_skipped, metrics
+             FROM steps WHERE run_id = ?1 ORDER BY id",
+        )?;
+        let steps = stmt.query_map([run_id], |r| {
+            let passed: Option<i64> = r.get(10)?;
+            let metrics: String = r.get(13)?;
+            Ok(StepRow {
+                id: r.get(0)?,
+                service: r.get(1)?,
+                plugin: r.get(2)?,
+                plugin_digest: r.get(3)?,
+                status: StepStatus::parse(&r.get::<_, String>(4)?).unwrap_or(StepStatus::Failed),
+                started_at: r.get(5)?,
+                finished_at: r.get(6)?,
+                duration_ms: r.get(7)?,
+                summary: r.get(8)?,
+                reason: r.get(9)?,
+                tests: match passed {
+                    Some(passed) => Some(TestsRow {
+                        passed,
+                        failed: r.get::<_, Option<i64>>(11)?.unwrap_or(0),
+                        skipped: r.get::<_, Option<i64>>(12)?.unwrap_or(0),
+                    }),
+                    None => None,
+                },
+                metrics: serde_json::from_str(&metrics).unwrap_or(serde_json::Value::Null),
+            })
+        })?;
+        run.steps = steps.collect::<Result<_, _>>()?;
+        Ok(Some(run))
+    }
+
+    /// Log lines of a step, in order.
+    pub fn step_logs(&self, step_id: i64) -> Result<Vec<LogLine>, StoreError> {
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT step_id, seq, at, stream, level, text FROM log_lines WHERE step_id = ?1 ORDER BY seq",
+        )?;
+        let rows = stmt.query_map([step_id], |r| {
+            Ok(LogLine {
+                step_id: r.get(0)?,
+                seq: r.get(1)?,
+                at: r.get(2)?,
+                stream: Stream::parse(&r.get::<_, String>(3)?),
+                level: r.get(4)?,
+                text: r.get(5)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Audit entries of a run.
+    pub fn audit_for_run(&self, run_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT run_id, step_id, plugin, capability, requested, decision, detail FROM audit
+             WHERE run_id = ?1 ORDER BY id",
+        )?;
+        let rows = stmt.query_map([run_id], |r| {
+            Ok(AuditEntry {
+                run_id: r.get(0)?,
+                step_id: r.get(1)?,
+                plugin: r.get(2)?,
+                capability: r.get(3)?,
+                requested: r.get(4)?,
+                decision: r.get(5)?,
+                detail: r.get(6)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The status of the newest finished step per (service, operation), for `services` views.
+    pub fn last_step_status(
+        &self,
+        service: &str,
+        operation: &str,
+    ) -> Result<Option<StepStatus>, StoreError> {
+        let s: Option<String> = self
+            .conn()
+            .query_row(
+                "SELECT s.status FROM steps s JOIN runs r ON r.id = s.run_id
+                 WHERE s.service = ?1 AND r.operation = ?2 ORDER BY s.id DESC LIMIT 1",
+                params![service, operation],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(s.as_deref().and_then(StepStatus::parse))
+    }
+}

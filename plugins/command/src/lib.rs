@@ -1,0 +1,103 @@
+//! The `command` built-in plugin: runs the argv lists in its config, in order, in the service
+//! folder, and stops at the first failure. There is no shell unless `sh` is granted and named.
+//!
+//! ```toml
+//! build = { plugin = "command", config = { run = [["make", "build"], ["make", "check"]] } }
+//! ```
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use nestr_sdk::{Error, Plugin, PluginInfo, Report, Request, exec, info};
+use serde::Deserialize;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Config {
+    /// Commands as argv lists.
+    run: Vec<Vec<String>>,
+    /// Folder relative to the service folder.
+    cwd: Option<String>,
+    /// Variables to set (names must be granted).
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    /// Seconds each command may take.
+    timeout_secs: Option<u64>,
+}
+
+struct Command;
+
+impl Plugin for Command {
+    fn describe() -> PluginInfo {
+        PluginInfo::new(
+            "command",
+            env!("CARGO_PKG_VERSION"),
+            "Runs the commands listed in `run` in order; stops at the first failure",
+        )
+        .exec(["*"])
+        .field(
+            "run",
+            "array",
+            true,
+            "commands as argv lists, e.g. [[\"make\", \"build\"]]",
+        )
+        .field(
+            "cwd",
+            "string",
+            false,
+            "folder relative to the service folder",
+        )
+        .field(
+            "env",
+            "object",
+            false,
+            "variables to set; names must be granted in env",
+        )
+        .field(
+            "timeout_secs",
+            "integer",
+            false,
+            "seconds each command may take",
+        )
+    }
+
+    fn run(request: Request) -> Result<Report, Error> {
+        let config: Config = request.config()?;
+        if config.run.is_empty() {
+            return Err(Error::InvalidConfig("`run` lists no command".into()));
+        }
+        let total = config.run.len();
+        for (i, argv) in config.run.iter().enumerate() {
+            let Some((program, args)) = argv.split_first() else {
+                return Err(Error::InvalidConfig(format!(
+                    "command {} of `run` is empty",
+                    i + 1
+                )));
+            };
+            let mut cmd = exec(program).args(args.iter().cloned());
+            if let Some(cwd) = &config.cwd {
+                cmd = cmd.cwd(cwd.clone());
+            }
+            for (k, v) in &config.env {
+                cmd = cmd.env(k.clone(), v.clone());
+            }
+            if let Some(secs) = config.timeout_secs {
+                cmd = cmd.timeout(Duration::from_secs(secs));
+            }
+            let line = cmd.display();
+            info!("$ {line}");
+            let out = cmd.run()?;
+            if !out.success() {
+                return Ok(Report::failure(format!("`{line}` {}", out.describe()))
+                    .metric("commands_run", i + 1));
+            }
+        }
+        Ok(Report::success(format!(
+            "{total} command{} succeeded",
+            if total == 1 { "" } else { "s" }
+        ))
+        .metric("commands_run", total))
+    }
+}
+
+nestr_sdk::export!(Command);
