@@ -1,7 +1,9 @@
 //! The one integration test binary (see DESIGN.md §6.8): every test here runs the real `nestr`
 //! binary or library against real git repositories in temp folders and a real SQLite file.
 
+mod builtins;
 mod cli;
 mod git;
 mod manifest;
+mod plugins;
 mod support;

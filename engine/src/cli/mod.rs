@@ -6,6 +6,7 @@ pub mod demo;
 pub mod exit;
 mod init;
 mod lock;
+mod logs;
 mod plugin;
 pub mod render;
 mod run;
@@ -89,6 +90,8 @@ pub enum Command {
     Services(services::ServicesArgs),
     /// Run an operation (build, test, deploy, …) over services in dependency order.
     Run(run::RunArgs),
+    /// Show the stored log of a run.
+    Logs(logs::LogsArgs),
     /// List, inspect, check and create operation plugins.
     Plugin(plugin::PluginArgs),
     /// Create a sample workspace of local git repositories and assemble it.
@@ -114,6 +117,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Lock(args) => lock::run(&load(&location)?, args, &ui),
         Command::Services(args) => services::run(&load(&location)?, args, &ui),
         Command::Run(args) => run::run(&mut load(&location)?, args, &ui),
+        Command::Logs(args) => logs::run(&mut load(&location)?, args, &ui),
         Command::Plugin(args) => plugin::run(&location, args, &ui),
     }
 }

@@ -35,6 +35,8 @@ impl Plugin for Command {
             "Runs the commands listed in `run` in order; stops at the first failure",
         )
         .exec(["*"])
+        .env(["*"])
+        .secrets(["*"])
         .field(
             "run",
             "array",

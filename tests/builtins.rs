@@ -1,0 +1,355 @@
+//! The built-in plugins doing real work through `nestr run`: `command` with make and sh, `cargo`
+//! on a real crate with a passing and a failing test, `npm` on a real package script,
+//! `http-deploy` against a real webhook receiver on loopback; and a plugin scaffolded by
+//! `nestr plugin new`, built for wasm32-wasip2 and run.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::plugins::stored;
+use crate::support::{Run, Sandbox, TestResult, git};
+
+/// A remote `app` whose first commit holds `files`, and a workspace with `manifest_tail` after
+/// the repo and service tables.
+fn workspace(sb: &Sandbox, files: &[(&str, &str)], service_ops: &str, plugins: &str) -> PathBuf {
+    let r = sb.remote("app");
+    for (path, content) in files {
+        let p = r.work.join(path);
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(p, content).expect("write");
+    }
+    if !files.is_empty() {
+        git(&r.work, &["add", "-A"]);
+        git(&r.work, &["commit", "-qm", "files"]);
+        git(&r.work, &["push", "-q", "origin", "HEAD"]);
+    }
+    let ws = sb.workspace(&format!(
+        "[workspace]\nname = \"b\"\n\n[repos.app]\nurl = \"{{remotes}}/app.git\"\nbranch = \"main\"\n\n\
+         [services.app]\nrepo = \"app\"\n\n[services.app.operations]\n{service_ops}\n\n{plugins}\n"
+    ));
+    sb.nestr(&ws, &["assemble", "-q"]).ok();
+    ws
+}
+
+fn run_op(sb: &Sandbox, ws: &Path, op: &str) -> (Run, serde_json::Value) {
+    let run = sb.nestr(ws, &["run", op, "--json"]);
+    let step = run.json()["steps"][0].clone();
+    (run, step)
+}
+
+#[test]
+fn command_runs_make_and_stops_at_the_first_failure() -> TestResult {
+    let sb = Sandbox::new();
+    let ws = workspace(
+        &sb,
+        &[(
+            "Makefile",
+            "build:\n\t@echo compiled > out.txt\n\t@echo built ok\nbroken:\n\t@echo about to fail\n\t@exit 4\n",
+        )],
+        "build = { plugin = \"command\", config = { run = [[\"make\", \"build\"], [\"sh\", \"-c\", \"cat out.txt\"]] } }\n\
+         check = { plugin = \"command\", config = { run = [[\"make\", \"broken\"], [\"make\", \"build\"]] } }\n\
+         shell = { plugin = \"command\", config = { run = [[\"bash\", \"-c\", \"echo hi\"]] } }",
+        "[plugins.command]\ngrants = { exec = [\"make\", \"sh\"], env = [\"PATH\"] }",
+    );
+    let (run, step) = run_op(&sb, &ws, "build");
+    assert_eq!(run.code, 0, "{}\n{}", run.all(), stored(&ws).log);
+    assert_eq!(step["summary"], "2 commands succeeded");
+    assert!(
+        stored(&ws).log.contains("compiled"),
+        "the second command saw the first one's file"
+    );
+    std::fs::remove_file(ws.join("app/out.txt"))?;
+    let (run, step) = run_op(&sb, &ws, "check");
+    assert_eq!(run.code, 1);
+    assert_eq!(step["status"], "failed");
+    assert!(
+        step["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("`make broken` exited with code 2")),
+        "{step}"
+    );
+    assert!(
+        !ws.join("app/out.txt").exists(),
+        "stopped before `make build`"
+    );
+    let (_, step) = run_op(&sb, &ws, "shell");
+    assert_eq!(step["status"], "denied", "bash is not granted: {step}");
+    Ok(())
+}
+
+#[test]
+fn cargo_builds_and_counts_tests_of_a_real_crate() -> TestResult {
+    let sb = Sandbox::new();
+    let ws = workspace(
+        &sb,
+        &[
+            (
+                "Cargo.toml",
+                "[package]\nname = \"tiny\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[workspace]\n",
+            ),
+            (
+                "src/lib.rs",
+                "pub fn add(a: i32, b: i32) -> i32 { a + b }\n\n#[cfg(test)]\nmod tests {\n    #[test]\n    fn adds() { assert_eq!(super::add(2, 2), 4); }\n    #[test]\n    fn wrong() { assert_eq!(super::add(2, 2), 5); }\n    #[test]\n    #[ignore]\n    fn later() {}\n}\n",
+            ),
+        ],
+        "build = { plugin = \"cargo\" }\ntest = { plugin = \"cargo\" }",
+        "[plugins.cargo]\ngrants = { exec = [\"cargo\"], env = [\"PATH\", \"HOME\", \"CARGO_HOME\", \"RUSTUP_HOME\", \"RUSTUP_TOOLCHAIN\"], timeout = \"10m\" }",
+    );
+    let env = |cmd: &mut std::process::Command| {
+        for k in ["CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN"] {
+            if let Ok(v) = std::env::var(k) {
+                cmd.env(k, v);
+            }
+        }
+        cmd.env("HOME", std::env::var("HOME").unwrap_or_default());
+    };
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nestr"));
+    cmd.current_dir(&ws)
+        .args(["--color", "never", "run", "build", "--json"]);
+    env(&mut cmd);
+    let build = Run::from(cmd.output()?);
+    assert_eq!(build.code, 0, "{}", build.all());
+    assert!(ws.join("app/target/debug").is_dir());
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nestr"));
+    cmd.current_dir(&ws)
+        .args(["--color", "never", "run", "test", "--json"]);
+    env(&mut cmd);
+    let test = Run::from(cmd.output()?);
+    assert_eq!(test.code, 1, "a test fails: {}", test.all());
+    let step = &test.json()["steps"][0];
+    assert_eq!(step["status"], "failed");
+    assert_eq!(
+        step["tests"],
+        serde_json::json!({"passed": 1, "failed": 1, "skipped": 1}),
+        "{step}"
+    );
+    assert!(
+        step["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("tests::wrong")),
+        "{step}"
+    );
+    Ok(())
+}
+
+#[test]
+fn npm_runs_package_scripts_and_reads_test_counts() -> TestResult {
+    if std::process::Command::new("npm")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Err("npm is needed for this test (it is on the project's machines)".into());
+    }
+    let sb = Sandbox::new();
+    let ws = workspace(
+        &sb,
+        &[
+            (
+                "package.json",
+                "{\"name\":\"web\",\"version\":\"1.0.0\",\"private\":true,\"scripts\":{\"build\":\"node build.js\",\"test\":\"node test.js\"}}\n",
+            ),
+            (
+                "package-lock.json",
+                "{\"name\":\"web\",\"version\":\"1.0.0\",\"lockfileVersion\":3,\"requires\":true,\"packages\":{\"\":{\"name\":\"web\",\"version\":\"1.0.0\"}}}\n",
+            ),
+            (
+                "build.js",
+                "require('fs').writeFileSync('dist.txt', 'bundle'); console.log('bundled');\n",
+            ),
+            (
+                "test.js",
+                "console.log('TAP version 13'); console.log('ok 1 - renders'); console.log('ok 2 - links'); console.log('ok 3 - todo # SKIP later'); console.log('1..3');\n",
+            ),
+        ],
+        "build = { plugin = \"npm\", config = { ci = true } }\ntest = { plugin = \"npm\" }",
+        "[plugins.npm]\ngrants = { exec = [\"npm\"], env = [\"PATH\", \"HOME\"], timeout = \"5m\" }",
+    );
+    let (run, step) = run_op(&sb, &ws, "build");
+    assert_eq!(run.code, 0, "{}\n{}", run.all(), stored(&ws).log);
+    assert_eq!(std::fs::read_to_string(ws.join("app/dist.txt"))?, "bundle");
+    assert!(
+        step["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("npm run build succeeded")),
+        "{step}"
+    );
+    let (run, step) = run_op(&sb, &ws, "test");
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(
+        step["tests"],
+        serde_json::json!({"passed": 2, "failed": 0, "skipped": 1}),
+        "{step}"
+    );
+    Ok(())
+}
+
+/// A webhook receiver: records each request (request line, headers, body); the deploy hook
+/// answers 202, the health URL answers 503 twice and then 200.
+fn receiver() -> std::io::Result<(u16, Arc<Mutex<Vec<String>>>)> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        let mut health = 0;
+        for stream in listener.incoming().take(50) {
+            let Ok(mut stream) = stream else { break };
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let mut head = String::new();
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    length = v.trim().parse().unwrap_or(0);
+                }
+                head.push_str(&line);
+            }
+            let mut body = vec![0u8; length];
+            let _ = reader.read_exact(&mut body);
+            let request = format!("{head}\n{}", String::from_utf8_lossy(&body));
+            let reply: &[u8] = if head.starts_with("POST /hooks/deploy") {
+                b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            } else if head.starts_with("GET /healthz") {
+                health += 1;
+                if health <= 2 {
+                    b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                }
+            } else {
+                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            };
+            log.lock().expect("lock").push(request);
+            let _ = stream.write_all(reply);
+        }
+    });
+    Ok((port, seen))
+}
+
+#[test]
+fn http_deploy_posts_the_hook_with_a_secret_and_waits_for_health() -> TestResult {
+    let (port, seen) = receiver()?;
+    let sb = Sandbox::new();
+    let ws = workspace(
+        &sb,
+        &[],
+        &format!(
+            "deploy = {{ plugin = \"http-deploy\", config = {{ url = \"http://127.0.0.1:{port}/hooks/deploy\", headers = {{ x-deploy-token = \"{{{{secret:DEPLOY_TOKEN}}}}\" }}, health_url = \"http://127.0.0.1:{port}/healthz\", poll_interval_ms = 100, health_timeout_secs = 20 }} }}"
+        ),
+        &format!(
+            "[plugins.http-deploy]\ngrants = {{ http = [\"http://127.0.0.1:{port}\"], secrets = [\"DEPLOY_TOKEN\"] }}"
+        ),
+    );
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nestr"));
+    cmd.current_dir(&ws)
+        .args(["--color", "never", "run", "deploy", "--json"])
+        .env("DEPLOY_TOKEN", "tok-3f9a-secret");
+    let run = Run::from(cmd.output()?);
+    assert_eq!(run.code, 0, "{}\n{}", run.all(), stored(&ws).log);
+    let step = &run.json()["steps"][0];
+    assert!(
+        step["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("answered 200")),
+        "{step}"
+    );
+    let requests = seen.lock().map_err(|_| "lock")?.clone();
+    let hook = requests
+        .iter()
+        .find(|r| r.starts_with("POST /hooks/deploy"))
+        .ok_or("no hook request")?;
+    assert!(
+        hook.to_ascii_lowercase()
+            .contains("x-deploy-token: tok-3f9a-secret"),
+        "the host filled the secret: {hook}"
+    );
+    let body: serde_json::Value = serde_json::from_str(hook.rsplit('\n').next().unwrap_or(""))?;
+    assert_eq!(body["service"], "app");
+    assert_eq!(body["repo"], "app");
+    assert_eq!(body["branch"], "main");
+    assert_eq!(body["commit"].as_str().map(str::len), Some(40));
+    assert_eq!(
+        requests
+            .iter()
+            .filter(|r| r.starts_with("GET /healthz"))
+            .count(),
+        3
+    );
+    assert!(!stored(&ws).log.contains("tok-3f9a-secret"));
+    // Without the http grant the hook is refused and nothing is sent.
+    let before = requests.len();
+    let manifest = std::fs::read_to_string(ws.join("nestr.toml"))?;
+    std::fs::write(
+        ws.join("nestr.toml"),
+        manifest.replace(&format!("http = [\"http://127.0.0.1:{port}\"], "), ""),
+    )?;
+    let (run, step) = run_op(&sb, &ws, "deploy");
+    assert_eq!(run.code, 1);
+    assert_eq!(step["status"], "denied", "{step}");
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert_eq!(
+        seen.lock().map_err(|_| "lock")?.len(),
+        before,
+        "nothing was sent"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_scaffolded_plugin_builds_and_runs() -> TestResult {
+    let sb = Sandbox::new();
+    let ws = workspace(&sb, &[], "", "");
+    sb.nestr(&ws, &["plugin", "new", "greeter", "--dir", "tools/greeter"])
+        .ok();
+    // Share the compiled SDK with the engine's own plugin builds.
+    let target = Path::new(env!("NESTR_PLUGIN_WASM_DIR"))
+        .ancestors()
+        .nth(2)
+        .ok_or("target dir")?
+        .to_path_buf();
+    let build = std::process::Command::new("cargo")
+        .current_dir(ws.join("tools/greeter"))
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--target-dir",
+        ])
+        .arg(&target)
+        .env_remove("CARGO_TARGET_DIR")
+        .env_remove("RUSTFLAGS")
+        .output()?;
+    assert!(
+        build.status.success(),
+        "{}",
+        String::from_utf8_lossy(&build.stderr)
+    );
+    let manifest = std::fs::read_to_string(ws.join("nestr.toml"))?.replace(
+        "[services.app.operations]\n",
+        "[services.app.operations]\nhello = { plugin = \"greeter\", config = { greeting = \"bonjour\" } }\n",
+    );
+    std::fs::write(
+        ws.join("nestr.toml"),
+        format!(
+            "{manifest}\n[plugins.greeter]\npath = \"{}\"\ngrants = {{ exec = [\"echo\"] }}\n",
+            target.join("wasm32-wasip2/release/greeter.wasm").display()
+        ),
+    )?;
+    let (run, step) = run_op(&sb, &ws, "hello");
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(step["status"], "succeeded");
+    assert!(
+        stored(&ws).log.contains("bonjour from app"),
+        "{}",
+        stored(&ws).log
+    );
+    Ok(())
+}
