@@ -162,6 +162,7 @@ fn ungranted_exec_is_a_typed_denial_with_an_audit_row() -> TestResult {
     assert_eq!(run.code, 1);
     assert_eq!(step["status"], "denied", "{step}");
     let s = stored(&ws);
+    assert_eq!(s.status, "denied", "the stored step agrees with the report");
     assert!(
         s.reason
             .contains("[plugins.fx] grants = { exec = [\"sh\", \"true\"] }"),
