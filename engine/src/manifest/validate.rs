@@ -17,7 +17,8 @@ use super::{
 
 const NAME_HELP: &str = "names use lower-case letters, digits, `-` and `_`, start with a letter or \
                          digit, and are at most 64 characters long";
-const MAX_MEMORY_MB: i64 = 65_536;
+/// wasm32 addresses at most 4 GiB.
+const MAX_MEMORY_MB: i64 = 4096;
 
 pub(crate) fn validate(path: &Path, source: &str) -> Result<Manifest, InvalidManifest> {
     let mut problems = Problems::new(source);

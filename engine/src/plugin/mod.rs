@@ -152,9 +152,32 @@ pub struct Host {
 }
 
 impl Host {
-    /// A host caching compiled components in `cache_dir` (none: no disk cache).
+    /// A host caching compiled components in `cache_dir` (none: no disk cache), with the
+    /// pooling instance allocator (chosen by measurement, docs/PERFORMANCE.md), or on-demand
+    /// allocation where the pool's address space cannot be reserved.
     pub fn new(cache_dir: Option<&Path>) -> wasmtime::Result<Host> {
+        Host::with_pooling(cache_dir, true).or_else(|e| {
+            tracing::warn!(error = %e, "pooling allocator unavailable; using on-demand allocation");
+            Host::with_pooling(cache_dir, false)
+        })
+    }
+
+    /// Like [`Host::new`], choosing the allocator explicitly.
+    pub fn with_pooling(cache_dir: Option<&Path>, pooling: bool) -> wasmtime::Result<Host> {
         let mut config = Config::new();
+        if pooling {
+            let mut pool = wasmtime::PoolingAllocationConfig::default();
+            // Slots for 128 concurrent plugin instances; each memory may grow to wasm32's 4 GiB
+            // (address space is reserved, not committed).
+            pool.total_component_instances(128)
+                .total_core_instances(512)
+                .total_memories(128)
+                .total_tables(512)
+                .max_memory_size(4 << 30)
+                .linear_memory_keep_resident(2 << 20)
+                .table_keep_resident(64 << 10);
+            config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+        }
         config
             .wasm_component_model(true)
             .epoch_interruption(true)
@@ -342,6 +365,30 @@ impl Host {
         store.set_epoch_deadline(limits::ticks(timeout));
         store.epoch_deadline_trap();
         Ok(store)
+    }
+
+    /// Instantiates `plugin` in a fresh store and calls `describe()` then `run(request)`, with the
+    /// step's limits but no timeout handling: the raw cost of a call (for the benchmark).
+    pub async fn describe_and_run(
+        &self,
+        plugin: &LoadedPlugin,
+        request: &StepRequest,
+        ctx: Arc<StepContext>,
+    ) -> wasmtime::Result<Result<types::Report, types::Error>> {
+        let timeout = ctx.deadline.saturating_duration_since(Instant::now());
+        let mut store = self.store(ctx, caps::DEFAULT_MEMORY_MB, timeout, None)?;
+        let instance = plugin.pre.instantiate_async(&mut store).await?;
+        instance.call_describe(&mut store).await?;
+        let req = types::Request {
+            operation: request.operation.clone(),
+            run_id: request.run_id.clone(),
+            service: request.service.clone(),
+            commit: request.commit.clone(),
+            branch: request.branch.clone(),
+            config: request.config.to_string(),
+            workdir: GUEST_WORKDIR.to_string(),
+        };
+        instance.call_run(&mut store, &req).await
     }
 
     /// Runs one step: a fresh store with the step's limits and capabilities, `run(request)`, and
