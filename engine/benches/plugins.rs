@@ -5,6 +5,7 @@
 //!   NESTR_BENCH_CALLS calls (default 2,000), with on-demand and pooling allocation;
 //! - the same through `Host::run_step` (the whole step: WASI context, log, limits);
 //! - spawning `/bin/true` (median of 300) as the baseline.
+//!
 //! Prints a table for docs/PERFORMANCE.md.
 
 use std::sync::Arc;
