@@ -3,6 +3,7 @@
 
 mod builtins;
 mod cli;
+mod contract;
 mod git;
 mod manifest;
 mod plugins;

@@ -209,8 +209,32 @@ pub fn run(args: DemoArgs, ui: &Ui) -> Result<ExitCode, CliError> {
     heading(ui, "nestr lock");
     super::lock::run(&ws, super::lock::LockArgs {}, ui)?;
 
+    heading(
+        ui,
+        "nestr run build   (each step a sandboxed plugin, dependencies first)",
+    );
+    let build = super::run::RunArgs {
+        operation: "build".into(),
+        services: vec![],
+        tags: vec![],
+        json: false,
+    };
+    let built = super::run::run(&mut ws, build, ui)?;
+
+    heading(ui, "nestr run test -t backend");
+    let test = super::run::RunArgs {
+        operation: "test".into(),
+        services: vec![],
+        tags: vec!["backend".into()],
+        json: false,
+    };
+    let tested = super::run::run(&mut ws, test, ui)?;
+    if built != ExitCode::Ok || tested != ExitCode::Ok {
+        return Ok(ExitCode::Failed);
+    }
+
     println!(
-        "\n{} The demo workspace is at {}\n  cd {} && nestr status --json\n",
+        "\n{} The demo workspace is at {}\n  cd {} && nestr status --json && nestr plugin list\n",
         ui.paint(Tone::Good, "Done."),
         ws_dir.display(),
         ws_dir.display()

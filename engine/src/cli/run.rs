@@ -31,20 +31,35 @@ pub struct RunArgs {
 
 const PALETTE: &[&str] = &["36", "35", "33", "32", "34", "31"];
 
+/// The run Ctrl-C cancels; the handler is installed once per process.
+static CURRENT: std::sync::Mutex<Option<Cancel>> = std::sync::Mutex::new(None);
+
+fn watch_ctrl_c(cancel: &Cancel) {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    if let Ok(mut current) = CURRENT.lock() {
+        *current = Some(cancel.clone());
+    }
+    INSTALLED.call_once(|| {
+        let _ = ctrlc::set_handler(|| {
+            let current = CURRENT.lock().ok().and_then(|c| c.clone());
+            match current {
+                Some(c) if !c.is_cancelled() => {
+                    eprintln!("\nnestr: cancelling (Ctrl-C again to quit at once)…");
+                    c.cancel();
+                }
+                _ => std::process::exit(ExitCode::Interrupted.code()),
+            }
+        });
+    });
+}
+
 pub fn run(ws: &mut Workspace, args: RunArgs, ui: &Ui) -> Result<ExitCode, CliError> {
     let selection = Selection {
         services: args.services,
         tags: args.tags,
     };
     let cancel = Cancel::default();
-    let c = cancel.clone();
-    let _ = ctrlc::set_handler(move || {
-        if c.is_cancelled() {
-            std::process::exit(ExitCode::Interrupted.code());
-        }
-        eprintln!("\nnestr: cancelling (Ctrl-C again to quit at once)…");
-        c.cancel();
-    });
+    watch_ctrl_c(&cancel);
     let width = ws
         .manifest
         .services
@@ -103,6 +118,15 @@ pub fn status_tone(s: StepStatus) -> Tone {
     }
 }
 
+/// `850ms`, `12.3s`, `4m05s`.
+pub fn duration(ms: u64) -> String {
+    match ms {
+        0..1000 => format!("{ms}ms"),
+        1000..60_000 => format!("{:.1}s", ms as f64 / 1000.0),
+        _ => format!("{}m{:02}s", ms / 60_000, (ms % 60_000) / 1000),
+    }
+}
+
 fn summary(ui: &Ui, report: &RunReport) -> String {
     let rows: Vec<Vec<(String, Option<Tone>)>> = report
         .steps
@@ -124,10 +148,7 @@ fn summary(ui: &Ui, report: &RunReport) -> String {
             vec![
                 (s.service.clone(), None),
                 (s.status.as_str().to_string(), Some(status_tone(s.status))),
-                (
-                    format!("{:.1}s", s.duration_ms as f64 / 1000.0),
-                    Some(Tone::Dim),
-                ),
+                (duration(s.duration_ms), Some(Tone::Dim)),
                 (summary, None),
                 (tests, None),
             ]
