@@ -87,7 +87,6 @@ pub fn run(ws: &mut Workspace, args: RunArgs, ui: &Ui) -> Result<ExitCode, CliEr
             };
             let text = match line.stream {
                 Stream::System => render::paint(color, Tone::Dim, &line.text),
-                Stream::Stderr if color => line.text.clone(),
                 _ => line.text.clone(),
             };
             let mut out = std::io::stdout().lock();
