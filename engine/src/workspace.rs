@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use crate::git::{self, FetchInfo, LockEntry, Lockfile, Progress, RepoOutcome, RepoStatus};
 use crate::manifest::{self, Manifest, ManifestError};
 use crate::plugin::state::Cancel;
-use crate::scheduler::{self, PlanError, RunContext, RunReport, Selection};
+use crate::scheduler::events::Events;
+use crate::scheduler::{self, PlanError, RunContext, RunOptions, RunReport, Selection};
 use crate::store::{RepoRecord, Store, StoreError, SyncAction, SyncResult};
 
 /// Name of the state folder beside the manifest.
@@ -36,6 +37,13 @@ impl WorkspaceError {
             WorkspaceError::Lock(_) | WorkspaceError::Plan(_) => None,
         }
     }
+}
+
+/// Opens the store and marks runs of dead engines interrupted.
+fn open_and_recover(state_dir: &Path) -> Result<Store, StoreError> {
+    let mut store = Store::open(state_dir)?;
+    scheduler::recover::recover(&mut store)?;
+    Ok(store)
 }
 
 /// Where to find the manifest and the state.
@@ -89,7 +97,7 @@ impl Workspace {
     pub fn store(&mut self) -> Result<&mut Store, StoreError> {
         let store = match self.store.take() {
             Some(s) => s,
-            None => Store::open(&self.state_dir)?,
+            None => open_and_recover(&self.state_dir)?,
         };
         Ok(self.store.insert(store))
     }
@@ -232,18 +240,19 @@ impl Workspace {
         Ok((path, lock))
     }
 
-    /// Runs `operation` over the selected services, one step after another in dependency order.
+    /// Runs `operation` over the selected services in dependency order, publishing every
+    /// transition on `events`.
     pub fn run_operation(
         &mut self,
         operation: &str,
         selection: &Selection,
-        on_line: Option<scheduler::LineObserver>,
-        on_step: Option<scheduler::StepObserver<'_>>,
+        options: &RunOptions,
+        events: Events,
         cancel: Cancel,
     ) -> Result<RunReport, WorkspaceError> {
         let opened = match self.store.take() {
             Some(s) => s,
-            None => Store::open(&self.state_dir)?,
+            None => open_and_recover(&self.state_dir)?,
         };
         let Workspace {
             manifest,
@@ -255,14 +264,22 @@ impl Workspace {
             manifest,
             store,
             state_dir,
-            on_line,
-            on_step,
+            events,
             cancel,
         };
-        scheduler::run(rc, operation, selection).map_err(|e| match e {
+        scheduler::run(rc, operation, selection, options).map_err(|e| match e {
             PlanError::Selection(m) => WorkspaceError::Plan(m),
             PlanError::Store(e) => WorkspaceError::Store(e),
         })
+    }
+
+    /// The plan of a run, without running or recording anything.
+    pub fn plan(
+        &self,
+        operation: &str,
+        selection: &Selection,
+    ) -> Result<scheduler::Plan, WorkspaceError> {
+        scheduler::plan(&self.manifest, operation, selection).map_err(|e| WorkspaceError::Plan(e.0))
     }
 
     fn record(&mut self, action: SyncAction, outcomes: &[RepoOutcome]) -> Result<(), StoreError> {

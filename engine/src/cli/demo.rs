@@ -213,21 +213,11 @@ pub fn run(args: DemoArgs, ui: &Ui) -> Result<ExitCode, CliError> {
         ui,
         "nestr run build   (each step a sandboxed plugin, dependencies first)",
     );
-    let build = super::run::RunArgs {
-        operation: "build".into(),
-        services: vec![],
-        tags: vec![],
-        json: false,
-    };
+    let build = run_args("build", &[]);
     let built = super::run::run(&mut ws, build, ui)?;
 
     heading(ui, "nestr run test -t backend");
-    let test = super::run::RunArgs {
-        operation: "test".into(),
-        services: vec![],
-        tags: vec!["backend".into()],
-        json: false,
-    };
+    let test = run_args("test", &["backend"]);
     let tested = super::run::run(&mut ws, test, ui)?;
     if built != ExitCode::Ok || tested != ExitCode::Ok {
         return Ok(ExitCode::Failed);
@@ -240,6 +230,21 @@ pub fn run(args: DemoArgs, ui: &Ui) -> Result<ExitCode, CliError> {
         ws_dir.display()
     );
     Ok(ExitCode::Ok)
+}
+
+fn run_args(operation: &str, tags: &[&str]) -> super::run::RunArgs {
+    super::run::RunArgs {
+        operation: operation.into(),
+        services: vec![],
+        tags: tags.iter().map(|t| t.to_string()).collect(),
+        with_deps: false,
+        with_dependents: false,
+        jobs: None,
+        continue_mode: crate::scheduler::ContinueMode::Never,
+        dry_run: false,
+        output: super::run::Output::Prefixed,
+        json: false,
+    }
 }
 
 fn heading(ui: &Ui, text: &str) {

@@ -1,17 +1,24 @@
-//! `nestr run OPERATION`: runs an operation over the selected services in dependency order,
-//! showing each service's output live (prefixed with its name), then a summary table; `--json`
-//! prints the run as JSON. Ctrl-C cancels the run (running programs get SIGTERM, then SIGKILL).
+//! `nestr run OPERATION`: runs an operation over the selected services in dependency order, up to
+//! `-j` steps at once. A renderer thread subscribes to the run's events and shows each service's
+//! output live (prefixed with its name, one colour per service) or grouped per step, with a
+//! progress line on a terminal; then a summary table. `--dry-run` prints the plan; `--json`
+//! prints the run. Ctrl-C cancels (running programs get SIGTERM, then SIGKILL after a grace);
+//! a second Ctrl-C kills them at once and quits.
 
-use std::io::Write;
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::io::{IsTerminal, Write};
+use std::sync::Mutex;
 
-use clap::Args;
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use tokio::sync::broadcast::error::RecvError;
 
 use super::render::{self, Tone, Ui};
 use super::{CliError, ExitCode};
 use crate::plugin::state::Cancel;
-use crate::scheduler::{RunReport, Selection};
-use crate::store::{LogLine, RunStatus, StepStatus, Stream};
+use crate::scheduler::events::{Event, Events};
+use crate::scheduler::{ContinueMode, Plan, RunOptions, RunReport, Selection};
+use crate::store::{RunStatus, StepStatus, Stream};
 use crate::workspace::Workspace;
 
 #[derive(Debug, Args)]
@@ -24,28 +31,57 @@ pub struct RunArgs {
     /// Run for every service with this tag (repeatable).
     #[arg(short = 't', long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,
-    /// Print the run as JSON (no live output).
+    /// Add every service the selection depends on.
+    #[arg(long)]
+    pub with_deps: bool,
+    /// Add every service that depends on the selection.
+    #[arg(long)]
+    pub with_dependents: bool,
+    /// Steps at once (default: the number of cores).
+    #[arg(short = 'j', long = "jobs", value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub jobs: Option<u16>,
+    /// After a step fails: start nothing new (never), go on where dependencies succeeded
+    /// (dependencies-ok), or run everything (always).
+    #[arg(long = "continue", value_enum, default_value_t = ContinueMode::Never, value_name = "MODE")]
+    pub continue_mode: ContinueMode,
+    /// Print the plan (levels, plugins, what would be skipped) and run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Live output: lines prefixed with the service, or each step's output as a block when it ends.
+    #[arg(long, value_enum, default_value_t = Output::Prefixed)]
+    pub output: Output,
+    /// Print the run (or with --dry-run, the plan) as JSON; no live output.
     #[arg(long)]
     pub json: bool,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Prefixed,
+    Grouped,
+}
+
 const PALETTE: &[&str] = &["36", "35", "33", "32", "34", "31"];
 
-/// The run Ctrl-C cancels; the handler is installed once per process.
-static CURRENT: std::sync::Mutex<Option<Cancel>> = std::sync::Mutex::new(None);
+/// The run Ctrl-C cancels (and its id, to kill its programs on a second Ctrl-C).
+static CURRENT: Mutex<Option<(Cancel, Option<String>)>> = Mutex::new(None);
 
 fn watch_ctrl_c(cancel: &Cancel) {
     static INSTALLED: std::sync::Once = std::sync::Once::new();
     if let Ok(mut current) = CURRENT.lock() {
-        *current = Some(cancel.clone());
+        *current = Some((cancel.clone(), None));
     }
     INSTALLED.call_once(|| {
         let _ = ctrlc::set_handler(|| {
             let current = CURRENT.lock().ok().and_then(|c| c.clone());
             match current {
-                Some(c) if !c.is_cancelled() => {
-                    eprintln!("\nnestr: cancelling (Ctrl-C again to quit at once)…");
+                Some((c, _)) if !c.is_cancelled() => {
+                    eprintln!("\nnestr: cancelling (Ctrl-C again to kill everything and quit)…");
                     c.cancel();
+                }
+                Some((_, Some(run_id))) => {
+                    crate::plugin::kill_marked_prefix(&format!("{run_id}-"));
+                    std::process::exit(ExitCode::Interrupted.code());
                 }
                 _ => std::process::exit(ExitCode::Interrupted.code()),
             }
@@ -53,47 +89,56 @@ fn watch_ctrl_c(cancel: &Cancel) {
     });
 }
 
+fn set_current_run(run_id: &str) {
+    if let Ok(mut current) = CURRENT.lock()
+        && let Some((_, id)) = current.as_mut()
+    {
+        *id = Some(run_id.to_string());
+    }
+}
+
 pub fn run(ws: &mut Workspace, args: RunArgs, ui: &Ui) -> Result<ExitCode, CliError> {
     let selection = Selection {
-        services: args.services,
-        tags: args.tags,
+        services: args.services.clone(),
+        tags: args.tags.clone(),
+        with_deps: args.with_deps,
+        with_dependents: args.with_dependents,
     };
+    if args.dry_run {
+        let plan = ws.plan(&args.operation, &selection)?;
+        print_plan(ui, &plan, args.json)?;
+        return Ok(ExitCode::Ok);
+    }
+    let mut options = RunOptions {
+        continue_mode: args.continue_mode,
+        ..RunOptions::default()
+    };
+    if let Some(j) = args.jobs {
+        options.jobs = usize::from(j);
+    }
     let cancel = Cancel::default();
     watch_ctrl_c(&cancel);
-    let width = ws
-        .manifest
-        .services
-        .iter()
-        .map(|s| s.name.len())
-        .max()
-        .unwrap_or(0);
-    let color = ui.color_out;
+    let events = Events::default();
+    let rx = events.subscribe();
     let names: Vec<String> = ws
         .manifest
         .services
         .iter()
         .map(|s| s.name.clone())
         .collect();
-    let on_line: Option<crate::scheduler::LineObserver> = if args.json || ui.quiet {
-        None
-    } else {
-        Some(Arc::new(move |service: &str, line: &LogLine| {
-            let i = names.iter().position(|n| n == service).unwrap_or(0);
-            let prefix = format!("{service:>width$} |");
-            let prefix = if color {
-                format!("\x1b[{}m{prefix}\x1b[0m", PALETTE[i % PALETTE.len()])
-            } else {
-                prefix
-            };
-            let text = match line.stream {
-                Stream::System => render::paint(color, Tone::Dim, &line.text),
-                _ => line.text.clone(),
-            };
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{prefix} {text}");
-        }))
+    let live = !(args.json || ui.quiet);
+    let renderer = Renderer {
+        color: ui.color_out,
+        width: names.iter().map(String::len).max().unwrap_or(0),
+        names,
+        grouped: args.output == Output::Grouped,
+        live,
+        bar: (live && std::io::stderr().is_terminal()).then(progress_bar),
     };
-    let report = ws.run_operation(&args.operation, &selection, on_line, None, cancel.clone())?;
+    let thread = std::thread::spawn(move || renderer.render(rx));
+    let result = ws.run_operation(&args.operation, &selection, &options, events, cancel);
+    let _ = thread.join();
+    let report = result?;
     if args.json {
         let text = serde_json::to_string_pretty(&report)
             .map_err(|e| CliError::usage(format!("cannot write JSON: {e}")))?;
@@ -106,6 +151,158 @@ pub fn run(ws: &mut Workspace, args: RunArgs, ui: &Ui) -> Result<ExitCode, CliEr
         RunStatus::Cancelled => ExitCode::Interrupted,
         _ => ExitCode::Failed,
     })
+}
+
+fn progress_bar() -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    bar.enable_steady_tick(std::time::Duration::from_millis(120));
+    bar
+}
+
+struct Renderer {
+    color: bool,
+    width: usize,
+    names: Vec<String>,
+    grouped: bool,
+    live: bool,
+    bar: Option<ProgressBar>,
+}
+
+impl Renderer {
+    fn prefix(&self, service: &str) -> String {
+        let p = format!("{service:>width$} |", width = self.width);
+        let i = self.names.iter().position(|n| n == service).unwrap_or(0);
+        if self.color {
+            format!("\x1b[{}m{p}\x1b[0m", PALETTE[i % PALETTE.len()])
+        } else {
+            p
+        }
+    }
+
+    fn print(&self, text: &str) {
+        let write = || {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{text}");
+        };
+        match &self.bar {
+            Some(bar) => bar.suspend(write),
+            None => write(),
+        }
+    }
+
+    fn render(self, mut rx: tokio::sync::broadcast::Receiver<Event>) {
+        let mut state: HashMap<String, StepStatus> = HashMap::new();
+        let mut blocks: HashMap<String, Vec<String>> = HashMap::new();
+        loop {
+            let event = match rx.blocking_recv() {
+                Ok(e) => e,
+                Err(RecvError::Lagged(n)) => {
+                    if self.live {
+                        self.print(&render::paint(self.color, Tone::Warn, &format!("[nestr: display fell behind; {n} events not shown here (all are stored: nestr logs)]")));
+                    }
+                    continue;
+                }
+                Err(RecvError::Closed) => break,
+            };
+            if let Some((service, status)) = event.step_status() {
+                state.insert(service.to_string(), status);
+            }
+            match &event {
+                Event::RunStarted { run_id, .. } => set_current_run(run_id),
+                Event::Log { service, line, .. } if self.live => {
+                    let text = if line.stream == Stream::System {
+                        render::paint(self.color, Tone::Dim, &line.text)
+                    } else {
+                        line.text.clone()
+                    };
+                    let shown = format!("{} {text}", self.prefix(service));
+                    if self.grouped {
+                        blocks.entry(service.clone()).or_default().push(shown);
+                    } else {
+                        self.print(&shown);
+                    }
+                }
+                Event::StepFinished { report, .. } if self.live && self.grouped => {
+                    let lines = blocks.remove(&report.service).unwrap_or_default();
+                    let head = format!(
+                        "── {} {} ({})",
+                        report.service,
+                        render::paint(
+                            self.color,
+                            super::run::status_tone(report.status),
+                            report.status.as_str()
+                        ),
+                        duration(report.duration_ms)
+                    );
+                    self.print(&head);
+                    for l in lines {
+                        self.print(&l);
+                    }
+                }
+                Event::RunFinished { .. } => break,
+                _ => {}
+            }
+            if let Some(bar) = &self.bar {
+                let count = |f: fn(&StepStatus) -> bool| state.values().filter(|s| f(s)).count();
+                bar.set_message(format!(
+                    "{} done, {} running, {} queued",
+                    count(|s| !matches!(s, StepStatus::Queued | StepStatus::Running)),
+                    count(|s| *s == StepStatus::Running),
+                    count(|s| *s == StepStatus::Queued)
+                ));
+            }
+        }
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+fn print_plan(ui: &Ui, plan: &Plan, json: bool) -> Result<(), CliError> {
+    if json {
+        let text = serde_json::to_string_pretty(&serde_json::json!({
+            "operation": plan.operation,
+            "concurrency": plan.concurrency(),
+            "levels": plan.levels().iter().map(|l| l.iter().map(|s| serde_json::json!({
+                "service": s.service, "plugin": s.plugin, "depends_on": s.depends_on, "skip": s.skip,
+            })).collect::<Vec<_>>()).collect::<Vec<_>>(),
+        }))
+        .map_err(|e| CliError::usage(e.to_string()))?;
+        println!("{text}");
+        return Ok(());
+    }
+    println!(
+        "plan for `{}` ({} steps; nothing is run):",
+        plan.operation,
+        plan.steps.len()
+    );
+    for (i, level) in plan.levels().iter().enumerate() {
+        println!("{}", ui.paint(Tone::Bold, &format!("level {i}")));
+        for s in level {
+            let after = if s.depends_on.is_empty() {
+                String::new()
+            } else {
+                format!(" after {}", s.depends_on.join(", "))
+            };
+            match (&s.plugin, &s.skip) {
+                (_, Some(why)) => println!(
+                    "  {} {}",
+                    s.service,
+                    ui.paint(Tone::Warn, &format!("skipped: {why}"))
+                ),
+                (Some(p), None) => println!("  {} ({p}){}", s.service, ui.paint(Tone::Dim, &after)),
+                (None, None) => println!("  {}", s.service),
+            }
+        }
+    }
+    if let Some(c) = plan.concurrency() {
+        println!("at most {c} at once (concurrency in nestr.toml)");
+    }
+    Ok(())
 }
 
 pub fn status_tone(s: StepStatus) -> Tone {
@@ -161,17 +358,16 @@ fn summary(ui: &Ui, report: &RunReport) -> String {
             ui.color_out
         )
     );
-    let denied: Vec<&str> = report
+    for d in report
         .steps
         .iter()
         .filter(|s| s.status == StepStatus::Denied)
         .filter_map(|s| s.reason.as_deref())
-        .collect();
-    for d in denied {
-        out.push_str(&format!("\n{}\n", d));
+    {
+        out.push_str(&format!("\n{d}\n"));
     }
     out.push_str(&format!(
-        "\nrun {} {} ({} steps)\n",
+        "\nrun {} {} ({} steps) — nestr logs {}\n",
         report.run_id,
         ui.paint(
             if report.status == RunStatus::Succeeded {
@@ -181,7 +377,8 @@ fn summary(ui: &Ui, report: &RunReport) -> String {
             },
             report.status.as_str()
         ),
-        report.steps.len()
+        report.steps.len(),
+        report.run_id
     ));
     out
 }

@@ -135,6 +135,8 @@ pub struct Grants {
     pub http: Vec<String>,
     pub fs: FsGrant,
     pub memory_mb: Option<u64>,
+    /// Output stored per step, MiB (default 16).
+    pub output_mb: Option<u64>,
     #[serde(with = "duration_secs")]
     pub timeout: Option<Duration>,
 }

@@ -81,5 +81,6 @@ pub(crate) struct RawGrants {
     pub http: Vec<Spanned<String>>,
     pub fs: Option<Spanned<String>>,
     pub memory_mb: Option<Spanned<i64>>,
+    pub output_mb: Option<Spanned<i64>>,
     pub timeout: Option<Spanned<String>>,
 }

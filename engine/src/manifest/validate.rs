@@ -780,6 +780,18 @@ impl Validator<'_> {
                 );
             }
         }
+        if let Some(m) = &g.output_mb {
+            let v = *m.get_ref();
+            if (1..=MAX_MEMORY_MB).contains(&v) {
+                out.output_mb = u64::try_from(v).ok();
+            } else {
+                self.p.err(
+                    m.span(),
+                    format!("output_mb {v} is out of range"),
+                    format!("write a whole number of MiB from 1 to {MAX_MEMORY_MB}"),
+                );
+            }
+        }
         if let Some(t) = &g.timeout {
             match humantime::parse_duration(t.get_ref()) {
                 Ok(d) if !d.is_zero() => out.timeout = Some(d),

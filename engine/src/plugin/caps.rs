@@ -53,6 +53,8 @@ pub struct Effective {
     pub http: Vec<String>,
     pub fs: FsGrant,
     pub memory_mb: u64,
+    /// Bytes of output stored per step.
+    pub output_cap: u64,
     pub timeout: Duration,
     /// The plugin's grants as written, to build "add this" hints.
     grants: Grants,
@@ -181,6 +183,11 @@ pub fn effective(plugin: &str, declared: &Declared, grants: &Grants) -> Result<E
             grants.fs
         },
         memory_mb: grants.memory_mb.unwrap_or(DEFAULT_MEMORY_MB),
+        output_cap: grants
+            .output_mb
+            .map_or(crate::plugin::sink::DEFAULT_OUTPUT_CAP, |mb| {
+                mb * 1024 * 1024
+            }),
         timeout: grants.timeout.unwrap_or(DEFAULT_TIMEOUT),
         grants: grants.clone(),
     })
@@ -256,6 +263,9 @@ pub fn grants_line(g: &Grants) -> String {
     }
     if let Some(m) = g.memory_mb {
         parts.push(format!("memory_mb = {m}"));
+    }
+    if let Some(m) = g.output_mb {
+        parts.push(format!("output_mb = {m}"));
     }
     if let Some(t) = g.timeout {
         parts.push(format!(

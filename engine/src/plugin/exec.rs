@@ -276,7 +276,16 @@ fn resolve_cwd(
 /// Kills every process whose environment carries `NESTR_STEP=marker` (processes that left the
 /// group, e.g. with setsid). Repeats while it finds some, as they may fork while dying.
 pub fn kill_marked(marker: &str) {
-    let needle = format!("NESTR_STEP={marker}");
+    kill_where(|value| value == marker);
+}
+
+/// Kills every process whose `NESTR_STEP` marker starts with `prefix` (all steps of a run).
+pub fn kill_marked_prefix(prefix: &str) {
+    kill_where(|value| value.starts_with(prefix));
+}
+
+fn kill_where(matches: impl Fn(&str) -> bool) {
+    const KEY: &[u8] = b"NESTR_STEP=";
     for _ in 0..5 {
         let mut found = 0;
         let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -296,7 +305,11 @@ pub fn kill_marked(marker: &str) {
             let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
                 continue;
             };
-            if environ.split(|&b| b == 0).any(|v| v == needle.as_bytes()) {
+            let marked = environ
+                .split(|&b| b == 0)
+                .filter_map(|v| v.strip_prefix(KEY))
+                .any(|v| std::str::from_utf8(v).is_ok_and(&matches));
+            if marked {
                 found += 1;
                 let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
             }

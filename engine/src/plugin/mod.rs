@@ -37,6 +37,7 @@ use crate::manifest::FsGrant;
 use crate::store::{StepStatus, Stream};
 
 pub use bindings::{Operation, OperationPre};
+pub use exec::{kill_marked, kill_marked_prefix};
 
 include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
 

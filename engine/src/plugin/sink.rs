@@ -156,7 +156,7 @@ impl StepLog {
                         Stream::System,
                         None,
                         format!(
-                            "[nestr: output truncated at {} MiB; further output is counted, not stored]",
+                            "[nestr: output truncated at {} MiB; further output is counted, not stored; raise it with `output_mb` in the plugin's grants]",
                             self.cap / (1024 * 1024)
                         ),
                     );

@@ -1,38 +1,75 @@
-//! Runs an operation across services: selection (`-s`, `-t`), dependency order, one step per
-//! service through its plugin, and the run history (runs, steps, batched log lines, audit).
-//!
-//! Steps run one after another in dependency order; after the first step that does not succeed,
-//! no new step starts and the rest are recorded `skipped` with the reason. (The parallel
-//! scheduler with continue modes and cancellation builds on this.)
+//! Runs an operation across services: plan (`plan.rs`), then execute — steps start as soon as
+//! all their dependencies' steps are done, up to `-j` at once and the operation's `concurrency`,
+//! honouring the continue mode, until done or cancelled — with the run history recorded (runs,
+//! steps, batched log lines in `logs.rs`, audit) and every transition published as an event
+//! (`events.rs`). `recover.rs` marks runs of dead engines `interrupted`.
 
+pub mod events;
 pub mod logs;
+pub mod plan;
+pub mod recover;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
+use tokio::task::JoinSet;
 
 use crate::git;
-use crate::manifest::{Manifest, PluginSource, Service};
+use crate::manifest::{Manifest, PluginSource};
 use crate::plugin::caps::{self, Effective};
 use crate::plugin::sink::{DEFAULT_OUTPUT_CAP, Masker, StepLog, Subscriber};
 use crate::plugin::state::{Cancel, StepContext};
 use crate::plugin::{Host, LoadedPlugin, StepOutcome, StepRequest, bindings::types};
 use crate::store::{NewRun, RunStatus, StepEnd, StepStatus, Store, StoreError};
-use logs::LogWriterThread;
+use events::{Event, Events};
+pub use plan::{Plan, PlannedStep, Selection, SelectionError, plan};
 
-/// Sees every log line of a run (service name, line), after masking.
-pub type LineObserver = Arc<dyn Fn(&str, &crate::store::LogLine) + Send + Sync>;
-/// Sees each step's report as the step finishes.
-pub type StepObserver<'a> = Box<dyn Fn(&StepReport) + 'a>;
+/// What happens after a step does not succeed.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "kebab-case")]
+pub enum ContinueMode {
+    /// Start nothing new after the first failure (running steps finish).
+    #[default]
+    Never,
+    /// Go on with every step whose dependencies all succeeded.
+    DependenciesOk,
+    /// Run everything regardless of failures.
+    Always,
+}
 
-/// Which services a run covers.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Selection {
-    pub services: Vec<String>,
-    pub tags: Vec<String>,
+impl ContinueMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ContinueMode::Never => "never",
+            ContinueMode::DependenciesOk => "dependencies-ok",
+            ContinueMode::Always => "always",
+        }
+    }
+}
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Steps at once.
+    pub jobs: usize,
+    pub continue_mode: ContinueMode,
+    /// `cli` or `api`.
+    pub started_by: String,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            continue_mode: ContinueMode::Never,
+            started_by: "cli".into(),
+        }
+    }
 }
 
 /// Why a run could not start.
@@ -44,72 +81,10 @@ pub enum PlanError {
     Store(#[from] StoreError),
 }
 
-/// One planned step.
-#[derive(Debug, Clone)]
-pub struct PlannedStep {
-    pub service: String,
-    /// None: the service lacks the operation (skipped).
-    pub plugin: Option<String>,
-}
-
-/// Selects services and orders them so that dependencies come first.
-pub fn plan(m: &Manifest, operation: &str, sel: &Selection) -> Result<Vec<PlannedStep>, PlanError> {
-    let mut chosen: HashSet<&str> = HashSet::new();
-    for name in &sel.services {
-        if m.service(name).is_none() {
-            let names: Vec<&str> = m.services.iter().map(|s| s.name.as_str()).collect();
-            return Err(PlanError::Selection(format!(
-                "there is no service `{name}`; services: {}",
-                names.join(", ")
-            )));
-        }
-        chosen.insert(name);
+impl From<SelectionError> for PlanError {
+    fn from(e: SelectionError) -> Self {
+        PlanError::Selection(e.0)
     }
-    for tag in &sel.tags {
-        let tagged: Vec<&Service> = m.services.iter().filter(|s| s.tags.contains(tag)).collect();
-        if tagged.is_empty() {
-            return Err(PlanError::Selection(format!(
-                "no service has the tag `{tag}`"
-            )));
-        }
-        chosen.extend(tagged.iter().map(|s| s.name.as_str()));
-    }
-    if sel.services.is_empty() && sel.tags.is_empty() {
-        chosen = m
-            .services
-            .iter()
-            .filter(|s| m.operation(s, operation).is_some())
-            .map(|s| s.name.as_str())
-            .collect();
-        if chosen.is_empty() {
-            return Err(PlanError::Selection(format!(
-                "no service defines the operation `{operation}` (and there is no [operations.{operation}] default)"
-            )));
-        }
-    }
-    // Kahn's algorithm, taking ready services in manifest order.
-    let mut done: HashSet<&str> = HashSet::new();
-    let mut order = Vec::new();
-    while order.len() < chosen.len() {
-        let next = m.services.iter().find(|s| {
-            chosen.contains(s.name.as_str())
-                && !done.contains(s.name.as_str())
-                && s.depends_on
-                    .iter()
-                    .all(|d| !chosen.contains(d.as_str()) || done.contains(d.as_str()))
-        });
-        let Some(next) = next else {
-            return Err(PlanError::Selection(
-                "the selected services depend on each other in a cycle".into(),
-            ));
-        };
-        done.insert(next.name.as_str());
-        order.push(PlannedStep {
-            service: next.name.clone(),
-            plugin: m.operation(next, operation).map(|o| o.plugin.clone()),
-        });
-    }
-    Ok(order)
 }
 
 /// A step as reported by `nestr run --json`.
@@ -148,14 +123,11 @@ pub struct RunContext<'a> {
     pub manifest: &'a Manifest,
     pub store: &'a mut Store,
     pub state_dir: &'a Path,
-    /// Receives every log line as it is produced (after masking).
-    pub on_line: Option<LineObserver>,
-    /// Receives each step's report as it finishes.
-    pub on_step: Option<StepObserver<'a>>,
+    pub events: Events,
     pub cancel: Cancel,
 }
 
-fn rfc3339(ms: i64) -> String {
+pub fn rfc3339(ms: i64) -> String {
     let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
     humantime::format_rfc3339_millis(t).to_string()
 }
@@ -172,199 +144,17 @@ pub fn new_run_id() -> String {
     format!("{ms:013x}{:06x}", h.finish() & 0xff_ffff)
 }
 
-/// Runs `operation` over the selection, recording everything in the store.
-pub fn run(rc: RunContext<'_>, operation: &str, sel: &Selection) -> Result<RunReport, PlanError> {
-    let steps = plan(rc.manifest, operation, sel)?;
-    let run_id = new_run_id();
-    let RunContext {
-        manifest,
-        store,
-        state_dir,
-        on_line,
-        on_step,
-        cancel,
-    } = rc;
-    store.create_run(&NewRun {
-        id: run_id.clone(),
-        operation: operation.to_string(),
-        selection: serde_json::to_value(sel).unwrap_or_default(),
-        options: serde_json::json!({"continue": "never"}),
-        started_by: "cli".into(),
-    })?;
-    let mut ids = Vec::new();
-    for s in &steps {
-        let id = store.add_step(
-            &run_id,
-            &s.service,
-            s.plugin.as_deref().unwrap_or("-"),
-            StepStatus::Queued,
-        )?;
-        ids.push(id);
-    }
-    let writer_thread = LogWriterThread::start(state_dir)?;
-    let writer = writer_thread.writer();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| PlanError::Selection(format!("cannot start the async runtime: {e}")))?;
-    let host = Host::new(Some(&state_dir.join("cache")))
-        .map_err(|e| PlanError::Selection(format!("cannot start the plugin host: {e}")));
-
-    let mut loaded: HashMap<String, Result<Arc<LoadedPlugin>, String>> = HashMap::new();
-    let mut reports = Vec::new();
-    let mut stop: Option<String> = None;
-    for (planned, step_id) in steps.iter().zip(ids) {
-        let service = manifest
-            .service(&planned.service)
-            .ok_or_else(|| PlanError::Selection("service vanished".into()))?;
-        let started_ms = crate::store::now_ms();
-        let finish = |store: &mut Store,
-                      outcome: StepOutcome,
-                      started: Option<i64>|
-         -> Result<StepReport, PlanError> {
-            writer.flush();
-            store.finish_step(
-                step_id,
-                outcome.status,
-                &StepEnd {
-                    summary: outcome.summary.clone(),
-                    reason: outcome.reason.clone(),
-                    tests: outcome.tests,
-                    artifacts: outcome.artifacts.clone(),
-                    metrics: outcome.metrics.clone(),
-                    duration_ms: u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
-                },
-            )?;
-            let report = StepReport {
-                service: planned.service.clone(),
-                status: outcome.status,
-                started_at: started.map(rfc3339),
-                finished_at: Some(rfc3339(crate::store::now_ms())),
-                duration_ms: u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
-                summary: outcome.summary,
-                tests: outcome.tests.map(|(passed, failed, skipped)| Tests {
-                    passed,
-                    failed,
-                    skipped,
-                }),
-                reason: outcome.reason,
-            };
-            if let Some(cb) = &on_step {
-                cb(&report);
-            }
-            Ok(report)
-        };
-        let Some(plugin_name) = &planned.plugin else {
-            let o = StepOutcome::new(
-                StepStatus::Skipped,
-                format!("no `{operation}` operation"),
-                Some(format!(
-                    "service `{}` does not define `{operation}`",
-                    planned.service
-                )),
-            );
-            reports.push(finish(store, o, None)?);
-            continue;
-        };
-        if cancel.is_cancelled() {
-            let o = StepOutcome::new(
-                StepStatus::Cancelled,
-                "cancelled before it started",
-                Some("the run was cancelled".into()),
-            );
-            reports.push(finish(store, o, None)?);
-            continue;
-        }
-        if let Some(why) = &stop {
-            let o = StepOutcome::new(StepStatus::Skipped, "not started", Some(why.clone()));
-            reports.push(finish(store, o, None)?);
-            continue;
-        }
-        let host = match &host {
-            Ok(h) => h,
-            Err(e) => {
-                let o = StepOutcome::new(
-                    StepStatus::Failed,
-                    "plugin host unavailable",
-                    Some(e.to_string()),
-                );
-                reports.push(finish(store, o, None)?);
-                stop = Some(format!("step `{}` failed", planned.service));
-                continue;
-            }
-        };
-        let plugin = loaded
-            .entry(plugin_name.clone())
-            .or_insert_with(|| load_plugin(&runtime, host, manifest, plugin_name).map(Arc::new))
-            .clone();
-        let outcome = match plugin {
-            Err(e) => StepOutcome::new(
-                StepStatus::Failed,
-                "the plugin could not be loaded",
-                Some(e),
-            ),
-            Ok(plugin) => {
-                let subscribers = subscribers(&writer, &planned.service, on_line.clone());
-                execute(
-                    &runtime,
-                    host,
-                    &plugin,
-                    manifest,
-                    service,
-                    operation,
-                    &run_id,
-                    step_id,
-                    store,
-                    subscribers,
-                    &cancel,
-                    &writer,
-                )?
-            }
-        };
-        if !outcome.status.is_ok() {
-            stop = Some(format!(
-                "step `{}` {}; later steps are not started",
-                planned.service,
-                outcome.status.as_str().replace('_', " ")
-            ));
-        }
-        reports.push(finish(store, outcome, Some(started_ms))?);
-    }
-    drop(writer_thread);
-    let status = if cancel.is_cancelled() {
-        RunStatus::Cancelled
-    } else if reports.iter().all(|r| r.status.is_ok()) {
-        RunStatus::Succeeded
-    } else {
-        RunStatus::Failed
-    };
-    store.finish_run(&run_id, status)?;
-    Ok(RunReport {
-        run_id,
-        operation: operation.to_string(),
-        status,
-        steps: reports,
-    })
-}
-
-fn subscribers(
-    writer: &logs::LogWriter,
-    service: &str,
-    on_line: Option<LineObserver>,
-) -> Vec<Subscriber> {
-    let w = writer.clone();
-    let mut subs: Vec<Subscriber> = vec![Arc::new(move |l| w.line(l))];
-    if let Some(cb) = on_line {
-        let service = service.to_string();
-        subs.push(Arc::new(move |l| cb(&service, l)));
-    }
-    subs
-}
-
 /// Loads a plugin named in the manifest: built-in bytes or its file (with the sha256 pin).
 pub fn load_plugin(
     runtime: &tokio::runtime::Runtime,
+    host: &Host,
+    manifest: &Manifest,
+    name: &str,
+) -> Result<LoadedPlugin, String> {
+    runtime.block_on(load_plugin_async(host, manifest, name))
+}
+
+async fn load_plugin_async(
     host: &Host,
     manifest: &Manifest,
     name: &str,
@@ -386,102 +176,476 @@ pub fn load_plugin(
             }
         },
     };
-    runtime
-        .block_on(host.load(name, &source, &bytes))
+    host.load(name, &source, &bytes)
+        .await
         .map_err(|e| e.to_string())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn execute(
-    runtime: &tokio::runtime::Runtime,
-    host: &Host,
-    plugin: &LoadedPlugin,
-    manifest: &Manifest,
-    service: &Service,
+/// Runs `operation` over the selection, recording everything in the store.
+pub fn run(
+    rc: RunContext<'_>,
     operation: &str,
-    run_id: &str,
-    step_id: i64,
-    store: &mut Store,
-    subscribers: Vec<Subscriber>,
-    cancel: &Cancel,
-    writer: &logs::LogWriter,
-) -> Result<StepOutcome, PlanError> {
-    let grants = manifest
-        .plugins
-        .get(&plugin.name)
-        .map(|d| d.grants.clone())
-        .unwrap_or_default();
-    let caps: Effective = match caps::effective(&plugin.name, &plugin.info.capabilities, &grants) {
-        Ok(c) => c,
-        Err(msg) => {
-            let log = StepLog::new(step_id, Arc::default(), DEFAULT_OUTPUT_CAP, subscribers);
-            log.system(format!("[nestr: {msg}]"));
-            return Ok(StepOutcome::new(
-                StepStatus::Denied,
-                "refused before it started: a needed capability is not granted",
-                Some(msg),
-            ));
-        }
-    };
-    if !plugin.info.operations.is_empty() && !plugin.info.operations.iter().any(|o| o == operation)
-    {
-        return Ok(StepOutcome::new(
-            StepStatus::Failed,
-            format!("plugin `{}` has no operation `{operation}`", plugin.name),
-            Some(format!(
-                "plugin `{}` supports: {}",
-                plugin.name,
-                plugin.info.operations.join(", ")
-            )),
-        ));
-    }
-    let Some(repo) = manifest.repo(&service.repo) else {
-        return Ok(StepOutcome::new(
-            StepStatus::Failed,
-            "repository missing from the manifest",
-            None,
-        ));
-    };
-    let repo_dir = manifest.repo_dir(repo);
-    let service_dir = match service_dir(&repo_dir, &service.path) {
-        Ok(d) => d,
-        Err(e) => return Ok(StepOutcome::new(StepStatus::Failed, e.clone(), Some(e))),
-    };
-    let status = git::status_of(manifest, repo).ok();
-    let masker = Arc::new(Masker::new(caps.secret_values().iter().map(String::as_str)));
-    let log = StepLog::new(step_id, masker, DEFAULT_OUTPUT_CAP, subscribers);
-    store.start_step(step_id, &plugin.digest, &caps.to_json())?;
-    let audit_writer = writer.clone();
-    let deadline = Instant::now() + caps.timeout;
-    let ctx = Arc::new(StepContext {
-        run_id: run_id.to_string(),
-        step_id,
-        caps: caps.clone(),
-        log,
-        service_dir,
-        deadline,
-        cancel: cancel.clone(),
-        marker: format!("{run_id}-{step_id}"),
-        audit: Arc::new(move |e| audit_writer.audit(e)),
-    });
-    let request = StepRequest {
-        operation: operation.to_string(),
-        run_id: run_id.to_string(),
-        service: types::Service {
-            name: service.name.clone(),
-            repo: service.repo.clone(),
-            path: service.path.to_string_lossy().into_owned(),
-            tags: service.tags.clone(),
-            depends_on: service.depends_on.clone(),
+    sel: &Selection,
+    opts: &RunOptions,
+) -> Result<RunReport, PlanError> {
+    let plan = plan(rc.manifest, operation, sel)?;
+    let RunContext {
+        manifest,
+        store,
+        state_dir,
+        events,
+        cancel,
+    } = rc;
+    let run_id = new_run_id();
+    let services: Vec<(&str, &str)> = plan
+        .steps
+        .iter()
+        .map(|s| (s.service.as_str(), s.plugin.as_deref().unwrap_or("-")))
+        .collect();
+    let ids = store.create_run(
+        &NewRun {
+            id: run_id.clone(),
+            operation: operation.to_string(),
+            selection: serde_json::to_value(sel).unwrap_or_default(),
+            options: serde_json::json!({"jobs": opts.jobs, "continue": opts.continue_mode.as_str()}),
+            started_by: opts.started_by.clone(),
         },
-        commit: status.as_ref().and_then(|s| s.head.clone()),
-        branch: status.as_ref().and_then(|s| s.branch.clone()),
-        config: manifest
-            .operation(service, operation)
-            .map(|o| o.config.clone())
-            .unwrap_or_default(),
+        &services,
+    )?;
+    events.send(Event::RunStarted {
+        run_id: run_id.clone(),
+        operation: operation.to_string(),
+        steps: ids.len(),
+    });
+    for s in &plan.steps {
+        events.send(Event::StepQueued {
+            run_id: run_id.clone(),
+            service: s.service.clone(),
+        });
+    }
+    let writer_thread = logs::LogWriterThread::start(state_dir)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| PlanError::Selection(format!("cannot start the async runtime: {e}")))?;
+    let exec = Executor {
+        manifest,
+        run_id: run_id.clone(),
+        operation: operation.to_string(),
+        state_dir: state_dir.to_path_buf(),
+        writer: writer_thread.writer(),
+        events: events.clone(),
+        cancel: cancel.clone(),
+        opts: opts.clone(),
     };
-    Ok(runtime.block_on(host.run_step(plugin, &request, ctx)))
+    let result = runtime.block_on(exec.execute(&plan, &ids, store));
+    drop(writer_thread);
+    let reports = result?;
+    let status = if cancel.is_cancelled() {
+        RunStatus::Cancelled
+    } else if reports.iter().all(|r| r.status.is_ok()) {
+        RunStatus::Succeeded
+    } else {
+        RunStatus::Failed
+    };
+    store.finish_run(&run_id, status)?;
+    events.send(Event::RunFinished {
+        run_id: run_id.clone(),
+        status,
+    });
+    Ok(RunReport {
+        run_id,
+        operation: operation.to_string(),
+        status,
+        steps: reports,
+    })
+}
+
+struct Executor<'a> {
+    manifest: &'a Manifest,
+    run_id: String,
+    operation: String,
+    state_dir: PathBuf,
+    writer: logs::LogWriter,
+    events: Events,
+    cancel: Cancel,
+    opts: RunOptions,
+}
+
+/// A step ready to start, or the outcome that ends it before it starts.
+enum Prepared {
+    Ready(StepRequest, Arc<StepContext>),
+    Refused(StepOutcome),
+}
+
+/// How a finished step counts for the steps that depend on it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Done {
+    Ok,
+    NotOk,
+}
+
+type Finished = (usize, StepOutcome, i64);
+
+impl Executor<'_> {
+    async fn execute(
+        &self,
+        plan: &Plan,
+        ids: &[i64],
+        store: &mut Store,
+    ) -> Result<Vec<StepReport>, PlanError> {
+        let host = Host::new(Some(&self.state_dir.join("cache")))
+            .map(Arc::new)
+            .map_err(|e| e.to_string());
+        let mut plugins: HashMap<String, Result<Arc<LoadedPlugin>, String>> = HashMap::new();
+        let mut heads: HashMap<String, (Option<String>, Option<String>)> = HashMap::new();
+        let limit = self
+            .opts
+            .jobs
+            .max(1)
+            .min(plan.concurrency().map_or(usize::MAX, |c| c as usize));
+        let mut reports: Vec<Option<StepReport>> = vec![None; plan.steps.len()];
+        let mut done: HashMap<&str, Done> = HashMap::new();
+        let mut pending: Vec<usize> = (0..plan.steps.len()).collect();
+        let mut running: JoinSet<Finished> = JoinSet::new();
+        let mut first_failure: Option<String> = None;
+
+        loop {
+            let mut i = 0;
+            while i < pending.len() {
+                let idx = pending[i];
+                let step = &plan.steps[idx];
+                let blocked: Option<(StepStatus, String)> = if self.cancel.is_cancelled() {
+                    Some((
+                        StepStatus::Cancelled,
+                        "the run was cancelled before this step started".into(),
+                    ))
+                } else if let Some(why) = &step.skip {
+                    Some((StepStatus::Skipped, why.clone()))
+                } else if let (ContinueMode::Never, Some(f)) =
+                    (self.opts.continue_mode, &first_failure)
+                {
+                    Some((StepStatus::Skipped, format!("not started: {f}")))
+                } else if !step
+                    .depends_on
+                    .iter()
+                    .all(|d| done.contains_key(d.as_str()))
+                {
+                    i += 1;
+                    continue;
+                } else if self.opts.continue_mode != ContinueMode::Always
+                    && let Some(d) = step
+                        .depends_on
+                        .iter()
+                        .find(|d| done.get(d.as_str()) == Some(&Done::NotOk))
+                {
+                    Some((
+                        StepStatus::Skipped,
+                        format!("not started: its dependency `{d}` did not succeed"),
+                    ))
+                } else {
+                    None
+                };
+                if let Some((status, why)) = blocked {
+                    let ok = status == StepStatus::Skipped && step.skip.is_some();
+                    let outcome = StepOutcome::new(status, short_reason(&why), Some(why));
+                    reports[idx] = Some(self.finish(store, ids[idx], step, outcome, None)?);
+                    done.insert(
+                        step.service.as_str(),
+                        if ok { Done::Ok } else { Done::NotOk },
+                    );
+                    pending.remove(i);
+                    continue;
+                }
+                if running.len() >= limit {
+                    i += 1;
+                    continue;
+                }
+                // Start it.
+                pending.remove(i);
+                let started = crate::store::now_ms();
+                let plugin_name = step.plugin.clone().unwrap_or_default();
+                let plugin = match plugins.get(&plugin_name) {
+                    Some(p) => p.clone(),
+                    None => {
+                        let p = match &host {
+                            Ok(h) => load_plugin_async(h, self.manifest, &plugin_name)
+                                .await
+                                .map(Arc::new),
+                            Err(e) => Err(format!("the plugin host could not start: {e}")),
+                        };
+                        plugins.insert(plugin_name.clone(), p.clone());
+                        p
+                    }
+                };
+                let prepared = match (&host, plugin) {
+                    (Ok(h), Ok(p)) => match self.prepare(store, ids[idx], step, &p, &mut heads)? {
+                        Prepared::Ready(req, ctx) => Ok((h.clone(), p, req, ctx)),
+                        Prepared::Refused(outcome) => Err(outcome),
+                    },
+                    (_, Err(e)) => Err(StepOutcome::new(
+                        StepStatus::Failed,
+                        "the plugin could not be loaded",
+                        Some(e),
+                    )),
+                    (Err(e), _) => Err(StepOutcome::new(
+                        StepStatus::Failed,
+                        "the plugin host could not start",
+                        Some(e.clone()),
+                    )),
+                };
+                match prepared {
+                    Err(outcome) => {
+                        let ok = outcome.status.is_ok();
+                        if !ok && first_failure.is_none() {
+                            first_failure = Some(format!(
+                                "step `{}` {}",
+                                step.service,
+                                outcome.status.as_str().replace('_', " ")
+                            ));
+                        }
+                        reports[idx] =
+                            Some(self.finish(store, ids[idx], step, outcome, Some(started))?);
+                        done.insert(
+                            step.service.as_str(),
+                            if ok { Done::Ok } else { Done::NotOk },
+                        );
+                    }
+                    Ok((host, plugin, request, ctx)) => {
+                        self.events.send(Event::StepStarted {
+                            run_id: self.run_id.clone(),
+                            service: step.service.clone(),
+                            step_id: ids[idx],
+                        });
+                        running.spawn(async move {
+                            let outcome = host.run_step(&plugin, &request, ctx).await;
+                            (idx, outcome, started)
+                        });
+                    }
+                }
+            }
+            if pending.is_empty() && running.is_empty() {
+                break;
+            }
+            let Some(joined) = running.join_next().await else {
+                // Nothing runs but steps wait: cannot happen with a valid plan; do not hang.
+                for idx in std::mem::take(&mut pending) {
+                    let o = StepOutcome::new(
+                        StepStatus::Skipped,
+                        "not started",
+                        Some("its dependencies never finished".into()),
+                    );
+                    reports[idx] = Some(self.finish(store, ids[idx], &plan.steps[idx], o, None)?);
+                }
+                break;
+            };
+            let (idx, outcome, started) = match joined {
+                Ok(f) => f,
+                Err(e) => return Err(PlanError::Selection(format!("a step task failed: {e}"))),
+            };
+            let step = &plan.steps[idx];
+            let ok = outcome.status.is_ok();
+            if !ok && first_failure.is_none() {
+                first_failure = Some(format!(
+                    "step `{}` {}",
+                    step.service,
+                    outcome.status.as_str().replace('_', " ")
+                ));
+            }
+            reports[idx] = Some(self.finish(store, ids[idx], step, outcome, Some(started))?);
+            done.insert(
+                step.service.as_str(),
+                if ok { Done::Ok } else { Done::NotOk },
+            );
+        }
+        Ok(reports.into_iter().flatten().collect())
+    }
+
+    /// Capabilities, service folder, log and request of a step; or why it cannot start.
+    fn prepare(
+        &self,
+        store: &mut Store,
+        step_id: i64,
+        step: &PlannedStep,
+        plugin: &LoadedPlugin,
+        heads: &mut HashMap<String, (Option<String>, Option<String>)>,
+    ) -> Result<Prepared, PlanError> {
+        let m = self.manifest;
+        let Some(service) = m.service(&step.service) else {
+            return Ok(Prepared::Refused(StepOutcome::new(
+                StepStatus::Failed,
+                "service missing from the manifest",
+                None,
+            )));
+        };
+        let subscribers = self.subscribers(&step.service);
+        let grants = m
+            .plugins
+            .get(&plugin.name)
+            .map(|d| d.grants.clone())
+            .unwrap_or_default();
+        let caps: Effective =
+            match caps::effective(&plugin.name, &plugin.info.capabilities, &grants) {
+                Ok(c) => c,
+                Err(msg) => {
+                    let log =
+                        StepLog::new(step_id, Arc::default(), DEFAULT_OUTPUT_CAP, subscribers);
+                    log.system(format!("[nestr: {msg}]"));
+                    return Ok(Prepared::Refused(StepOutcome::new(
+                        StepStatus::Denied,
+                        "refused before it started: a needed capability is not granted",
+                        Some(msg),
+                    )));
+                }
+            };
+        if !plugin.info.operations.is_empty()
+            && !plugin.info.operations.iter().any(|o| o == &self.operation)
+        {
+            return Ok(Prepared::Refused(StepOutcome::new(
+                StepStatus::Failed,
+                format!(
+                    "plugin `{}` has no operation `{}`",
+                    plugin.name, self.operation
+                ),
+                Some(format!(
+                    "plugin `{}` supports: {}",
+                    plugin.name,
+                    plugin.info.operations.join(", ")
+                )),
+            )));
+        }
+        let Some(repo) = m.repo(&service.repo) else {
+            return Ok(Prepared::Refused(StepOutcome::new(
+                StepStatus::Failed,
+                "repository missing from the manifest",
+                None,
+            )));
+        };
+        let service_dir = match service_dir(&m.repo_dir(repo), &service.path) {
+            Ok(d) => d,
+            Err(e) => {
+                return Ok(Prepared::Refused(StepOutcome::new(
+                    StepStatus::Failed,
+                    e.clone(),
+                    Some(e),
+                )));
+            }
+        };
+        let (commit, branch) = heads
+            .entry(repo.name.clone())
+            .or_insert_with(|| {
+                git::status_of(m, repo)
+                    .ok()
+                    .map_or((None, None), |s| (s.head, s.branch))
+            })
+            .clone();
+        let masker = Arc::new(Masker::new(caps.secret_values().iter().map(String::as_str)));
+        let log = StepLog::new(step_id, masker, caps.output_cap, subscribers);
+        store.start_step(step_id, &plugin.digest, &caps.to_json())?;
+        let audit_writer = self.writer.clone();
+        let ctx = Arc::new(StepContext {
+            run_id: self.run_id.clone(),
+            step_id,
+            deadline: Instant::now() + caps.timeout,
+            caps,
+            log,
+            service_dir,
+            cancel: self.cancel.clone(),
+            marker: format!("{}-{step_id}", self.run_id),
+            audit: Arc::new(move |e| audit_writer.audit(e)),
+        });
+        let request = StepRequest {
+            operation: self.operation.clone(),
+            run_id: self.run_id.clone(),
+            service: types::Service {
+                name: service.name.clone(),
+                repo: service.repo.clone(),
+                path: service.path.to_string_lossy().into_owned(),
+                tags: service.tags.clone(),
+                depends_on: service.depends_on.clone(),
+            },
+            commit,
+            branch,
+            config: m
+                .operation(service, &self.operation)
+                .map(|o| o.config.clone())
+                .unwrap_or_default(),
+        };
+        Ok(Prepared::Ready(request, ctx))
+    }
+
+    fn subscribers(&self, service: &str) -> Vec<Subscriber> {
+        let w = self.writer.clone();
+        let events = self.events.clone();
+        let run_id = self.run_id.clone();
+        let service = service.to_string();
+        vec![
+            Arc::new(move |l| w.line(l)),
+            Arc::new(move |l| {
+                events.send(Event::Log {
+                    run_id: run_id.clone(),
+                    service: service.clone(),
+                    line: l.clone(),
+                })
+            }),
+        ]
+    }
+
+    fn finish(
+        &self,
+        store: &mut Store,
+        step_id: i64,
+        step: &PlannedStep,
+        outcome: StepOutcome,
+        started: Option<i64>,
+    ) -> Result<StepReport, PlanError> {
+        // The step's last log lines are committed before it is marked finished.
+        self.writer.flush();
+        let duration_ms = u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX);
+        store.finish_step(
+            step_id,
+            outcome.status,
+            &StepEnd {
+                summary: outcome.summary.clone(),
+                reason: outcome.reason.clone(),
+                tests: outcome.tests,
+                artifacts: outcome.artifacts.clone(),
+                metrics: outcome.metrics.clone(),
+                duration_ms,
+            },
+        )?;
+        let report = StepReport {
+            service: step.service.clone(),
+            status: outcome.status,
+            started_at: started.map(rfc3339),
+            finished_at: Some(rfc3339(crate::store::now_ms())),
+            duration_ms,
+            summary: outcome.summary,
+            tests: outcome.tests.map(|(passed, failed, skipped)| Tests {
+                passed,
+                failed,
+                skipped,
+            }),
+            reason: outcome.reason,
+        };
+        self.events.send(Event::StepFinished {
+            run_id: self.run_id.clone(),
+            report: report.clone(),
+        });
+        Ok(report)
+    }
+}
+
+fn short_reason(why: &str) -> String {
+    if why.starts_with("not started") {
+        "not started".into()
+    } else if why.contains("does not define") {
+        why.rsplit_once("define ")
+            .map_or_else(|| why.to_string(), |(_, op)| format!("no {op} operation"))
+    } else {
+        why.to_string()
+    }
 }
 
 /// The canonical service folder, which must exist inside its repository.

@@ -94,6 +94,15 @@ impl RunStatus {
     }
 }
 
+/// A running run and the process that executes it.
+#[derive(Debug, Clone)]
+pub struct RunOwner {
+    pub id: String,
+    pub pid: Option<i64>,
+    /// The process's start time (clock ticks since boot).
+    pub start: Option<i64>,
+}
+
 /// A new run.
 #[derive(Debug, Clone)]
 pub struct NewRun {
@@ -208,12 +217,20 @@ pub struct TestsRow {
 }
 
 impl Store {
-    pub fn create_run(&mut self, run: &NewRun) -> Result<(), StoreError> {
+    /// Creates a run owned by this process, with one queued step per (service, plugin); returns
+    /// the step ids in the same order. One transaction.
+    pub fn create_run(
+        &mut self,
+        run: &NewRun,
+        steps: &[(&str, &str)],
+    ) -> Result<Vec<i64>, StoreError> {
         let host = std::env::var("HOSTNAME").ok();
+        let start = crate::scheduler::recover::own_start();
         self.write(|tx| {
             tx.execute(
-                "INSERT INTO runs (id, operation, selection, options, started_by, host, pid, status, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'running', ?8)",
+                "INSERT INTO runs (id, operation, selection, options, started_by, host, pid, pid_start,
+                                   status, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'running', ?9)",
                 params![
                     run.id,
                     run.operation,
@@ -222,27 +239,52 @@ impl Store {
                     run.started_by,
                     host,
                     std::process::id(),
+                    start,
                     now_ms()
                 ],
             )?;
-            Ok(())
+            let mut stmt = tx.prepare_cached(
+                "INSERT INTO steps (run_id, service, plugin, status) VALUES (?1, ?2, ?3, 'queued')",
+            )?;
+            let mut ids = Vec::with_capacity(steps.len());
+            for (service, plugin) in steps {
+                stmt.execute(params![run.id, service, plugin])?;
+                ids.push(tx.last_insert_rowid());
+            }
+            Ok(ids)
         })
     }
 
-    /// Adds a step in `status` (usually queued); returns its id.
-    pub fn add_step(
-        &mut self,
-        run_id: &str,
-        service: &str,
-        plugin: &str,
-        status: StepStatus,
-    ) -> Result<i64, StoreError> {
+    /// Runs recorded as running, with their owner.
+    pub fn running_runs(&self) -> Result<Vec<RunOwner>, StoreError> {
+        let mut stmt = self
+            .conn()
+            .prepare_cached("SELECT id, pid, pid_start FROM runs WHERE status = 'running'")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(RunOwner {
+                id: r.get(0)?,
+                pid: r.get(1)?,
+                start: r.get(2)?,
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Marks a run and its unfinished steps interrupted.
+    pub fn interrupt_run(&mut self, run_id: &str) -> Result<(), StoreError> {
+        let now = now_ms();
         self.write(|tx| {
             tx.execute(
-                "INSERT INTO steps (run_id, service, plugin, status) VALUES (?1, ?2, ?3, ?4)",
-                params![run_id, service, plugin, status.as_str()],
+                "UPDATE steps SET status = 'interrupted', finished_at = ?2,
+                    reason = 'the engine running this step stopped (killed or crashed)'
+                 WHERE run_id = ?1 AND status IN ('queued', 'running')",
+                params![run_id, now],
             )?;
-            Ok(tx.last_insert_rowid())
+            tx.execute(
+                "UPDATE runs SET status = 'interrupted', finished_at = ?2 WHERE id = ?1 AND status = 'running'",
+                params![run_id, now],
+            )?;
+            Ok(())
         })
     }
 

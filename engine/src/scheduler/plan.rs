@@ -1,0 +1,186 @@
+//! Planning a run: which services (names and tags, plus their dependencies or dependents on
+//! request), which of them have the operation, and the dependency DAG between them, in levels.
+//! Nothing is executed or recorded here.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use serde::Serialize;
+
+use crate::manifest::Manifest;
+
+/// Which services a run covers.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct Selection {
+    #[serde(default)]
+    pub services: Vec<String>,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Add everything the selection depends on.
+    #[serde(default)]
+    pub with_deps: bool,
+    /// Add everything that depends on the selection.
+    #[serde(default)]
+    pub with_dependents: bool,
+}
+
+/// One planned step.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlannedStep {
+    pub service: String,
+    /// The plugin that runs it; None when the service lacks the operation (skipped).
+    pub plugin: Option<String>,
+    /// Why it will be skipped, if it will.
+    pub skip: Option<String>,
+    /// Selected services it waits for.
+    pub depends_on: Vec<String>,
+    /// 0 for steps without dependencies in the plan, else 1 + the deepest dependency's level.
+    pub level: usize,
+    /// At most this many steps of the operation run at once (from the manifest).
+    pub concurrency: Option<u32>,
+}
+
+/// A plan: steps in an order that respects every dependency.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub operation: String,
+    pub steps: Vec<PlannedStep>,
+}
+
+impl Plan {
+    /// Steps grouped by level.
+    pub fn levels(&self) -> Vec<Vec<&PlannedStep>> {
+        let depth = self.steps.iter().map(|s| s.level + 1).max().unwrap_or(0);
+        (0..depth)
+            .map(|l| self.steps.iter().filter(|s| s.level == l).collect())
+            .collect()
+    }
+
+    /// The smallest `concurrency` any selected service's operation sets.
+    pub fn concurrency(&self) -> Option<u32> {
+        self.steps.iter().filter_map(|s| s.concurrency).min()
+    }
+}
+
+/// Why a plan could not be made.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SelectionError(pub String);
+
+/// Selects services and orders them so that dependencies come first.
+pub fn plan(m: &Manifest, operation: &str, sel: &Selection) -> Result<Plan, SelectionError> {
+    let mut chosen: BTreeSet<&str> = BTreeSet::new();
+    for name in &sel.services {
+        if m.service(name).is_none() {
+            let names: Vec<&str> = m.services.iter().map(|s| s.name.as_str()).collect();
+            return Err(SelectionError(format!(
+                "there is no service `{name}`; services: {}",
+                names.join(", ")
+            )));
+        }
+        chosen.insert(name);
+    }
+    for tag in &sel.tags {
+        let tagged: Vec<&str> = m
+            .services
+            .iter()
+            .filter(|s| s.tags.contains(tag))
+            .map(|s| s.name.as_str())
+            .collect();
+        if tagged.is_empty() {
+            return Err(SelectionError(format!("no service has the tag `{tag}`")));
+        }
+        chosen.extend(tagged);
+    }
+    let explicit = !(sel.services.is_empty() && sel.tags.is_empty());
+    if !explicit {
+        chosen = m
+            .services
+            .iter()
+            .filter(|s| m.operation(s, operation).is_some())
+            .map(|s| s.name.as_str())
+            .collect();
+        if chosen.is_empty() {
+            return Err(SelectionError(format!(
+                "no service defines the operation `{operation}` (and there is no [operations.{operation}] default)"
+            )));
+        }
+    }
+    let deps: HashMap<&str, Vec<&str>> = m
+        .services
+        .iter()
+        .map(|s| {
+            (
+                s.name.as_str(),
+                s.depends_on.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect();
+    if sel.with_deps {
+        let mut stack: Vec<&str> = chosen.iter().copied().collect();
+        while let Some(s) = stack.pop() {
+            for d in deps.get(s).into_iter().flatten() {
+                if chosen.insert(d) {
+                    stack.push(d);
+                }
+            }
+        }
+    }
+    if sel.with_dependents {
+        let mut stack: Vec<&str> = chosen.iter().copied().collect();
+        while let Some(s) = stack.pop() {
+            for (svc, ds) in &deps {
+                if ds.contains(&s) && chosen.insert(svc) {
+                    stack.push(svc);
+                }
+            }
+        }
+    }
+
+    // Kahn's algorithm, taking ready services in manifest order; level = longest path.
+    let mut level: HashMap<&str, usize> = HashMap::new();
+    let mut done: HashSet<&str> = HashSet::new();
+    let mut steps = Vec::new();
+    while steps.len() < chosen.len() {
+        let next = m.services.iter().find(|s| {
+            chosen.contains(s.name.as_str())
+                && !done.contains(s.name.as_str())
+                && s.depends_on
+                    .iter()
+                    .all(|d| !chosen.contains(d.as_str()) || done.contains(d.as_str()))
+        });
+        let Some(next) = next else {
+            return Err(SelectionError(
+                "the selected services depend on each other in a cycle".into(),
+            ));
+        };
+        let in_plan: Vec<String> = next
+            .depends_on
+            .iter()
+            .filter(|d| chosen.contains(d.as_str()))
+            .cloned()
+            .collect();
+        let lvl = in_plan
+            .iter()
+            .filter_map(|d| level.get(d.as_str()))
+            .map(|l| l + 1)
+            .max()
+            .unwrap_or(0);
+        level.insert(next.name.as_str(), lvl);
+        done.insert(next.name.as_str());
+        let spec = m.operation(next, operation);
+        steps.push(PlannedStep {
+            service: next.name.clone(),
+            plugin: spec.map(|o| o.plugin.clone()),
+            skip: spec
+                .is_none()
+                .then(|| format!("service `{}` does not define `{operation}`", next.name)),
+            depends_on: in_plan,
+            level: lvl,
+            concurrency: spec.and_then(|o| o.concurrency),
+        });
+    }
+    Ok(Plan {
+        operation: operation.to_string(),
+        steps,
+    })
+}
