@@ -7,4 +7,5 @@ mod contract;
 mod git;
 mod manifest;
 mod plugins;
+mod scheduler;
 mod support;

@@ -150,6 +150,41 @@ fn main() -> Result<()> {
         );
     }
 
+    // How soon after its deadline an infinite loop is stopped (deadline 500 ms, 9 runs).
+    let looping = std::fs::read(wasm_dir.join("loop.wasm"))?;
+    let host = Host::new(None).map_err(|e| e.to_string())?;
+    let plugin = rt
+        .block_on(host.load("loop", "loop", &looping))
+        .map_err(|e| e.to_string())?;
+    let caps = caps::effective("loop", &Declared::default(), &Grants::default())?;
+    let mut late = Vec::new();
+    for _ in 0..9 {
+        let deadline = Duration::from_millis(500);
+        let ctx = Arc::new(StepContext {
+            run_id: "bench".into(),
+            step_id: 1,
+            caps: caps.clone(),
+            log: StepLog::new(1, Arc::new(Masker::default()), 1024, vec![]),
+            service_dir: service_dir.clone(),
+            deadline: Instant::now() + deadline,
+            cancel: Cancel::default(),
+            marker: String::new(),
+            audit: Arc::new(|_| {}),
+        });
+        let t = Instant::now();
+        let outcome = rt.block_on(host.run_step(&plugin, &request, ctx));
+        if outcome.status != nestr::store::StepStatus::TimedOut {
+            return Err(format!("loop ended {:?}", outcome.status).into());
+        }
+        late.push(t.elapsed().saturating_sub(deadline));
+    }
+    let worst = late.iter().max().copied().unwrap_or_default();
+    println!(
+        "| infinite loop stopped after its deadline, median / worst of 9 (target ≤ 100 ms) | {} / {} |",
+        ms(median(late)),
+        ms(worst)
+    );
+
     let mut spawns = Vec::new();
     for _ in 0..300 {
         let t = Instant::now();

@@ -1,11 +1,16 @@
-//! `nestr logs RUN`: the stored log of a run, step by step, each line prefixed with its service.
+//! `nestr logs RUN`: the stored log of a run, step by step, each line prefixed with its service;
+//! `--follow` tails a run in progress from the store (every line exactly once, in order per step)
+//! until it ends.
 
 use clap::Args;
 use serde::Serialize;
 
 use super::render::{Tone, Ui, paint};
 use super::{CliError, ExitCode};
-use crate::store::{LogLine, Stream};
+use std::collections::HashMap;
+use std::time::Duration;
+
+use crate::store::{LogLine, RunStatus, Stream};
 use crate::workspace::Workspace;
 
 #[derive(Debug, Args)]
@@ -18,6 +23,9 @@ pub struct LogsArgs {
     /// One JSON object per line: service, seq, at, stream, level, text.
     #[arg(long)]
     pub json: bool,
+    /// Keep printing new lines while the run goes on; ends when it ends.
+    #[arg(short, long)]
+    pub follow: bool,
 }
 
 #[derive(Serialize)]
@@ -25,6 +33,30 @@ struct JsonLine<'a> {
     service: &'a str,
     #[serde(flatten)]
     line: &'a LogLine,
+}
+
+fn print_line(
+    ui: &Ui,
+    service: &str,
+    width: usize,
+    line: &LogLine,
+    json: bool,
+) -> Result<(), CliError> {
+    if json {
+        let j = JsonLine { service, line };
+        println!(
+            "{}",
+            serde_json::to_string(&j).map_err(|e| CliError::usage(e.to_string()))?
+        );
+    } else {
+        let text = if line.stream == Stream::System {
+            paint(ui.color_out, Tone::Dim, &line.text)
+        } else {
+            line.text.clone()
+        };
+        println!("{service:>width$} | {text}");
+    }
+    Ok(())
 }
 
 pub fn run(ws: &mut Workspace, args: LogsArgs, ui: &Ui) -> Result<ExitCode, CliError> {
@@ -44,30 +76,34 @@ pub fn run(ws: &mut Workspace, args: LogsArgs, ui: &Ui) -> Result<ExitCode, CliE
         }
     }
     let width = run.steps.iter().map(|s| s.service.len()).max().unwrap_or(0);
-    for step in run
-        .steps
-        .iter()
-        .filter(|s| args.services.is_empty() || args.services.contains(&s.service))
-    {
-        for line in store.step_logs(step.id)? {
-            if args.json {
-                let j = JsonLine {
-                    service: &step.service,
-                    line: &line,
+    let wanted =
+        |service: &str| args.services.is_empty() || args.services.iter().any(|s| s == service);
+    // Last sequence number printed per step: every line is printed exactly once, in order.
+    let mut printed: HashMap<i64, i64> = HashMap::new();
+    loop {
+        // Read the status before the lines: a run seen finished here has all its lines committed.
+        let current = store
+            .run(&args.run)?
+            .ok_or_else(|| CliError::usage("the run disappeared"))?;
+        let finished = current.status != RunStatus::Running;
+        for step in current.steps.iter().filter(|s| wanted(&s.service)) {
+            loop {
+                let after = printed.get(&step.id).copied().unwrap_or(-1);
+                let lines = store.step_logs_after(step.id, after, 5000)?;
+                let Some(last) = lines.last().map(|l| l.seq) else {
+                    break;
                 };
-                println!(
-                    "{}",
-                    serde_json::to_string(&j).map_err(|e| CliError::usage(e.to_string()))?
-                );
-            } else {
-                let text = if line.stream == Stream::System {
-                    paint(ui.color_out, Tone::Dim, &line.text)
-                } else {
-                    line.text.clone()
-                };
-                println!("{:>width$} | {text}", step.service);
+                for line in &lines {
+                    print_line(ui, &step.service, width, line, args.json)?;
+                }
+                printed.insert(step.id, last);
             }
         }
+        if !args.follow || finished {
+            break;
+        }
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        std::thread::sleep(Duration::from_millis(100));
     }
     Ok(ExitCode::Ok)
 }

@@ -10,6 +10,7 @@ mod logs;
 mod plugin;
 pub mod render;
 mod run;
+mod runs;
 mod services;
 mod status;
 mod sync;
@@ -90,6 +91,8 @@ pub enum Command {
     Services(services::ServicesArgs),
     /// Run an operation (build, test, deploy, …) over services in dependency order.
     Run(run::RunArgs),
+    /// The run history: list runs, show one, prune old ones.
+    Runs(runs::RunsArgs),
     /// Show the stored log of a run.
     Logs(logs::LogsArgs),
     /// List, inspect, check and create operation plugins.
@@ -118,6 +121,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Services(args) => services::run(&load(&location)?, args, &ui),
         Command::Run(args) => run::run(&mut load(&location)?, args, &ui),
         Command::Logs(args) => logs::run(&mut load(&location)?, args, &ui),
+        Command::Runs(args) => runs::run(&mut load(&location)?, args, &ui),
         Command::Plugin(args) => plugin::run(&location, args, &ui),
     }
 }

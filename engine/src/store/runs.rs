@@ -94,6 +94,20 @@ impl RunStatus {
     }
 }
 
+/// A line of `nestr runs`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunSummary {
+    pub id: String,
+    pub operation: String,
+    pub status: RunStatus,
+    pub started_by: String,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+    pub steps: i64,
+    pub succeeded: i64,
+    pub failed: i64,
+}
+
 /// A running run and the process that executes it.
 #[derive(Debug, Clone)]
 pub struct RunOwner {
@@ -437,6 +451,102 @@ impl Store {
         })?;
         run.steps = steps.collect::<Result<_, _>>()?;
         Ok(Some(run))
+    }
+
+    /// The newest `limit` runs, newest first, with their step counts by status.
+    pub fn list_runs(&self, limit: usize) -> Result<Vec<RunSummary>, StoreError> {
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT r.id, r.operation, r.status, r.started_by, r.created_at, r.finished_at,
+                    count(s.id), sum(s.status = 'succeeded'), sum(s.status IN ('failed', 'denied', 'timed_out', 'resource_exhausted'))
+             FROM runs r LEFT JOIN steps s ON s.run_id = r.id
+             GROUP BY r.id ORDER BY r.created_at DESC, r.id DESC LIMIT ?1",
+        )?;
+        let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+            Ok(RunSummary {
+                id: r.get(0)?,
+                operation: r.get(1)?,
+                status: RunStatus::parse(&r.get::<_, String>(2)?),
+                started_by: r.get(3)?,
+                created_at: r.get(4)?,
+                finished_at: r.get(5)?,
+                steps: r.get(6)?,
+                succeeded: r.get::<_, Option<i64>>(7)?.unwrap_or(0),
+                failed: r.get::<_, Option<i64>>(8)?.unwrap_or(0),
+            })
+        })?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Log lines of a step after sequence `after`, at most `limit`.
+    pub fn step_logs_after(
+        &self,
+        step_id: i64,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<LogLine>, StoreError> {
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT step_id, seq, at, stream, level, text FROM log_lines
+             WHERE step_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(
+            params![step_id, after, i64::try_from(limit).unwrap_or(i64::MAX)],
+            |r| {
+                Ok(LogLine {
+                    step_id: r.get(0)?,
+                    seq: r.get(1)?,
+                    at: r.get(2)?,
+                    stream: Stream::parse(&r.get::<_, String>(3)?),
+                    level: r.get(4)?,
+                    text: r.get(5)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Deletes finished runs beyond the newest `keep`, or created before `before_ms`, in bounded
+    /// transactions (at most 10,000 log lines each); returns how many runs were deleted.
+    pub fn prune_runs(
+        &mut self,
+        keep: Option<usize>,
+        before_ms: Option<i64>,
+    ) -> Result<usize, StoreError> {
+        let ids: Vec<String> = {
+            let mut stmt = self.conn().prepare(
+                "SELECT id, created_at FROM runs WHERE status != 'running'
+                 ORDER BY created_at DESC, id DESC",
+            )?;
+            let runs: Vec<(String, i64)> = stmt
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            runs.into_iter()
+                .enumerate()
+                .filter(|(i, (_, at))| {
+                    keep.is_some_and(|k| *i >= k) || before_ms.is_some_and(|b| *at < b)
+                })
+                .map(|(_, (id, _))| id)
+                .collect()
+        };
+        for id in &ids {
+            loop {
+                let deleted = self.write(|tx| {
+                    tx.execute(
+                        "DELETE FROM log_lines WHERE (step_id, seq) IN (
+                            SELECT l.step_id, l.seq FROM log_lines l JOIN steps s ON s.id = l.step_id
+                            WHERE s.run_id = ?1 LIMIT 10000)",
+                        [id],
+                    )
+                })?;
+                if deleted == 0 {
+                    break;
+                }
+            }
+            self.write(|tx| {
+                tx.execute("DELETE FROM audit WHERE run_id = ?1", [id])?;
+                tx.execute("DELETE FROM runs WHERE id = ?1", [id])
+            })?;
+        }
+        Ok(ids.len())
     }
 
     /// Log lines of a step, in order.

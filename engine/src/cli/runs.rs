@@ -1,0 +1,176 @@
+//! `nestr runs`: the run history — list (`runs`), one run with its steps (`runs show RUN`), and
+//! retention (`runs prune --keep N | --older-than DURATION`).
+
+use clap::{Args, Subcommand};
+
+use super::render::{self, Tone, Ui};
+use super::run::{duration, status_tone};
+use super::{CliError, ExitCode};
+use crate::scheduler::rfc3339;
+use crate::store::RunStatus;
+use crate::workspace::Workspace;
+
+#[derive(Debug, Args)]
+pub struct RunsArgs {
+    #[command(subcommand)]
+    pub command: Option<RunsCommand>,
+    /// How many runs to list, newest first.
+    #[arg(long, default_value_t = 20)]
+    pub limit: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RunsCommand {
+    /// One run with its steps: statuses, timings, summaries.
+    Show {
+        run: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deletes old runs with their steps and logs (never a running one).
+    Prune {
+        /// Keep the newest N runs.
+        #[arg(long, value_name = "N", required_unless_present = "older_than")]
+        keep: Option<usize>,
+        /// Delete runs created longer ago than this (e.g. 30d, 12h).
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        older_than: Option<std::time::Duration>,
+    },
+}
+
+fn run_tone(s: RunStatus) -> Tone {
+    match s {
+        RunStatus::Succeeded => Tone::Good,
+        RunStatus::Running => Tone::Info,
+        RunStatus::Cancelled | RunStatus::Interrupted => Tone::Warn,
+        RunStatus::Failed => Tone::Bad,
+    }
+}
+
+pub fn run(ws: &mut Workspace, args: RunsArgs, ui: &Ui) -> Result<ExitCode, CliError> {
+    let store = ws.store()?;
+    match args.command {
+        None => {
+            let runs = store.list_runs(args.limit)?;
+            if args.json {
+                return print_json(&runs);
+            }
+            let rows: Vec<Vec<(String, Option<Tone>)>> = runs
+                .iter()
+                .map(|r| {
+                    let took = r.finished_at.map_or("-".into(), |f| {
+                        duration(u64::try_from(f - r.created_at).unwrap_or(0))
+                    });
+                    vec![
+                        (r.id.clone(), None),
+                        (r.operation.clone(), Some(Tone::Bold)),
+                        (r.status.as_str().to_string(), Some(run_tone(r.status))),
+                        (rfc3339(r.created_at), Some(Tone::Dim)),
+                        (took, None),
+                        (
+                            format!("{}/{} ok, {} failed", r.succeeded, r.steps, r.failed),
+                            None,
+                        ),
+                        (r.started_by.clone(), Some(Tone::Dim)),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                render::table(
+                    &[
+                        "RUN",
+                        "OPERATION",
+                        "STATUS",
+                        "STARTED",
+                        "TIME",
+                        "STEPS",
+                        "BY"
+                    ],
+                    &rows,
+                    ui.color_out
+                )
+            );
+        }
+        Some(RunsCommand::Show { run, json }) => {
+            let Some(r) = store.run(&run)? else {
+                return Err(CliError::usage(format!(
+                    "there is no run `{run}` in this workspace"
+                )));
+            };
+            if json {
+                return print_json(&r);
+            }
+            println!(
+                "run {} — {} — {}{}",
+                r.id,
+                ui.paint(Tone::Bold, &r.operation),
+                ui.paint(run_tone(r.status), r.status.as_str()),
+                r.finished_at.map_or(String::new(), |f| format!(
+                    " in {}",
+                    duration(u64::try_from(f - r.created_at).unwrap_or(0))
+                ))
+            );
+            let rows: Vec<Vec<(String, Option<Tone>)>> = r
+                .steps
+                .iter()
+                .map(|s| {
+                    let tests = s.tests.map_or(String::new(), |t| {
+                        format!(
+                            "{} passed, {} failed, {} skipped",
+                            t.passed, t.failed, t.skipped
+                        )
+                    });
+                    let mut summary = s.summary.clone().unwrap_or_default();
+                    if let Some(reason) = &s.reason
+                        && !summary.contains(reason.as_str())
+                    {
+                        summary = format!("{summary}: {}", reason.lines().next().unwrap_or(""));
+                    }
+                    vec![
+                        (s.service.clone(), None),
+                        (s.plugin.clone(), Some(Tone::Dim)),
+                        (s.status.as_str().to_string(), Some(status_tone(s.status))),
+                        (s.started_at.map_or("-".into(), rfc3339), Some(Tone::Dim)),
+                        (
+                            s.duration_ms
+                                .map_or("-".into(), |d| duration(u64::try_from(d).unwrap_or(0))),
+                            None,
+                        ),
+                        (summary, None),
+                        (tests, None),
+                    ]
+                })
+                .collect();
+            print!(
+                "{}",
+                render::table(
+                    &[
+                        "SERVICE", "PLUGIN", "STATUS", "STARTED", "TIME", "SUMMARY", "TESTS"
+                    ],
+                    &rows,
+                    ui.color_out
+                )
+            );
+        }
+        Some(RunsCommand::Prune { keep, older_than }) => {
+            let before = older_than
+                .map(|d| crate::store::now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+            let n = store.prune_runs(keep, before)?;
+            ui.note(&format!(
+                "deleted {n} run{} with their steps and logs",
+                if n == 1 { "" } else { "s" }
+            ));
+        }
+    }
+    Ok(ExitCode::Ok)
+}
+
+fn print_json<T: serde::Serialize>(v: &T) -> Result<ExitCode, CliError> {
+    let text = serde_json::to_string_pretty(v)
+        .map_err(|e| CliError::usage(format!("cannot write JSON: {e}")))?;
+    println!("{text}");
+    Ok(ExitCode::Ok)
+}
