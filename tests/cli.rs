@@ -194,6 +194,30 @@ fn demo_builds_a_workspace_and_runs_again() -> TestResult {
     );
     assert!(run.stdout.contains("fast-forwarded"), "{}", run.stdout);
     assert!(run.stdout.contains("dirty"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("receiver got POST /hooks/api"),
+        "deployed: {}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("receiver got POST /hooks/web"),
+        "deployed: {}",
+        run.stdout
+    );
+    let ws = sb.path().join("d/workspace");
+    let runs = sb.nestr(&ws, &["runs", "--json"]).ok().json();
+    let ops: Vec<&str> = runs
+        .as_array()
+        .ok_or("runs")?
+        .iter()
+        .filter_map(|r| r["operation"].as_str())
+        .collect();
+    assert_eq!(ops, ["deploy", "test", "build"]);
+    assert!(
+        runs.as_array()
+            .is_some_and(|a| a.iter().all(|r| r["status"] == "succeeded")),
+        "{runs}"
+    );
     assert!(sb.path().join("d/workspace/nestr.lock").is_file());
     sb.nestr(sb.path(), &["demo", "--dir", "d"]).ok();
     std::fs::create_dir_all(sb.path().join("notdemo"))?;

@@ -68,7 +68,8 @@ const REPOS: &[SampleRepo] = &[
     },
 ];
 
-const MANIFEST: &str = r#"# The nestr demo workspace (made by `nestr demo`).
+const MANIFEST: &str = r#"# The nestr demo workspace (made by `nestr demo`). The deploy hooks point at a receiver that
+# `nestr demo` ran on loopback while it ran; to deploy again, start a receiver on that port.
 [workspace]
 name = "demo-shop"
 description = "Four repositories, four services, dependencies across repositories"
@@ -109,6 +110,12 @@ repo = "web"
 depends_on = ["api"]
 tags = ["frontend"]
 
+[services.api.operations]
+deploy = { plugin = "http-deploy", config = { url = "http://127.0.0.1:{{port}}/hooks/api", health_url = "http://127.0.0.1:{{port}}/healthz/api", poll_interval_ms = 100 }, concurrency = 1 }
+
+[services.web.operations]
+deploy = { plugin = "http-deploy", config = { url = "http://127.0.0.1:{{port}}/hooks/web", health_url = "http://127.0.0.1:{{port}}/healthz/web", poll_interval_ms = 100 }, concurrency = 1 }
+
 [operations.build]
 plugin = "command"
 config = { run = [["make", "build"]] }
@@ -119,6 +126,9 @@ config = { run = [["make", "test"]] }
 
 [plugins.command]
 grants = { exec = ["make", "sh"], env = ["PATH"] }
+
+[plugins.http-deploy]
+grants = { http = ["http://127.0.0.1:{{port}}"], timeout = "1m" }
 "#;
 
 pub fn run(args: DemoArgs, ui: &Ui) -> Result<ExitCode, CliError> {
@@ -147,9 +157,16 @@ pub fn run(args: DemoArgs, ui: &Ui) -> Result<ExitCode, CliError> {
         .map_err(fail)?;
         ui.note(&format!("  {}.git", repo.name));
     }
+    let receiver =
+        Receiver::start().map_err(|e| fail(format!("cannot start the deploy receiver: {e}")))?;
     let ws_dir = dir.join("workspace");
     std::fs::create_dir_all(&ws_dir)
-        .and_then(|()| std::fs::write(ws_dir.join("nestr.toml"), MANIFEST))
+        .and_then(|()| {
+            std::fs::write(
+                ws_dir.join("nestr.toml"),
+                MANIFEST.replace("{{port}}", &receiver.port.to_string()),
+            )
+        })
         .map_err(|e| fail(format!("cannot write the demo manifest: {e}")))?;
 
     let location = Location {
@@ -219,15 +236,26 @@ pub fn run(args: DemoArgs, ui: &Ui) -> Result<ExitCode, CliError> {
     heading(ui, "nestr run test -t backend");
     let test = run_args("test", &["backend"]);
     let tested = super::run::run(&mut ws, test, ui)?;
-    if built != ExitCode::Ok || tested != ExitCode::Ok {
+
+    heading(
+        ui,
+        &format!(
+            "nestr run deploy   (http-deploy to the receiver on 127.0.0.1:{})",
+            receiver.port
+        ),
+    );
+    let deployed = super::run::run(&mut ws, run_args("deploy", &[]), ui)?;
+    for line in receiver.received() {
+        println!("  receiver got {line}");
+    }
+    if built != ExitCode::Ok || tested != ExitCode::Ok || deployed != ExitCode::Ok {
         return Ok(ExitCode::Failed);
     }
 
     println!(
-        "\n{} The demo workspace is at {}\n  cd {} && nestr status --json && nestr plugin list\n",
+        "\n{} The demo workspace is at {ws}\nLook next:\n  cd {ws}\n  cat nestr.toml          # the manifest it wrote\n  nestr runs              # the runs just made\n  nestr runs show RUN     # one run, step by step\n  nestr logs RUN          # its stored output\n  nestr plugin list       # plugins, what they need and are granted\n",
         ui.paint(Tone::Good, "Done."),
-        ws_dir.display(),
-        ws_dir.display()
+        ws = ws_dir.display()
     );
     Ok(ExitCode::Ok)
 }
@@ -244,6 +272,63 @@ fn run_args(operation: &str, tags: &[&str]) -> super::run::RunArgs {
         dry_run: false,
         output: super::run::Output::Prefixed,
         json: false,
+    }
+}
+
+/// A webhook receiver on loopback, standing in for a deploy platform: deploy hooks answer 202,
+/// health checks 200. Serves until the process ends.
+struct Receiver {
+    port: u16,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Receiver {
+    fn start() -> std::io::Result<Receiver> {
+        use std::io::{BufRead, BufReader, Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = log.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let Ok(clone) = stream.try_clone() else {
+                    continue;
+                };
+                let mut reader = BufReader::new(clone);
+                let mut request_line = String::new();
+                let _ = reader.read_line(&mut request_line);
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                }
+                let mut body = vec![0u8; length.min(1 << 20)];
+                let _ = reader.read_exact(&mut body);
+                let request_line = request_line.trim().to_string();
+                let reply: &[u8] = if request_line.starts_with("POST /hooks/") {
+                    if let Ok(mut l) = seen.lock() {
+                        l.push(format!("{request_line} {}", String::from_utf8_lossy(&body)));
+                    }
+                    b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                } else if request_line.starts_with("GET /healthz") {
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                } else {
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                };
+                let _ = stream.write_all(reply);
+            }
+        });
+        Ok(Receiver { port, log })
+    }
+
+    fn received(&self) -> Vec<String> {
+        self.log.lock().map(|l| l.clone()).unwrap_or_default()
     }
 }
 

@@ -339,7 +339,12 @@ fn summary(ui: &Ui, report: &RunReport) -> String {
                 && !summary.contains(r.as_str())
                 && s.status != StepStatus::Succeeded
             {
-                summary = format!("{summary}: {}", r.lines().next().unwrap_or(""));
+                let first = r.lines().next().unwrap_or("");
+                summary = if first.starts_with(summary.as_str()) {
+                    first.to_string()
+                } else {
+                    format!("{summary}: {first}")
+                };
             }
             vec![
                 (s.service.clone(), None),

@@ -127,7 +127,12 @@ pub fn run(ws: &mut Workspace, args: RunsArgs, ui: &Ui) -> Result<ExitCode, CliE
                     if let Some(reason) = &s.reason
                         && !summary.contains(reason.as_str())
                     {
-                        summary = format!("{summary}: {}", reason.lines().next().unwrap_or(""));
+                        let first = reason.lines().next().unwrap_or("");
+                        summary = if first.starts_with(summary.as_str()) {
+                            first.to_string()
+                        } else {
+                            format!("{summary}: {first}")
+                        };
                     }
                     vec![
                         (s.service.clone(), None),
