@@ -3,7 +3,7 @@
 //! commits everything pending when asked to flush (before a step is marked finished).
 
 use std::path::Path;
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, SyncSender};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,8 @@ use crate::store::{AuditEntry, LogLine, Store, StoreError};
 
 const BATCH_TIME: Duration = Duration::from_millis(100);
 const BATCH_BYTES: usize = 64 * 1024;
+/// Messages in flight to the writer; a producer faster than the disk waits (bounded memory).
+const QUEUE: usize = 8192;
 
 enum Msg {
     Line(LogLine),
@@ -22,7 +24,7 @@ enum Msg {
 /// A handle to the writer thread; cheap to clone.
 #[derive(Clone)]
 pub struct LogWriter {
-    tx: Sender<Msg>,
+    tx: SyncSender<Msg>,
 }
 
 /// Owns the writer thread; dropping it flushes and stops the thread.
@@ -35,7 +37,7 @@ impl LogWriterThread {
     /// Opens a connection to the store in `state_dir` and starts the thread.
     pub fn start(state_dir: &Path) -> Result<LogWriterThread, StoreError> {
         let mut store = Store::open(state_dir)?;
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(QUEUE);
         let handle = std::thread::Builder::new()
             .name("nestr-log-writer".into())
             .spawn(move || run(&mut store, &rx))
