@@ -65,13 +65,13 @@ pub fn stored(ws: &Path) -> Stored {
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )
         .expect("a step");
-    let log: Vec<String> = conn
-        .prepare("SELECT text FROM log_lines WHERE step_id = ?1 ORDER BY seq")
-        .expect("prepare")
-        .query_map([id], |r| r.get(0))
-        .expect("query")
-        .collect::<Result<_, _>>()
-        .expect("rows");
+    let store = nestr::store::Store::open(&ws.join(".nestr")).expect("store");
+    let log: Vec<String> = store
+        .step_logs(id)
+        .expect("logs")
+        .into_iter()
+        .map(|l| l.text)
+        .collect();
     let audit: Vec<(String, String)> = conn
         .prepare("SELECT capability, requested FROM audit WHERE step_id = ?1 ORDER BY id")
         .expect("prepare")
@@ -371,7 +371,7 @@ fn output_streams_line_by_line_while_the_program_runs() -> TestResult {
     assert_eq!(step["status"], "succeeded", "{step}");
     let conn = rusqlite::Connection::open(ws.join(".nestr/state.db"))?;
     let at = |text: &str| -> rusqlite::Result<i64> {
-        conn.query_row("SELECT at FROM log_lines WHERE text = ?1", [text], |r| {
+        conn.query_row("SELECT at FROM log_chunks WHERE text = ?1", [text], |r| {
             r.get(0)
         })
     };

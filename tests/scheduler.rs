@@ -389,7 +389,7 @@ pub fn kill_nine_rounds(rounds: usize) -> TestResult {
 
 fn lines_stored(ws: &Path) -> i64 {
     rusqlite::Connection::open(ws.join(".nestr/state.db"))
-        .and_then(|c| c.query_row("SELECT count(*) FROM log_lines", [], |r| r.get(0)))
+        .and_then(|c| c.query_row("SELECT count(*) FROM log_chunks", [], |r| r.get(0)))
         .unwrap_or(0)
 }
 

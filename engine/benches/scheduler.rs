@@ -182,7 +182,7 @@ fn main() -> Result<()> {
     let (wall, peak) = timed_nestr(&ws, &["-q", "run", "flood", "-s", "r00-s00"])?;
     let conn = rusqlite::Connection::open(ws.join(".nestr/state.db"))?;
     let (stored, ms): (i64, i64) = conn.query_row(
-        "SELECT (SELECT sum(length(text) + 1) FROM log_lines WHERE step_id = s.id), s.duration_ms
+        "SELECT (SELECT sum(length(text) + 1) FROM log_chunks WHERE step_id = s.id), s.duration_ms
          FROM steps s JOIN runs r ON r.id = s.run_id WHERE r.operation = 'flood' ORDER BY s.id DESC LIMIT 1",
         [],
         |r| Ok((r.get(0)?, r.get(1)?)),

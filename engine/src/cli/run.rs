@@ -213,17 +213,24 @@ impl Renderer {
             }
             match &event {
                 Event::RunStarted { run_id, .. } => set_current_run(run_id),
-                Event::Log { service, line, .. } if self.live => {
-                    let text = if line.stream == Stream::System {
-                        render::paint(self.color, Tone::Dim, &line.text)
-                    } else {
-                        line.text.clone()
-                    };
-                    let shown = format!("{} {text}", self.prefix(service));
+                Event::Log { service, chunk, .. } if self.live => {
+                    let prefix = self.prefix(service);
+                    let shown: Vec<String> = chunk
+                        .text
+                        .split('\n')
+                        .map(|t| {
+                            let t = if chunk.stream == Stream::System {
+                                render::paint(self.color, Tone::Dim, t)
+                            } else {
+                                t.to_string()
+                            };
+                            format!("{prefix} {t}")
+                        })
+                        .collect();
                     if self.grouped {
-                        blocks.entry(service.clone()).or_default().push(shown);
+                        blocks.entry(service.clone()).or_default().extend(shown);
                     } else {
-                        self.print(&shown);
+                        self.print(&shown.join("\n"));
                     }
                 }
                 Event::StepFinished { report, .. } if self.live && self.grouped => {

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use aho_corasick::AhoCorasick;
 use base64::Engine as _;
 
-use crate::store::{LogLine, Stream};
+use crate::store::{LogChunk, Stream};
 
 /// Default cap on the output stored per step.
 pub const DEFAULT_OUTPUT_CAP: u64 = 16 * 1024 * 1024;
@@ -91,8 +91,8 @@ impl Masker {
     }
 }
 
-/// Receives the lines of a step.
-pub type Subscriber = Arc<dyn Fn(&LogLine) + Send + Sync>;
+/// Receives the log of a step, chunk by chunk.
+pub type Subscriber = Arc<dyn Fn(&LogChunk) + Send + Sync>;
 
 /// The log of one step.
 pub struct StepLog {
@@ -145,26 +145,47 @@ impl StepLog {
     /// One line (without its newline) from `stream`; masked, then kept or counted. Returns the
     /// masked text.
     pub fn line(&self, stream: Stream, level: Option<&str>, text: &str) -> String {
-        let masked = self.masker.mask(text);
-        let len = masked.len() as u64 + 1;
-        if stream != Stream::System {
-            let stored = self.stored.fetch_add(len, Ordering::Relaxed) + len;
-            if stored > self.cap {
-                self.dropped.fetch_add(len, Ordering::Relaxed);
-                if !self.truncated.swap(true, Ordering::Relaxed) {
-                    self.emit(
-                        Stream::System,
-                        None,
-                        format!(
-                            "[nestr: output truncated at {} MiB; further output is counted, not stored; raise it with `output_mb` in the plugin's grants]",
-                            self.cap / (1024 * 1024)
-                        ),
-                    );
-                }
-                return masked;
-            }
+        self.lines(stream, level, text)
+    }
+
+    /// Lines joined with `\n` (no trailing newline) from `stream`: masked as a whole, then kept
+    /// up to the step's cap (the rest counted, with one truncation marker). Returns the masked
+    /// text.
+    pub fn lines(&self, stream: Stream, level: Option<&str>, joined: &str) -> String {
+        let masked = self.masker.mask(joined);
+        if stream == Stream::System {
+            self.emit(stream, level, masked.clone());
+            return masked;
         }
-        self.emit(stream, level, masked.clone());
+        let len = masked.len() as u64 + 1;
+        let before = self.stored.fetch_add(len, Ordering::Relaxed);
+        if before + len <= self.cap {
+            self.emit(stream, level, masked.clone());
+            return masked;
+        }
+        // Keep the lines that still fit, count the rest.
+        let room = self.cap.saturating_sub(before);
+        let mut keep = 0usize;
+        for line in masked.split('\n') {
+            if (keep + line.len() + 1) as u64 > room {
+                break;
+            }
+            keep += line.len() + 1;
+        }
+        if keep > 0 {
+            self.emit(stream, level, masked[..keep - 1].to_string());
+        }
+        self.dropped.fetch_add(len - keep as u64, Ordering::Relaxed);
+        if !self.truncated.swap(true, Ordering::Relaxed) {
+            self.emit(
+                Stream::System,
+                None,
+                format!(
+                    "[nestr: output truncated at {} MiB; further output is counted, not stored; raise it with `output_mb` in the plugin's grants]",
+                    self.cap / (1024 * 1024)
+                ),
+            );
+        }
         masked
     }
 
@@ -184,25 +205,28 @@ impl StepLog {
     }
 
     fn emit(&self, stream: Stream, level: Option<&str>, text: String) {
+        let count = text.bytes().filter(|&b| b == b'\n').count() as i64 + 1;
         let _order = self.order.lock();
-        let line = LogLine {
+        let chunk = LogChunk {
             step_id: self.step_id,
-            seq: self.seq.fetch_add(1, Ordering::Relaxed),
+            first_seq: self.seq.fetch_add(count, Ordering::Relaxed),
+            count,
             at: crate::store::now_ms(),
             stream,
             level: level.map(str::to_owned),
             text,
         };
         for s in &self.subscribers {
-            s(&line);
+            s(&chunk);
         }
     }
 }
 
-/// Sees every masked line a [`LineBuffer`] emits.
+/// Sees the masked text of every chunk a [`LineBuffer`] emits.
 pub type Tap = Box<dyn FnMut(&str) + Send>;
 
-/// Assembles bytes written in arbitrary pieces into lines for a [`StepLog`].
+/// Assembles bytes written in arbitrary pieces into lines for a [`StepLog`]: the complete lines
+/// of each write go out as one chunk.
 pub struct LineBuffer {
     log: Arc<StepLog>,
     stream: Stream,
@@ -220,7 +244,7 @@ impl LineBuffer {
         }
     }
 
-    /// Like [`LineBuffer::new`], also handing every masked line to `tap`.
+    /// Like [`LineBuffer::new`], also handing every chunk's masked text to `tap`.
     pub fn with_tap(log: Arc<StepLog>, stream: Stream, tap: Tap) -> LineBuffer {
         LineBuffer {
             log,
@@ -230,31 +254,43 @@ impl LineBuffer {
         }
     }
 
-    pub fn write(&mut self, mut bytes: &[u8]) {
-        while let Some(nl) = bytes.iter().position(|&b| b == b'\n') {
-            self.pending.extend_from_slice(&bytes[..nl]);
-            self.flush_line();
-            bytes = &bytes[nl + 1..];
+    pub fn write(&mut self, bytes: &[u8]) {
+        if let Some(last) = bytes.iter().rposition(|&b| b == b'\n') {
+            self.pending.extend_from_slice(&bytes[..last]);
+            let complete = std::mem::take(&mut self.pending);
+            self.pending.extend_from_slice(&bytes[last + 1..]);
+            self.emit(&complete);
+        } else {
+            self.pending.extend_from_slice(bytes);
         }
-        self.pending.extend_from_slice(bytes);
-        // Split an over-long line at MAX_LINE, moved past any secret that straddles the cut so
-        // that the secret is masked whole. Wait for enough bytes to see such a secret entirely.
+        // Split an over-long unterminated line at MAX_LINE, moved past any secret that straddles
+        // the cut so that the secret is masked whole. Wait for enough bytes to see such a secret
+        // entirely.
         while self.pending.len() >= MAX_LINE + self.log.masker().longest {
             let cut = self
                 .log
                 .masker()
                 .cut_after_straddling(&self.pending, MAX_LINE);
             let rest = self.pending.split_off(cut);
-            self.flush_line();
-            self.pending = rest;
+            let piece = std::mem::replace(&mut self.pending, rest);
+            self.emit(&piece);
         }
     }
 
-    fn flush_line(&mut self) {
-        let text = String::from_utf8_lossy(&self.pending).into_owned();
-        self.pending.clear();
-        let text = text.strip_suffix('\r').unwrap_or(&text);
-        let masked = self.log.line(self.stream, None, text);
+    /// Emits complete lines (joined by `\n`, without the last newline) as one chunk.
+    fn emit(&mut self, bytes: &[u8]) {
+        let text = String::from_utf8_lossy(bytes);
+        let text = if text.contains('\r') {
+            std::borrow::Cow::Owned(
+                text.split('\n')
+                    .map(|l| l.strip_suffix('\r').unwrap_or(l))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+        } else {
+            text
+        };
+        let masked = self.log.lines(self.stream, None, &text);
         if let Some(tap) = self.tap.as_mut() {
             tap(&masked);
         }
@@ -263,7 +299,8 @@ impl LineBuffer {
     /// Emits what is left as a last line.
     pub fn finish(&mut self) {
         if !self.pending.is_empty() {
-            self.flush_line();
+            let rest = std::mem::take(&mut self.pending);
+            self.emit(&rest);
         }
     }
 }
@@ -282,7 +319,11 @@ mod tests {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let l = lines.clone();
         (
-            Arc::new(move |line: &LogLine| l.lock().expect("lock").push(line.text.clone())),
+            Arc::new(move |chunk: &LogChunk| {
+                l.lock()
+                    .expect("lock")
+                    .extend(chunk.lines().map(|line| line.text))
+            }),
             lines,
         )
     }

@@ -6,12 +6,12 @@
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::store::{LogLine, RunStatus, StepStatus};
+use crate::store::{LogChunk, RunStatus, StepStatus};
 
 use super::StepReport;
 
 /// Capacity of the channel; a subscriber further behind than this lags.
-pub const CAPACITY: usize = 16 * 1024;
+pub const CAPACITY: usize = 1024;
 
 /// Something that happened in a run.
 #[derive(Debug, Clone, Serialize)]
@@ -31,10 +31,11 @@ pub enum Event {
         service: String,
         step_id: i64,
     },
+    /// Lines of a step's log (one chunk: consecutive lines that arrived together).
     Log {
         run_id: String,
         service: String,
-        line: LogLine,
+        chunk: LogChunk,
     },
     StepFinished {
         run_id: String,

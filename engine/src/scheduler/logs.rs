@@ -7,15 +7,16 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::store::{AuditEntry, LogLine, Store, StoreError};
+use crate::store::{AuditEntry, LogChunk, Store, StoreError};
 
 const BATCH_TIME: Duration = Duration::from_millis(100);
 const BATCH_BYTES: usize = 64 * 1024;
-/// Messages in flight to the writer; a producer faster than the disk waits (bounded memory).
-const QUEUE: usize = 8192;
+/// Chunks in flight to the writer (a chunk holds at most ~128 KiB, usually far less): a producer
+/// faster than the disk waits, so memory stays bounded.
+const QUEUE: usize = 256;
 
 enum Msg {
-    Line(LogLine),
+    Chunk(LogChunk),
     Audit(AuditEntry),
     Flush(SyncSender<()>),
     Stop,
@@ -66,8 +67,8 @@ impl Drop for LogWriterThread {
 }
 
 impl LogWriter {
-    pub fn line(&self, line: &LogLine) {
-        let _ = self.tx.send(Msg::Line(line.clone()));
+    pub fn chunk(&self, chunk: &LogChunk) {
+        let _ = self.tx.send(Msg::Chunk(chunk.clone()));
     }
 
     pub fn audit(&self, entry: AuditEntry) {
@@ -84,7 +85,7 @@ impl LogWriter {
 }
 
 fn run(store: &mut Store, rx: &Receiver<Msg>) {
-    let mut lines: Vec<LogLine> = Vec::new();
+    let mut lines: Vec<LogChunk> = Vec::new();
     let mut audits: Vec<AuditEntry> = Vec::new();
     let mut bytes = 0usize;
     let mut batch_started: Option<Instant> = None;
@@ -95,7 +96,7 @@ fn run(store: &mut Store, rx: &Receiver<Msg>) {
         let msg = rx.recv_timeout(wait);
         let mut acks = Vec::new();
         let closed = match msg {
-            Ok(Msg::Line(l)) => {
+            Ok(Msg::Chunk(l)) => {
                 bytes += l.text.len();
                 lines.push(l);
                 batch_started.get_or_insert_with(Instant::now);

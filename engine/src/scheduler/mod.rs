@@ -581,12 +581,12 @@ impl Executor<'_> {
         let run_id = self.run_id.clone();
         let service = service.to_string();
         vec![
-            Arc::new(move |l| w.line(l)),
-            Arc::new(move |l| {
+            Arc::new(move |c| w.chunk(c)),
+            Arc::new(move |c| {
                 events.send(Event::Log {
                     run_id: run_id.clone(),
                     service: service.clone(),
-                    line: l.clone(),
+                    chunk: c.clone(),
                 })
             }),
         ]

@@ -15,8 +15,8 @@ use rusqlite_migration::{M, Migrations};
 
 pub use repos::{RepoRecord, RepoRow, SyncAction, SyncEvent, SyncResult};
 pub use runs::{
-    AuditEntry, LogLine, NewRun, RunOwner, RunRow, RunStatus, RunSummary, StepEnd, StepRow,
-    StepStatus, Stream, TestsRow,
+    AuditEntry, LogChunk, LogLine, NewRun, RunOwner, RunRow, RunStatus, RunSummary, StepEnd,
+    StepRow, StepStatus, Stream, TestsRow,
 };
 
 static MIGRATIONS_DIR: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../migrations");

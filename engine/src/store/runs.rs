@@ -181,6 +181,33 @@ pub struct LogLine {
     pub text: String,
 }
 
+/// Consecutive lines of one stream of a step that arrived together: the unit that is stored and
+/// sent to subscribers. `text` holds the lines joined with `\n`, numbered `first_seq` onwards.
+#[derive(Debug, Clone, Serialize)]
+pub struct LogChunk {
+    pub step_id: i64,
+    pub first_seq: i64,
+    pub count: i64,
+    pub at: i64,
+    pub stream: Stream,
+    pub level: Option<String>,
+    pub text: String,
+}
+
+impl LogChunk {
+    /// The chunk's lines with their sequence numbers.
+    pub fn lines(&self) -> impl Iterator<Item = LogLine> + '_ {
+        self.text.split('\n').enumerate().map(|(i, text)| LogLine {
+            step_id: self.step_id,
+            seq: self.first_seq + i as i64,
+            at: self.at,
+            stream: self.stream,
+            level: self.level.clone(),
+            text: text.to_string(),
+        })
+    }
+}
+
 /// A capability decision.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuditEntry {
@@ -363,24 +390,25 @@ impl Store {
         })
     }
 
-    /// Appends log lines in one transaction.
-    pub fn insert_logs(&mut self, lines: &[LogLine]) -> Result<(), StoreError> {
-        if lines.is_empty() {
+    /// Appends log chunks in one transaction.
+    pub fn insert_logs(&mut self, chunks: &[LogChunk]) -> Result<(), StoreError> {
+        if chunks.is_empty() {
             return Ok(());
         }
         self.write(|tx| {
             let mut stmt = tx.prepare_cached(
-                "INSERT OR REPLACE INTO log_lines (step_id, seq, at, stream, level, text)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT OR REPLACE INTO log_chunks (step_id, first_seq, last_seq, at, stream, level, text)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
-            for l in lines {
+            for c in chunks {
                 stmt.execute(params![
-                    l.step_id,
-                    l.seq,
-                    l.at,
-                    l.stream.as_str(),
-                    l.level,
-                    l.text
+                    c.step_id,
+                    c.first_seq,
+                    c.first_seq + c.count - 1,
+                    c.at,
+                    c.stream.as_str(),
+                    c.level,
+                    c.text
                 ])?;
             }
             Ok(())
@@ -477,7 +505,7 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Log lines of a step after sequence `after`, at most `limit`.
+    /// Log lines of a step after sequence `after`, at most `limit`, in order.
     pub fn step_logs_after(
         &self,
         step_id: i64,
@@ -485,27 +513,38 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<LogLine>, StoreError> {
         let mut stmt = self.conn().prepare_cached(
-            "SELECT step_id, seq, at, stream, level, text FROM log_lines
-             WHERE step_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+            "SELECT step_id, first_seq, last_seq, at, stream, level, text FROM log_chunks
+             WHERE step_id = ?1 AND last_seq > ?2 ORDER BY first_seq LIMIT ?3",
         )?;
-        let rows = stmt.query_map(
+        let chunks = stmt.query_map(
             params![step_id, after, i64::try_from(limit).unwrap_or(i64::MAX)],
             |r| {
-                Ok(LogLine {
+                let first: i64 = r.get(1)?;
+                let last: i64 = r.get(2)?;
+                Ok(LogChunk {
                     step_id: r.get(0)?,
-                    seq: r.get(1)?,
-                    at: r.get(2)?,
-                    stream: Stream::parse(&r.get::<_, String>(3)?),
-                    level: r.get(4)?,
-                    text: r.get(5)?,
+                    first_seq: first,
+                    count: last - first + 1,
+                    at: r.get(3)?,
+                    stream: Stream::parse(&r.get::<_, String>(4)?),
+                    level: r.get(5)?,
+                    text: r.get(6)?,
                 })
             },
         )?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut lines = Vec::new();
+        for chunk in chunks {
+            lines.extend(chunk?.lines().filter(|l| l.seq > after));
+            if lines.len() >= limit {
+                lines.truncate(limit);
+                break;
+            }
+        }
+        Ok(lines)
     }
 
     /// Deletes finished runs beyond the newest `keep`, or created before `before_ms`, in bounded
-    /// transactions (at most 10,000 log lines each); returns how many runs were deleted.
+    /// transactions (at most 1,000 log chunks each); returns how many runs were deleted.
     pub fn prune_runs(
         &mut self,
         keep: Option<usize>,
@@ -531,9 +570,9 @@ impl Store {
             loop {
                 let deleted = self.write(|tx| {
                     tx.execute(
-                        "DELETE FROM log_lines WHERE (step_id, seq) IN (
-                            SELECT l.step_id, l.seq FROM log_lines l JOIN steps s ON s.id = l.step_id
-                            WHERE s.run_id = ?1 LIMIT 10000)",
+                        "DELETE FROM log_chunks WHERE (step_id, first_seq) IN (
+                            SELECT c.step_id, c.first_seq FROM log_chunks c JOIN steps s ON s.id = c.step_id
+                            WHERE s.run_id = ?1 LIMIT 1000)",
                         [id],
                     )
                 })?;
@@ -551,20 +590,7 @@ impl Store {
 
     /// Log lines of a step, in order.
     pub fn step_logs(&self, step_id: i64) -> Result<Vec<LogLine>, StoreError> {
-        let mut stmt = self.conn().prepare_cached(
-            "SELECT step_id, seq, at, stream, level, text FROM log_lines WHERE step_id = ?1 ORDER BY seq",
-        )?;
-        let rows = stmt.query_map([step_id], |r| {
-            Ok(LogLine {
-                step_id: r.get(0)?,
-                seq: r.get(1)?,
-                at: r.get(2)?,
-                stream: Stream::parse(&r.get::<_, String>(3)?),
-                level: r.get(4)?,
-                text: r.get(5)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        self.step_logs_after(step_id, -1, usize::MAX)
     }
 
     /// Audit entries of a run.
