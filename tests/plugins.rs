@@ -118,6 +118,30 @@ fn infinite_loop_is_stopped_at_its_deadline() -> TestResult {
 }
 
 #[test]
+fn a_program_stopped_by_the_step_deadline_times_the_step_out() -> TestResult {
+    let sb = Sandbox::new();
+    let r = sb.remote("app");
+    let _ = r;
+    let ws = sb.workspace(
+        "[workspace]\nname = \"t\"\n[repos.app]\nurl = \"{remotes}/app.git\"\n[services.svc]\nrepo = \"app\"\n\
+         [services.svc.operations]\nprobe = { plugin = \"command\", config = { run = [[\"sleep\", \"30\"]] } }\n\
+         [plugins.command]\ngrants = { exec = [\"sleep\"], timeout = \"1s\" }\n",
+    );
+    sb.nestr(&ws, &["assemble", "-q"]).ok();
+    let (run, step) = probe(&sb, &ws);
+    assert_eq!(run.code, 1);
+    assert_eq!(step["status"], "timed_out", "{step}");
+    assert_eq!(step["summary"], "timed out after 1s");
+    assert!(
+        step["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("raise it with `timeout`")),
+        "{step}"
+    );
+    Ok(())
+}
+
+#[test]
 fn memory_bomb_and_recursion_exhaust_resources() -> TestResult {
     for (fixture, grants) in [("memory_bomb", "memory_mb = 32"), ("recursion", "")] {
         let sb = Sandbox::new();
@@ -192,7 +216,12 @@ fn declared_but_not_granted_is_refused_before_start_with_the_toml() -> TestResul
         "{}",
         s.reason
     );
-    assert!(run.stdout.contains("\"started_at\": null") || step["started_at"].is_string());
+    assert!(step["started_at"].is_null(), "it never started: {step}");
+    assert_eq!(
+        s.audit.first().map(|a| a.0.as_str()),
+        Some("grants"),
+        "the refusal is audited"
+    );
     Ok(())
 }
 

@@ -107,7 +107,15 @@ impl Request {
     /// The operation's `config` table deserialized into the plugin's own type; a mismatch is an
     /// `invalid-config` error naming the problem.
     pub fn config<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
-        serde_json::from_str(&self.config).map_err(|e| Error::InvalidConfig(e.to_string()))
+        serde_json::from_str(&self.config).map_err(|e| {
+            // The position would point into JSON the user never wrote: keep only the message.
+            let text = e.to_string();
+            let text = text
+                .rsplit_once(" at line ")
+                .map_or(text.as_str(), |(msg, _)| msg)
+                .to_string();
+            Error::InvalidConfig(text)
+        })
     }
 
     /// The guest path of the service folder joined with `rel`.

@@ -297,11 +297,30 @@ fn check(at: &Location, file: &Path, json: bool, ui: &Ui) -> Result<ExitCode, Cl
         .map_err(|e| fail(e.to_string()))?;
     print_info(&plugin.info, &plugin.digest, json, ui)?;
     if !json {
+        let d = &plugin.info.capabilities;
+        let concrete = |v: &[String]| v.iter().filter(|x| *x != "*").cloned().collect::<Vec<_>>();
+        let grants = crate::manifest::Grants {
+            exec: concrete(&d.exec)
+                .into_iter()
+                .map(|p| crate::manifest::ExecGrant {
+                    program: p,
+                    args: vec![],
+                })
+                .collect(),
+            env: concrete(&d.env),
+            secrets: concrete(&d.secrets),
+            http: concrete(&d.http),
+            fs: d.fs,
+            ..Default::default()
+        };
         ui.note(&format!(
-            "\n{} is a valid nestr plugin. Use it from nestr.toml:\n[plugins.{name}]\npath = \"{}\"\nsha256 = \"{}\"",
+            "\n{} is a valid nestr plugin. Use it from nestr.toml (path relative to nestr.toml):\n\
+             [plugins.{}]\npath = \"{}\"\nsha256 = \"{}\"\n{}",
             path.display(),
-            file.display(),
-            plugin.digest
+            plugin.info.name,
+            path.display(),
+            plugin.digest,
+            grants_line(&grants)
         ));
     }
     Ok(ExitCode::Ok)

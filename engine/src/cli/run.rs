@@ -379,7 +379,7 @@ fn summary(ui: &Ui, report: &RunReport) -> String {
         out.push_str(&format!("\n{d}\n"));
     }
     out.push_str(&format!(
-        "\nrun {} {} ({} steps) — nestr logs {}\n",
+        "\nrun {} {} ({} step{}) — nestr logs {}\n",
         report.run_id,
         ui.paint(
             if report.status == RunStatus::Succeeded {
@@ -390,6 +390,7 @@ fn summary(ui: &Ui, report: &RunReport) -> String {
             report.status.as_str()
         ),
         report.steps.len(),
+        if report.steps.len() == 1 { "" } else { "s" },
         report.run_id
     ));
     out

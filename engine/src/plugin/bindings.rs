@@ -8,4 +8,4 @@ wasmtime::component::bindgen!({
     exports: { default: async },
 });
 
-pub use nestr::plugin::types;
+pub use self::nestr::plugin::types;

@@ -292,6 +292,19 @@ impl Effective {
         }
     }
 
+    /// A refusal of something nestr.toml grants but the plugin did not declare: no grant helps.
+    fn undeclared(&self, capability: &str, requested: &str) -> Denial {
+        Denial {
+            capability: capability.to_string(),
+            requested: requested.to_string(),
+            grant: format!(
+                "nestr.toml grants it, but plugin `{}` does not declare {capability} `{requested}` in \
+                 its describe(); a plugin may use only what it declares",
+                self.plugin
+            ),
+        }
+    }
+
     /// Checks an exec request and resolves the program to an absolute path.
     pub fn check_exec(
         &self,
@@ -303,6 +316,14 @@ impl Effective {
             .iter()
             .find(|r| program_matches(&r.program, program) || r.program == program);
         let Some(rule) = rule else {
+            if self
+                .grants
+                .exec
+                .iter()
+                .any(|g| program_matches(&g.program, program) || g.program == program)
+            {
+                return Err(self.undeclared("exec", program));
+            }
             return Err(self.deny("exec", program, |g| {
                 g.exec.push(ExecGrant {
                     program: program.to_string(),
@@ -317,10 +338,9 @@ impl Effective {
                         capability: "exec".into(),
                         requested: format!("{program} {}", args.join(" ")),
                         grant: format!(
-                            "argument `{a}` matches none of the granted patterns [{}] for `{}`; \
-                             add a pattern to its `args`",
-                            quoted(&rule.raw_patterns),
-                            rule.program
+                            "add a pattern matching argument `{a}` to `args` of `{}` (granted: [{}])",
+                            rule.program,
+                            quoted(&rule.raw_patterns)
                         ),
                     });
                 }
@@ -333,6 +353,14 @@ impl Effective {
     pub fn check_env(&self, name: &str) -> Result<(), Denial> {
         if self.env.iter().chain(&self.secrets).any(|n| n == name) {
             Ok(())
+        } else if self
+            .grants
+            .env
+            .iter()
+            .chain(&self.grants.secrets)
+            .any(|n| n == name)
+        {
+            Err(self.undeclared("env", name))
         } else {
             Err(self.deny("env", name, |g| g.env.push(name.to_string())))
         }
@@ -342,6 +370,8 @@ impl Effective {
     pub fn check_http(&self, origin: &str) -> Result<(), Denial> {
         if self.http.iter().any(|o| o == origin) {
             Ok(())
+        } else if self.grants.http.iter().any(|o| o == origin) {
+            Err(self.undeclared("http", origin))
         } else {
             Err(self.deny("http", origin, |g| g.http.push(origin.to_string())))
         }
@@ -351,6 +381,8 @@ impl Effective {
     pub fn check_secret(&self, name: &str) -> Result<(), Denial> {
         if self.secrets.iter().any(|n| n == name) {
             Ok(())
+        } else if self.grants.secrets.iter().any(|n| n == name) {
+            Err(self.undeclared("secrets", name))
         } else {
             Err(self.deny("secrets", name, |g| g.secrets.push(name.to_string())))
         }
@@ -444,6 +476,27 @@ mod tests {
             "[plugins.command] grants = { exec = [\"sh\", \"curl\"], env = [\"PATH\"] }"
         );
         assert!(eff.env.is_empty(), "env not declared, not passed");
+    }
+
+    #[test]
+    fn granted_but_undeclared_says_so() {
+        let declared = Declared {
+            exec: vec!["make".into()],
+            ..Declared::default()
+        };
+        let eff = effective("p", &declared, &grants(&["make", "curl"])).expect("ok");
+        let d = eff.check_exec("curl", &[]).expect_err("denied");
+        assert!(
+            d.grant.contains("does not declare exec `curl`"),
+            "{}",
+            d.grant
+        );
+        let d = eff.check_env("PATH").expect_err("denied");
+        assert!(
+            d.grant.contains("does not declare env `PATH`"),
+            "{}",
+            d.grant
+        );
     }
 
     #[test]

@@ -441,13 +441,33 @@ impl Host {
         };
         let hit_memory = store.data().limiter.hit_memory_limit;
         drop(store);
-        let mut outcome = classify(
-            result,
-            hit_memory,
-            ctx.cancel.is_cancelled(),
-            &caps,
-            timeout,
-        );
+        let deadline_passed = Instant::now() >= ctx.deadline;
+        // Show the configured limit when the deadline is the step's own (not a shorter one).
+        let shown = if caps.timeout.saturating_sub(timeout) < Duration::from_millis(100) {
+            caps.timeout
+        } else {
+            timeout
+        };
+        let mut outcome = classify(result, hit_memory, ctx.cancel.is_cancelled(), &caps, shown);
+        // The step's deadline ended a program the plugin was waiting for: whatever the plugin
+        // reported afterwards, the step ran out of time.
+        if deadline_passed
+            && !matches!(
+                outcome.status,
+                StepStatus::Succeeded | StepStatus::Cancelled | StepStatus::TimedOut
+            )
+        {
+            let limit = humantime::format_duration(round_ms(shown));
+            let why = outcome
+                .reason
+                .clone()
+                .unwrap_or_else(|| outcome.summary.clone());
+            outcome.status = StepStatus::TimedOut;
+            outcome.summary = format!("timed out after {limit}");
+            outcome.reason = Some(format!(
+                "the step reached its deadline of {limit} ({why}); raise it with `timeout` in the plugin's grants"
+            ));
+        }
         let mask = |s: &str| ctx.log.masker().mask(s);
         outcome.summary = mask(&outcome.summary);
         outcome.reason = outcome.reason.as_deref().map(mask);
@@ -536,9 +556,9 @@ fn classify(
         Some(Ok(Ok(report))) => from_report(report),
         Some(Ok(Err(types::Error::Denied(d)))) => StepOutcome::new(
             StepStatus::Denied,
-            format!("denied: {} `{}`", d.capability, d.requested),
+            format!("denied {} `{}`", d.capability, d.requested),
             Some(format!(
-                "{} `{}` is not granted; to allow it: {}",
+                "denied {} `{}`: {}",
                 d.capability, d.requested, d.grant
             )),
         ),

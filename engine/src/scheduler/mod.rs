@@ -99,6 +99,8 @@ pub struct StepReport {
     pub tests: Option<Tests>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Files the step produced: `[{"path", "kind", "sha256"}]`.
+    pub artifacts: serde_json::Value,
 }
 
 /// Test counts.
@@ -405,8 +407,8 @@ impl Executor<'_> {
                                 outcome.status.as_str().replace('_', " ")
                             ));
                         }
-                        reports[idx] =
-                            Some(self.finish(store, ids[idx], step, outcome, Some(started))?);
+                        // Refused before it started: no start time.
+                        reports[idx] = Some(self.finish(store, ids[idx], step, outcome, None)?);
                         done.insert(
                             step.service.as_str(),
                             if ok { Done::Ok } else { Done::NotOk },
@@ -492,6 +494,15 @@ impl Executor<'_> {
                     let log =
                         StepLog::new(step_id, Arc::default(), DEFAULT_OUTPUT_CAP, subscribers);
                     log.system(format!("[nestr: {msg}]"));
+                    self.writer.audit(crate::store::AuditEntry {
+                        run_id: Some(self.run_id.clone()),
+                        step_id: Some(step_id),
+                        plugin: plugin.name.clone(),
+                        capability: "grants".into(),
+                        requested: msg.lines().next().unwrap_or_default().to_string(),
+                        decision: "denied".into(),
+                        detail: Some(msg.clone()),
+                    });
                     return Ok(Prepared::Refused(StepOutcome::new(
                         StepStatus::Denied,
                         "refused before it started: a needed capability is not granted",
@@ -628,6 +639,7 @@ impl Executor<'_> {
                 skipped,
             }),
             reason: outcome.reason,
+            artifacts: outcome.artifacts,
         };
         self.events.send(Event::StepFinished {
             run_id: self.run_id.clone(),

@@ -246,6 +246,7 @@ pub struct StepRow {
     pub summary: Option<String>,
     pub reason: Option<String>,
     pub tests: Option<TestsRow>,
+    pub artifacts: serde_json::Value,
     pub metrics: serde_json::Value,
 }
 
@@ -449,7 +450,7 @@ impl Store {
         let Some(mut run) = run else { return Ok(None) };
         let mut stmt = self.conn().prepare_cached(
             "SELECT id, service, plugin, plugin_digest, status, started_at, finished_at, duration_ms,
-                    summary, reason, tests_passed, tests_failed, tests_skipped, metrics
+                    summary, reason, tests_passed, tests_failed, tests_skipped, metrics, artifacts
              FROM steps WHERE run_id = ?1 ORDER BY id",
         )?;
         let steps = stmt.query_map([run_id], |r| {
@@ -475,6 +476,8 @@ impl Store {
                     None => None,
                 },
                 metrics: serde_json::from_str(&metrics).unwrap_or(serde_json::Value::Null),
+                artifacts: serde_json::from_str(&r.get::<_, String>(14)?)
+                    .unwrap_or(serde_json::Value::Null),
             })
         })?;
         run.steps = steps.collect::<Result<_, _>>()?;
