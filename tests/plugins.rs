@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::support::{Run, Sandbox, TestResult, git};
+use crate::support::{Run, Sandbox, TestResult, git, pid_alive};
 
 pub fn wasm(name: &str) -> PathBuf {
     Path::new(env!("NESTR_PLUGIN_WASM_DIR")).join(format!("{name}.wasm"))
@@ -86,16 +86,6 @@ pub fn stored(ws: &Path) -> Stored {
         log: log.join("\n"),
         audit,
     }
-}
-
-fn pid_alive(pid: &str) -> bool {
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap_or_default();
-    // A zombie is dead; it only waits to be reaped.
-    !status.is_empty()
-        && !status
-            .lines()
-            .any(|l| l.starts_with("State:") && l.contains('Z'))
 }
 
 #[test]

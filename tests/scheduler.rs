@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{Run, Sandbox, TestResult};
+use crate::support::{Run, Sandbox, TestResult, pid_alive};
 
 /// A workspace with one repo and services `a`..: `deps` are (service, depends_on), `scripts`
 /// the shell script each service's `op` runs (via the command plugin and sh).
@@ -233,15 +233,6 @@ fn steps_count(ws: &Path) -> i64 {
         .unwrap_or(0)
 }
 
-fn alive(pid: &str) -> bool {
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap_or_default();
-    !status.is_empty()
-        && !status
-            .lines()
-            .any(|l| l.starts_with("State:") && l.contains('Z'))
-}
-
 fn wait_for(path: &Path, timeout: Duration) -> bool {
     let start = Instant::now();
     while start.elapsed() < timeout {
@@ -293,7 +284,7 @@ fn ctrl_c_cancels_the_run_and_no_process_survives() -> TestResult {
     );
     for pid_file in ["child.pid", "daemon.pid"] {
         let pid = std::fs::read_to_string(ws.join("app").join(pid_file))?;
-        assert!(!alive(&pid), "{pid_file} {pid} survived the cancel");
+        assert!(!pid_alive(&pid), "{pid_file} {pid} survived the cancel");
     }
     let s = steps(&ws);
     assert_eq!(status_of(&s, "long"), "cancelled", "{s:?}");

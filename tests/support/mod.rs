@@ -215,3 +215,13 @@ pub fn status_by_name(run: &Run) -> std::collections::HashMap<String, serde_json
         .map(|r| (r["name"].as_str().expect("name").to_string(), r.clone()))
         .collect()
 }
+
+/// True while process `pid` exists and is not a zombie (a zombie is dead, only not yet reaped).
+pub fn pid_alive(pid: &str) -> bool {
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap_or_default();
+    !status.is_empty()
+        && !status
+            .lines()
+            .any(|l| l.starts_with("State:") && l.contains('Z'))
+}

@@ -321,6 +321,22 @@ pub fn status_tone(s: StepStatus) -> Tone {
     }
 }
 
+/// A step's summary for a table: with the first line of its reason when it did not succeed
+/// (just the reason when that already starts with the summary).
+pub fn summary_cell(summary: &str, reason: Option<&str>, status: StepStatus) -> String {
+    match reason {
+        Some(r) if status != StepStatus::Succeeded && !summary.contains(r) => {
+            let first = r.lines().next().unwrap_or("");
+            if first.starts_with(summary) {
+                first.to_string()
+            } else {
+                format!("{summary}: {first}")
+            }
+        }
+        _ => summary.to_string(),
+    }
+}
+
 /// `850ms`, `12.3s`, `4m05s`.
 pub fn duration(ms: u64) -> String {
     match ms {
@@ -341,18 +357,7 @@ fn summary(ui: &Ui, report: &RunReport) -> String {
                     t.passed, t.failed, t.skipped
                 )
             });
-            let mut summary = s.summary.clone();
-            if let Some(r) = &s.reason
-                && !summary.contains(r.as_str())
-                && s.status != StepStatus::Succeeded
-            {
-                let first = r.lines().next().unwrap_or("");
-                summary = if first.starts_with(summary.as_str()) {
-                    first.to_string()
-                } else {
-                    format!("{summary}: {first}")
-                };
-            }
+            let summary = summary_cell(&s.summary, s.reason.as_deref(), s.status);
             vec![
                 (s.service.clone(), None),
                 (s.status.as_str().to_string(), Some(status_tone(s.status))),

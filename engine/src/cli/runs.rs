@@ -4,7 +4,7 @@
 use clap::{Args, Subcommand};
 
 use super::render::{self, Tone, Ui};
-use super::run::{duration, status_tone};
+use super::run::{duration, status_tone, summary_cell};
 use super::{CliError, ExitCode};
 use crate::scheduler::rfc3339;
 use crate::store::RunStatus;
@@ -123,17 +123,11 @@ pub fn run(ws: &mut Workspace, args: RunsArgs, ui: &Ui) -> Result<ExitCode, CliE
                             t.passed, t.failed, t.skipped
                         )
                     });
-                    let mut summary = s.summary.clone().unwrap_or_default();
-                    if let Some(reason) = &s.reason
-                        && !summary.contains(reason.as_str())
-                    {
-                        let first = reason.lines().next().unwrap_or("");
-                        summary = if first.starts_with(summary.as_str()) {
-                            first.to_string()
-                        } else {
-                            format!("{summary}: {first}")
-                        };
-                    }
+                    let summary = summary_cell(
+                        s.summary.as_deref().unwrap_or_default(),
+                        s.reason.as_deref(),
+                        s.status,
+                    );
                     vec![
                         (s.service.clone(), None),
                         (s.plugin.clone(), Some(Tone::Dim)),

@@ -114,6 +114,21 @@ pub struct StepRequest {
     pub config: serde_json::Value,
 }
 
+impl StepRequest {
+    /// The request as the plugin receives it.
+    fn to_wit(&self) -> types::Request {
+        types::Request {
+            operation: self.operation.clone(),
+            run_id: self.run_id.clone(),
+            service: self.service.clone(),
+            commit: self.commit.clone(),
+            branch: self.branch.clone(),
+            config: self.config.to_string(),
+            workdir: GUEST_WORKDIR.to_string(),
+        }
+    }
+}
+
 /// How a step ended.
 #[derive(Debug, Clone, Serialize)]
 pub struct StepOutcome {
@@ -380,15 +395,7 @@ impl Host {
         let mut store = self.store(ctx, caps::DEFAULT_MEMORY_MB, timeout, None)?;
         let instance = plugin.pre.instantiate_async(&mut store).await?;
         instance.call_describe(&mut store).await?;
-        let req = types::Request {
-            operation: request.operation.clone(),
-            run_id: request.run_id.clone(),
-            service: request.service.clone(),
-            commit: request.commit.clone(),
-            branch: request.branch.clone(),
-            config: request.config.to_string(),
-            workdir: GUEST_WORKDIR.to_string(),
-        };
+        let req = request.to_wit();
         instance.call_run(&mut store, &req).await
     }
 
@@ -414,15 +421,7 @@ impl Host {
                 );
             }
         };
-        let wit_request = types::Request {
-            operation: request.operation.clone(),
-            run_id: request.run_id.clone(),
-            service: request.service.clone(),
-            commit: request.commit.clone(),
-            branch: request.branch.clone(),
-            config: request.config.to_string(),
-            workdir: GUEST_WORKDIR.to_string(),
-        };
+        let wit_request = request.to_wit();
         let call = async {
             let instance = plugin.pre.instantiate_async(&mut store).await?;
             instance.call_run(&mut store, &wit_request).await

@@ -399,20 +399,10 @@ impl Executor<'_> {
                 };
                 match prepared {
                     Err(outcome) => {
-                        let ok = outcome.status.is_ok();
-                        if !ok && first_failure.is_none() {
-                            first_failure = Some(format!(
-                                "step `{}` {}",
-                                step.service,
-                                outcome.status.as_str().replace('_', " ")
-                            ));
-                        }
                         // Refused before it started: no start time.
-                        reports[idx] = Some(self.finish(store, ids[idx], step, outcome, None)?);
-                        done.insert(
-                            step.service.as_str(),
-                            if ok { Done::Ok } else { Done::NotOk },
-                        );
+                        let report = self.finish(store, ids[idx], step, outcome, None)?;
+                        settle(&mut done, &mut first_failure, step, &report);
+                        reports[idx] = Some(report);
                     }
                     Ok((host, plugin, request, ctx)) => {
                         self.events.send(Event::StepStarted {
@@ -447,19 +437,9 @@ impl Executor<'_> {
                 Err(e) => return Err(PlanError::Selection(format!("a step task failed: {e}"))),
             };
             let step = &plan.steps[idx];
-            let ok = outcome.status.is_ok();
-            if !ok && first_failure.is_none() {
-                first_failure = Some(format!(
-                    "step `{}` {}",
-                    step.service,
-                    outcome.status.as_str().replace('_', " ")
-                ));
-            }
-            reports[idx] = Some(self.finish(store, ids[idx], step, outcome, Some(started))?);
-            done.insert(
-                step.service.as_str(),
-                if ok { Done::Ok } else { Done::NotOk },
-            );
+            let report = self.finish(store, ids[idx], step, outcome, Some(started))?;
+            settle(&mut done, &mut first_failure, step, &report);
+            reports[idx] = Some(report);
         }
         Ok(reports.into_iter().flatten().collect())
     }
@@ -647,6 +627,28 @@ impl Executor<'_> {
         });
         Ok(report)
     }
+}
+
+/// Records how a step that ran (or was refused) ended: for its dependents, and as the run's first
+/// failure when it is one.
+fn settle<'p>(
+    done: &mut HashMap<&'p str, Done>,
+    first_failure: &mut Option<String>,
+    step: &'p PlannedStep,
+    report: &StepReport,
+) {
+    let ok = report.status.is_ok();
+    if !ok && first_failure.is_none() {
+        *first_failure = Some(format!(
+            "step `{}` {}",
+            step.service,
+            report.status.as_str().replace('_', " ")
+        ));
+    }
+    done.insert(
+        step.service.as_str(),
+        if ok { Done::Ok } else { Done::NotOk },
+    );
 }
 
 fn short_reason(why: &str) -> String {
