@@ -460,3 +460,53 @@ fn two_processes_on_one_workspace_both_work() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn grouped_output_and_pruning_old_runs() -> TestResult {
+    let sb = Sandbox::new();
+    let services: &[(&str, &[&str], &str)] =
+        &[("a", &[], "echo one; echo two"), ("b", &[], "echo three")];
+    let ws = ws(&sb, services, "");
+    let grouped = sb.nestr(&ws, &["run", "op", "--output", "grouped"]).ok();
+    let block_a = grouped
+        .stdout
+        .find("── a succeeded")
+        .ok_or("no block for a")?;
+    let a_lines = &grouped.stdout[block_a..];
+    assert!(
+        a_lines
+            .find("a | one")
+            .is_some_and(|i| a_lines.find("a | two").is_some_and(|j| i < j)),
+        "{}",
+        grouped.stdout
+    );
+    for _ in 0..4 {
+        sb.nestr(&ws, &["run", "op", "-q"]).ok();
+    }
+    let all = sb.nestr(&ws, &["runs", "--json"]).ok().json();
+    assert_eq!(all.as_array().map(Vec::len), Some(5));
+    let oldest = all[4]["id"].as_str().ok_or("id")?.to_string();
+    sb.nestr(&ws, &["runs", "prune", "--keep", "2"]).ok();
+    let kept = sb.nestr(&ws, &["runs", "--json"]).ok().json();
+    assert_eq!(kept.as_array().map(Vec::len), Some(2));
+    assert_eq!(kept[0]["id"], all[0]["id"], "the newest are kept");
+    sb.nestr(&ws, &["logs", &oldest]).expect(2);
+    let conn = rusqlite::Connection::open(ws.join(".nestr/state.db"))?;
+    let orphans: i64 = conn.query_row(
+        "SELECT count(*) FROM log_chunks WHERE step_id NOT IN (SELECT id FROM steps)",
+        [],
+        |r| r.get(0),
+    )?;
+    assert_eq!(orphans, 0, "logs of pruned runs are gone");
+    sb.nestr(&ws, &["runs", "prune", "--older-than", "1h"]).ok();
+    assert_eq!(
+        sb.nestr(&ws, &["runs", "--json"])
+            .ok()
+            .json()
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    sb.nestr(&ws, &["runs", "prune"]).expect(2);
+    Ok(())
+}
