@@ -1,4 +1,5 @@
-//! Queries on the run history: `runs`, `steps`, `log_lines` and the capability `audit` trail.
+//! Queries on the run history: `runs`, `steps`, `log_chunks` (log lines, stored in chunks) and
+//! the capability `audit` trail.
 
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
