@@ -599,9 +599,10 @@ fn classify(
                 Some(t) => StepOutcome::new(
                     StepStatus::Failed,
                     format!("plugin trapped: {t}"),
-                    Some(format!(
-                        "the plugin trapped ({t}); a Rust panic shows its message in the step log"
-                    )),
+                    Some(
+                        "if it panicked, its message is in the step log (nestr logs RUN)"
+                            .to_string(),
+                    ),
                 ),
                 None => StepOutcome::new(StepStatus::Failed, "plugin failed", Some(root_cause(&e))),
             }
