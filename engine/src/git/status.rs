@@ -118,6 +118,18 @@ pub fn status_of(manifest: &Manifest, repo: &Repo) -> Result<RepoStatus, String>
     Ok(row)
 }
 
+/// The head commit and checked-out branch of `repo`, without looking at the work tree (cheap,
+/// unlike [`status_of`]).
+pub fn head_and_branch(manifest: &Manifest, repo: &Repo) -> (Option<String>, Option<String>) {
+    match super::open_exact(&manifest.repo_dir(repo)) {
+        Some(git) => (
+            super::head_oid(&git).map(|h| h.to_string()),
+            current_branch(&git),
+        ),
+        None => (None, None),
+    }
+}
+
 /// The commit a tag or rev pin resolves to in the local repository.
 pub(crate) fn pin_target(git: &Repository, pin: &Pin) -> Option<git2::Oid> {
     match pin {

@@ -525,11 +525,7 @@ impl Executor<'_> {
         };
         let (commit, branch) = heads
             .entry(repo.name.clone())
-            .or_insert_with(|| {
-                git::status_of(m, repo)
-                    .ok()
-                    .map_or((None, None), |s| (s.head, s.branch))
-            })
+            .or_insert_with(|| git::head_and_branch(m, repo))
             .clone();
         let masker = Arc::new(Masker::new(caps.secret_values().iter().map(String::as_str)));
         let log = StepLog::new(step_id, masker, caps.output_cap, subscribers);
