@@ -33,6 +33,25 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
+/// A step context with no log subscribers, no audit and `deadline` from now.
+fn step_context(
+    caps: &caps::Effective,
+    service_dir: &std::path::Path,
+    deadline: Duration,
+) -> Arc<StepContext> {
+    Arc::new(StepContext {
+        run_id: "bench".into(),
+        step_id: 1,
+        caps: caps.clone(),
+        log: StepLog::new(1, Arc::new(Masker::default()), 1024, vec![]),
+        service_dir: service_dir.to_path_buf(),
+        deadline: Instant::now() + deadline,
+        cancel: Cancel::default(),
+        marker: String::new(),
+        audit: Arc::new(|_| {}),
+    })
+}
+
 fn main() -> Result<()> {
     let calls: usize = std::env::var("NESTR_BENCH_CALLS")
         .ok()
@@ -110,17 +129,7 @@ fn main() -> Result<()> {
         let mut raw = Vec::with_capacity(calls);
         let mut step = Vec::with_capacity(calls);
         for i in 0..calls + 100 {
-            let ctx = Arc::new(StepContext {
-                run_id: "bench".into(),
-                step_id: 1,
-                caps: caps.clone(),
-                log: StepLog::new(1, Arc::new(Masker::default()), 1024, vec![]),
-                service_dir: service_dir.clone(),
-                deadline: Instant::now() + Duration::from_secs(10),
-                cancel: Cancel::default(),
-                marker: String::new(),
-                audit: Arc::new(|_| {}),
-            });
+            let ctx = step_context(&caps, &service_dir, Duration::from_secs(10));
             let t = Instant::now();
             rt.block_on(host.describe_and_run(&plugin, &request, ctx.clone()))
                 .map_err(|e| e.to_string())?
@@ -160,17 +169,7 @@ fn main() -> Result<()> {
     let mut late = Vec::new();
     for _ in 0..9 {
         let deadline = Duration::from_millis(500);
-        let ctx = Arc::new(StepContext {
-            run_id: "bench".into(),
-            step_id: 1,
-            caps: caps.clone(),
-            log: StepLog::new(1, Arc::new(Masker::default()), 1024, vec![]),
-            service_dir: service_dir.clone(),
-            deadline: Instant::now() + deadline,
-            cancel: Cancel::default(),
-            marker: String::new(),
-            audit: Arc::new(|_| {}),
-        });
+        let ctx = step_context(&caps, &service_dir, deadline);
         let t = Instant::now();
         let outcome = rt.block_on(host.run_step(&plugin, &request, ctx));
         if outcome.status != nestr::store::StepStatus::TimedOut {

@@ -337,6 +337,11 @@ pub fn summary_cell(summary: &str, reason: Option<&str>, status: StepStatus) -> 
     }
 }
 
+/// `9 passed, 1 failed, 2 skipped`.
+pub fn tests_cell(passed: i64, failed: i64, skipped: i64) -> String {
+    format!("{passed} passed, {failed} failed, {skipped} skipped")
+}
+
 /// `850ms`, `12.3s`, `4m05s`.
 pub fn duration(ms: u64) -> String {
     match ms {
@@ -352,10 +357,7 @@ fn summary(ui: &Ui, report: &RunReport) -> String {
         .iter()
         .map(|s| {
             let tests = s.tests.map_or(String::new(), |t| {
-                format!(
-                    "{} passed, {} failed, {} skipped",
-                    t.passed, t.failed, t.skipped
-                )
+                tests_cell(t.passed.into(), t.failed.into(), t.skipped.into())
             });
             let summary = summary_cell(&s.summary, s.reason.as_deref(), s.status);
             vec![

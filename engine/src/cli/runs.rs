@@ -4,7 +4,7 @@
 use clap::{Args, Subcommand};
 
 use super::render::{self, Tone, Ui};
-use super::run::{duration, status_tone, summary_cell};
+use super::run::{duration, status_tone, summary_cell, tests_cell};
 use super::{CliError, ExitCode};
 use crate::scheduler::rfc3339;
 use crate::store::RunStatus;
@@ -117,12 +117,9 @@ pub fn run(ws: &mut Workspace, args: RunsArgs, ui: &Ui) -> Result<ExitCode, CliE
                 .steps
                 .iter()
                 .map(|s| {
-                    let tests = s.tests.map_or(String::new(), |t| {
-                        format!(
-                            "{} passed, {} failed, {} skipped",
-                            t.passed, t.failed, t.skipped
-                        )
-                    });
+                    let tests = s
+                        .tests
+                        .map_or(String::new(), |t| tests_cell(t.passed, t.failed, t.skipped));
                     let summary = summary_cell(
                         s.summary.as_deref().unwrap_or_default(),
                         s.reason.as_deref(),
