@@ -97,7 +97,8 @@ pub enum Command {
     Logs(logs::LogsArgs),
     /// List, inspect, check and create operation plugins.
     Plugin(plugin::PluginArgs),
-    /// Create a sample workspace of local git repositories and assemble it.
+    /// Build a sample workspace of local git repositories and run nestr on it: assemble, sync,
+    /// status, lock, then build, test and deploy through the plugins.
     Demo(demo::DemoArgs),
 }
 
