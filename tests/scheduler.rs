@@ -302,11 +302,11 @@ pub fn kill_nine_rounds(rounds: usize) -> TestResult {
     let chatty = "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); echo \"line $i\"; done; sleep 30";
     let ws = ws(&sb, &[("chatty", &[], chatty)], "");
     for round in 0..rounds {
-        let before = lines_stored(&ws);
+        let (previous_step, _) = newest_step(&ws);
         let mut child = spawn_nestr(&sb, &ws, &["run", "op", "--json"])?;
         // Once the step is writing, let it go on for a varying moment, then kill without warning.
         let start = Instant::now();
-        while lines_stored(&ws) <= before {
+        while !matches!(newest_step(&ws), (step, chunks) if step > previous_step && chunks > 0) {
             assert!(
                 start.elapsed() < Duration::from_secs(30),
                 "round {round}: no output"
@@ -378,10 +378,19 @@ pub fn kill_nine_rounds(rounds: usize) -> TestResult {
     Ok(())
 }
 
-fn lines_stored(ws: &Path) -> i64 {
+/// The newest step's id and how many log chunks it has stored (cheap however large the history
+/// grows).
+fn newest_step(ws: &Path) -> (i64, i64) {
     rusqlite::Connection::open(ws.join(".nestr/state.db"))
-        .and_then(|c| c.query_row("SELECT count(*) FROM log_chunks", [], |r| r.get(0)))
-        .unwrap_or(0)
+        .and_then(|c| {
+            c.query_row(
+                "SELECT s.id, (SELECT count(*) FROM log_chunks WHERE step_id = s.id)
+                 FROM steps s ORDER BY s.id DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+        })
+        .unwrap_or((0, 0))
 }
 
 fn latest_run(ws: &Path) -> Result<String, Box<dyn std::error::Error>> {
