@@ -349,9 +349,13 @@ pub fn kill_nine_rounds(rounds: usize) -> TestResult {
                 i + 1
             );
         }
-        let conn = rusqlite::Connection::open(ws.join(".nestr/state.db"))?;
-        let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
-        assert_eq!(check, "ok", "round {round}");
+        // integrity_check reads the whole database: every round for the first 20, then every
+        // 50th and the last, so that long loops (tests/kill-loop.sh) stay linear.
+        if round < 20 || round % 50 == 49 || round + 1 == rounds {
+            let conn = rusqlite::Connection::open(ws.join(".nestr/state.db"))?;
+            let check: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+            assert_eq!(check, "ok", "round {round}");
+        }
     }
     // The killed engines' programs (the chatty shells) were killed by the recovery.
     std::thread::sleep(Duration::from_millis(100));
