@@ -106,8 +106,15 @@ macro_rules! debug {
 impl Request {
     /// The operation's `config` table deserialized into the plugin's own type; a mismatch is an
     /// `invalid-config` error naming the problem.
+    /// An empty or `null` config reads as `{}`.
     pub fn config<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
-        serde_json::from_str(&self.config).map_err(|e| {
+        let text = self.config.trim();
+        let text = if text.is_empty() || text == "null" {
+            "{}"
+        } else {
+            text
+        };
+        serde_json::from_str(text).map_err(|e| {
             // The position would point into JSON the user never wrote: keep only the message.
             let text = e.to_string();
             let text = text

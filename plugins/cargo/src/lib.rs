@@ -108,7 +108,7 @@ impl Plugin for Cargo {
                 OPERATIONS.join(", ")
             )));
         }
-        let config: Config = parse_config(&request.config)?;
+        let config: Config = request.config()?;
         let args = cargo_args(op, &config)?;
         let label = label(op, &config);
 
@@ -122,25 +122,6 @@ impl Plugin for Cargo {
             plain_report(&out, &label)
         };
         Ok(report.metric("duration_ms", out.duration_ms))
-    }
-}
-
-/// Reads the operation's config; an absent config is the default one.
-fn parse_config(text: &str) -> Result<Config, Error> {
-    let text = text.trim();
-    if text.is_empty() || text == "null" {
-        return Ok(Config::default());
-    }
-    serde_json::from_str(text)
-        .map_err(|e| Error::InvalidConfig(without_position(&e.to_string()).to_string()))
-}
-
-/// serde_json's message without its ` at line 1 column 17` suffix, which points into the JSON
-/// the engine made from the manifest rather than into the manifest itself.
-fn without_position(message: &str) -> &str {
-    match message.rfind(" at line ") {
-        Some(at) => &message[..at],
-        None => message,
     }
 }
 

@@ -209,7 +209,7 @@ impl Plugin for HttpDeploy {
     }
 
     fn run(request: Request) -> Result<Report, Error> {
-        let plan = Plan::new(parse_config(&request.config)?)?;
+        let plan = Plan::new(request.config()?)?;
         let body = if plan.sends_body {
             hook_body(&request).into_bytes()
         } else {
@@ -269,24 +269,6 @@ impl Plugin for HttpDeploy {
             .metric("hook_status", status)
             .metric("hook_ms", hook_ms))
     }
-}
-
-/// Reads the operation's config; absent, it lacks the required `url`.
-fn parse_config(text: &str) -> Result<Config, Error> {
-    let text = text.trim();
-    let text = if text.is_empty() || text == "null" {
-        "{}"
-    } else {
-        text
-    };
-    serde_json::from_str(text).map_err(|e| {
-        let message = e.to_string();
-        // Drop serde_json's ` at line 1 column 17`: it points into JSON the user never wrote.
-        let message = message
-            .rfind(" at line ")
-            .map_or(message.as_str(), |at| &message[..at]);
-        Error::InvalidConfig(message.to_string())
-    })
 }
 
 /// Checks the configured headers and returns the secret names their placeholders use. A value

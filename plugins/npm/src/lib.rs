@@ -59,7 +59,7 @@ impl Plugin for Npm {
     }
 
     fn run(request: Request) -> Result<Report, Error> {
-        let config: Config = parse_config(&request.config)?;
+        let config: Config = request.config()?;
         let script = config.script.as_deref().unwrap_or(&request.operation);
         if script.trim().is_empty() || script.starts_with('-') {
             return Err(Error::InvalidConfig(format!(
@@ -106,22 +106,6 @@ impl Plugin for Npm {
         };
         Ok(report.metric("duration_ms", total_ms))
     }
-}
-
-/// Reads the operation's config; an absent config is the default one.
-fn parse_config(text: &str) -> Result<Config, Error> {
-    let text = text.trim();
-    if text.is_empty() || text == "null" {
-        return Ok(Config::default());
-    }
-    serde_json::from_str(text).map_err(|e| {
-        let message = e.to_string();
-        // Drop serde_json's ` at line 1 column 17`: it points into JSON the user never wrote.
-        let message = message
-            .rfind(" at line ")
-            .map_or(message.as_str(), |at| &message[..at]);
-        Error::InvalidConfig(message.to_string())
-    })
 }
 
 /// Counts from the first format that matches: node's test runner summary, mocha's, TAP, or a
