@@ -8,6 +8,7 @@ use crate::git::{self, FetchInfo, LockEntry, Lockfile, Progress, RepoOutcome, Re
 use crate::manifest::{self, Manifest, ManifestError};
 use crate::plugin::state::Cancel;
 use crate::scheduler::events::Events;
+use crate::scheduler::repo_run::{RepoRun, RunMeta};
 use crate::scheduler::{self, PlanError, RunContext, RunOptions, RunReport, Selection};
 use crate::store::{RepoRecord, Store, StoreError, SyncAction, SyncResult};
 
@@ -61,6 +62,9 @@ pub struct Workspace {
     pub manifest: Manifest,
     state_dir: PathBuf,
     store: Option<Store>,
+    /// Who starts runs of this workspace (assemble and sync are recorded as runs too), and where
+    /// their events go.
+    pub meta: RunMeta,
 }
 
 impl Workspace {
@@ -85,7 +89,26 @@ impl Workspace {
             manifest,
             state_dir,
             store: None,
+            meta: RunMeta {
+                started_by: "cli".into(),
+                events: Events::default(),
+                run_id: None,
+            },
         })
+    }
+
+    /// A workspace over an already loaded manifest (the API server loads it once).
+    pub fn with_manifest(manifest: Manifest, state_dir: PathBuf) -> Workspace {
+        Workspace {
+            manifest,
+            state_dir,
+            store: None,
+            meta: RunMeta {
+                started_by: "cli".into(),
+                events: Events::default(),
+                run_id: None,
+            },
+        }
     }
 
     /// The folder holding `state.db`.
@@ -123,14 +146,16 @@ impl Workspace {
     ) -> Result<Vec<RepoOutcome>, WorkspaceError> {
         let commits = self.locked_commits(locked)?;
         tracing::info!(jobs, locked, "assemble");
+        let run = self.repo_run("assemble", serde_json::json!({"jobs": jobs, "locked": locked}), progress)?;
         let items: Vec<_> = self.manifest.repos.iter().zip(commits).collect();
         let manifest = &self.manifest;
         let outcomes = git::parallel(&items, jobs, |(repo, commit)| {
-            let o = git::assemble_one(manifest, repo, *commit, progress);
-            progress.finish(&o);
+            let o = git::assemble_one(manifest, repo, *commit, &run);
+            run.finish(&o);
             o
         });
         self.record(SyncAction::Assemble, &outcomes)?;
+        run.close()?;
         Ok(outcomes)
     }
 
@@ -145,6 +170,12 @@ impl Workspace {
     ) -> Result<Vec<RepoOutcome>, WorkspaceError> {
         let commits = self.locked_commits(locked)?;
         tracing::info!(jobs, atomic, locked, "sync");
+        let run = self.repo_run(
+            "sync",
+            serde_json::json!({"jobs": jobs, "atomic": atomic, "locked": locked}),
+            progress,
+        )?;
+        let progress = &run;
         let last_heads: Vec<Option<git2::Oid>> = {
             let names: Vec<String> = self.manifest.repos.iter().map(|r| r.name.clone()).collect();
             let store = self.store()?;
@@ -195,6 +226,7 @@ impl Workspace {
             o
         });
         self.record(SyncAction::Sync, &outcomes)?;
+        run.close()?;
         Ok(outcomes)
     }
 
@@ -258,6 +290,7 @@ impl Workspace {
             manifest,
             store,
             state_dir,
+            ..
         } = self;
         let store = store.insert(opened);
         let rc = RunContext {
@@ -280,6 +313,18 @@ impl Workspace {
         selection: &Selection,
     ) -> Result<scheduler::Plan, WorkspaceError> {
         scheduler::plan(&self.manifest, operation, selection).map_err(|e| WorkspaceError::Plan(e.0))
+    }
+
+    /// Records an assemble/sync run (one step per repository) that reports to `progress`.
+    fn repo_run<'p>(
+        &self,
+        operation: &'static str,
+        options: serde_json::Value,
+        progress: &'p dyn Progress,
+    ) -> Result<RepoRun<'p>, StoreError> {
+        let names: Vec<String> = self.manifest.repos.iter().map(|r| r.name.clone()).collect();
+        let store = open_and_recover(&self.state_dir)?;
+        RepoRun::start(store, operation, &names, options, &self.meta, progress)
     }
 
     fn record(&mut self, action: SyncAction, outcomes: &[RepoOutcome]) -> Result<(), StoreError> {

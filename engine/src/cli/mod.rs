@@ -11,9 +11,11 @@ mod plugin;
 pub mod render;
 mod run;
 mod runs;
+mod serve;
 mod services;
 mod status;
 mod sync;
+mod token;
 
 use std::path::PathBuf;
 
@@ -100,6 +102,10 @@ pub enum Command {
     /// Build a sample workspace of local git repositories and run nestr on it: assemble, sync,
     /// status, lock, then build, test and deploy through the plugins.
     Demo(demo::DemoArgs),
+    /// Serve the HTTP API (REST, live events, Prometheus metrics) over this workspace.
+    Serve(serve::ServeArgs),
+    /// Create, list and revoke API tokens.
+    Token(token::TokenArgs),
 }
 
 /// Runs the parsed command line.
@@ -124,6 +130,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Logs(args) => logs::run(&mut load(&location)?, args, &ui),
         Command::Runs(args) => runs::run(&mut load(&location)?, args, &ui),
         Command::Plugin(args) => plugin::run(&location, args, &ui),
+        Command::Serve(args) => serve::run(&location, args, &ui),
+        Command::Token(args) => token::run(&mut load(&location)?, args, &ui),
     }
 }
 

@@ -5,11 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use clap::{Args, Subcommand};
-use serde::Serialize;
 
 use super::render::{self, Tone, Ui};
 use super::{CliError, ExitCode};
-use crate::manifest::{BUILTIN_PLUGINS, PluginSource};
+use crate::manifest::BUILTIN_PLUGINS;
 use crate::plugin::caps::grants_line;
 use crate::plugin::{Host, LoadedPlugin, PluginInfo};
 use crate::workspace::{Location, Workspace};
@@ -49,18 +48,6 @@ pub enum PluginCommand {
         #[arg(long, value_name = "PATH")]
         sdk: Option<PathBuf>,
     },
-}
-
-/// A row of `nestr plugin list --json`.
-#[derive(Debug, Serialize)]
-struct PluginRow {
-    name: String,
-    source: String,
-    digest: Option<String>,
-    version: Option<String>,
-    declared: Option<crate::plugin::caps::Declared>,
-    grants: String,
-    error: Option<String>,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
@@ -104,47 +91,11 @@ fn load(
 }
 
 fn list(ws: &Workspace, json: bool, ui: &Ui) -> Result<ExitCode, CliError> {
-    let rt = runtime()?;
-    let host = host(Some(&ws.state_dir().join("cache")))?;
-    let mut names: Vec<String> = BUILTIN_PLUGINS.iter().map(|s| s.to_string()).collect();
-    for n in ws.manifest.plugins.keys() {
-        if !names.contains(n) {
-            names.push(n.clone());
-        }
-    }
-    let rows: Vec<PluginRow> = names
-        .iter()
-        .map(|name| {
-            let decl = ws.manifest.plugins.get(name);
-            let source = match decl.map(|d| &d.source) {
-                Some(PluginSource::File { path, .. }) => path.display().to_string(),
-                _ => "builtin".to_string(),
-            };
-            let grants = decl
-                .map(|d| grants_line(&d.grants))
-                .unwrap_or_else(|| "(none)".into());
-            match load(ws, &rt, &host, name) {
-                Ok(p) => PluginRow {
-                    name: name.clone(),
-                    source,
-                    digest: Some(p.digest.clone()),
-                    version: Some(p.info.version.clone()),
-                    declared: Some(p.info.capabilities.clone()),
-                    grants,
-                    error: None,
-                },
-                Err(e) => PluginRow {
-                    name: name.clone(),
-                    source,
-                    digest: None,
-                    version: None,
-                    declared: None,
-                    grants,
-                    error: Some(e),
-                },
-            }
-        })
-        .collect();
+    let rows = crate::views::plugins(&ws.manifest, ws.state_dir()).map_err(|e| CliError::Plain {
+        message: e,
+        help: None,
+        code: ExitCode::Failed,
+    })?;
     if json {
         println!(
             "{}",

@@ -7,7 +7,7 @@ use serde::Serialize;
 use crate::manifest::{Manifest, Pin, Repo};
 
 /// One word for where a repository stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RepoState {
     Clean,
@@ -34,7 +34,7 @@ impl RepoState {
 }
 
 /// A row of `nestr status`. The JSON field names are a public contract.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RepoStatus {
     pub name: String,
     /// Relative to the workspace root.

@@ -40,6 +40,17 @@ pub struct Manifest {
     pub operations: IndexMap<String, OperationSpec>,
     /// Plugin declarations (built-in plugins appear only when given grants).
     pub plugins: IndexMap<String, PluginDecl>,
+    /// `[api]`: settings of `nestr serve`.
+    pub api: ApiSettings,
+}
+
+/// The `[api]` table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ApiSettings {
+    /// Origins allowed to call the API from a browser (CORS).
+    pub cors_origins: Vec<String>,
+    /// Requests per minute per client address (0: no limit); default 100.
+    pub rate_limit: Option<u32>,
 }
 
 /// A repository of the workspace.

@@ -20,6 +20,15 @@ pub(crate) struct RawManifest {
     pub operations: Named<RawOperation>,
     #[serde(default)]
     pub plugins: Named<RawPlugin>,
+    pub api: Option<RawApi>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawApi {
+    #[serde(default)]
+    pub cors_origins: Vec<Spanned<String>>,
+    pub rate_limit: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,8 +9,9 @@ use indexmap::IndexMap;
 use toml::Spanned;
 
 use super::diagnostic::{InvalidManifest, Problems};
-use super::raw::{Named, RawGrants, RawManifest, RawOperation, RawPlugin, RawRepo};
+use super::raw::{Named, RawApi, RawGrants, RawManifest, RawOperation, RawPlugin, RawRepo};
 use super::{
+    ApiSettings,
     BUILTIN_PLUGINS, ExecGrant, FsGrant, Grants, Manifest, OperationSpec, Pin, PluginDecl,
     PluginSource, Repo, Service,
 };
@@ -47,6 +48,7 @@ pub(crate) fn validate(path: &Path, source: &str) -> Result<Manifest, InvalidMan
     let operations = v.operations(&raw.operations, &declared_plugins);
     let services = v.services(&raw, &declared_plugins);
     v.cycles(&raw);
+    let api = v.api(raw.api.as_ref());
 
     if !v.p.list.is_empty() {
         return Err(InvalidManifest::new(path, source, v.p.list));
@@ -60,6 +62,7 @@ pub(crate) fn validate(path: &Path, source: &str) -> Result<Manifest, InvalidMan
         services,
         operations,
         plugins,
+        api,
     })
 }
 
@@ -175,6 +178,33 @@ struct Validator<'s> {
 }
 
 impl Validator<'_> {
+    /// The `[api]` table: CORS origins (no wildcard) and the rate limit.
+    fn api(&mut self, raw: Option<&RawApi>) -> ApiSettings {
+        let mut out = ApiSettings::default();
+        let Some(raw) = raw else { return out };
+        for origin in &raw.cors_origins {
+            match normalize_origin(origin.get_ref()) {
+                Ok(o) => out.cors_origins.push(o),
+                Err(why) => self.p.err(
+                    origin.span(),
+                    format!("`{}` is not an origin: {why}", origin.get_ref()),
+                    "write scheme://host[:port], e.g. \"https://dash.example.com\"; a wildcard is never allowed",
+                ),
+            }
+        }
+        if let Some(r) = &raw.rate_limit {
+            match u32::try_from(*r.get_ref()) {
+                Ok(n) => out.rate_limit = Some(n),
+                Err(_) => self.p.err(
+                    r.span(),
+                    format!("rate_limit {} is out of range", r.get_ref()),
+                    "write requests per minute per client address (0 turns the limit off)",
+                ),
+            }
+        }
+        out
+    }
+
     fn name(&mut self, name: &Spanned<String>, what: &str) -> bool {
         if valid_name(name.get_ref()) {
             return true;

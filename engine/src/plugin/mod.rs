@@ -423,7 +423,12 @@ impl Host {
         };
         let wit_request = request.to_wit();
         let call = async {
+            let t = Instant::now();
             let instance = plugin.pre.instantiate_async(&mut store).await?;
+            if let Some(m) = crate::metrics::global() {
+                m.plugin_instantiate_seconds
+                    .observe(t.elapsed().as_secs_f64());
+            }
             instance.call_run(&mut store, &wit_request).await
         };
         // The wall-clock bound: beyond the deadline (plus the grace a program gets to exit), the

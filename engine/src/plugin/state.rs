@@ -46,6 +46,11 @@ impl StepContext {
     /// Records a refusal and turns it into the plugin-visible error.
     pub fn denied(&self, d: Denial) -> types::Error {
         tracing::info!(plugin = %self.caps.plugin, capability = %d.capability, requested = %d.requested, "denied");
+        if let Some(m) = crate::metrics::global() {
+            m.exec_denied_total
+                .with_label_values(&[self.caps.plugin.as_str(), d.capability.as_str()])
+                .inc();
+        }
         self.log.system(format!(
             "[nestr: denied {} `{}`; to allow it: {}]",
             d.capability, d.requested, d.grant

@@ -8,6 +8,7 @@ pub mod events;
 pub mod logs;
 pub mod plan;
 pub mod recover;
+pub mod repo_run;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,6 +31,7 @@ pub use plan::{Plan, PlannedStep, Selection, SelectionError, plan};
 /// What happens after a step does not succeed.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize, clap::ValueEnum,
+    utoipa::ToSchema,
 )]
 #[serde(rename_all = "kebab-case")]
 pub enum ContinueMode {
@@ -60,6 +62,8 @@ pub struct RunOptions {
     pub continue_mode: ContinueMode,
     /// `cli` or `api`.
     pub started_by: String,
+    /// The id the run gets (a new one when `None`), so a caller can answer with it at once.
+    pub run_id: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -68,6 +72,7 @@ impl Default for RunOptions {
             jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
             continue_mode: ContinueMode::Never,
             started_by: "cli".into(),
+            run_id: None,
         }
     }
 }
@@ -198,7 +203,7 @@ pub fn run(
         events,
         cancel,
     } = rc;
-    let run_id = new_run_id();
+    let run_id = opts.run_id.clone().unwrap_or_else(new_run_id);
     let services: Vec<(&str, &str)> = plan
         .steps
         .iter()
@@ -225,6 +230,11 @@ pub fn run(
             service: s.service.clone(),
         });
     }
+    let metrics = crate::metrics::global();
+    if let Some(m) = metrics {
+        m.runs_active.inc();
+    }
+    let _active = ActiveGuard(metrics);
     let writer_thread = logs::LogWriterThread::start(state_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -252,6 +262,11 @@ pub fn run(
         RunStatus::Failed
     };
     store.finish_run(&run_id, status)?;
+    if let Some(m) = metrics {
+        m.runs_total
+            .with_label_values(&[operation, status.as_str()])
+            .inc();
+    }
     events.send(Event::RunFinished {
         run_id: run_id.clone(),
         status,
@@ -262,6 +277,17 @@ pub fn run(
         status,
         steps: reports,
     })
+}
+
+/// Counts a run as active while it lives.
+struct ActiveGuard(Option<&'static crate::metrics::Metrics>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        if let Some(m) = self.0 {
+            m.runs_active.dec();
+        }
+    }
 }
 
 struct Executor<'a> {
@@ -602,6 +628,14 @@ impl Executor<'_> {
                 duration_ms,
             },
         )?;
+        if let (Some(m), Some(_)) = (crate::metrics::global(), started) {
+            m.step_duration_seconds
+                .with_label_values(&[
+                    self.operation.as_str(),
+                    step.plugin.as_deref().unwrap_or("-"),
+                ])
+                .observe(outcome.duration.as_secs_f64());
+        }
         let report = StepReport {
             service: step.service.clone(),
             status: outcome.status,

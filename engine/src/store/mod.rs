@@ -1,10 +1,11 @@
 //! The embedded SQLite store at `<state dir>/state.db` (`.nestr/` beside the manifest by default):
 //! opening with WAL, `busy_timeout` and foreign keys, applying the migrations in `migrations/`
 //! (embedded in the binary), refusing databases newer than this binary, and typed queries per
-//! table group (`repos.rs`). Every write runs in a `BEGIN IMMEDIATE` transaction.
+//! table group (`repos.rs`, `runs.rs`, `tokens.rs`). Every write runs in a `BEGIN IMMEDIATE` transaction.
 
 mod repos;
 mod runs;
+mod tokens;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -16,8 +17,9 @@ use rusqlite_migration::{M, Migrations};
 pub use repos::{RepoRecord, RepoRow, SyncAction, SyncEvent, SyncResult};
 pub use runs::{
     AuditEntry, LogChunk, LogLine, NewRun, RunOwner, RunRow, RunStatus, RunSummary, StepEnd,
-    StepRow, StepStatus, Stream, TestsRow,
+    JournalEntry, RunFilter, StepRow, StepStatus, Stream, TestsRow,
 };
+pub use tokens::{ActiveToken, Scope, TokenRow, token_hash};
 
 static MIGRATIONS_DIR: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../migrations");
 

@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::{Store, StoreError, now_ms};
 
 /// How a step ended (or where it stands).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StepStatus {
     Queued,
@@ -63,7 +63,7 @@ impl StepStatus {
 }
 
 /// How a run ended (or that it is running).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunStatus {
     Running,
@@ -84,7 +84,7 @@ impl RunStatus {
         }
     }
 
-    fn parse(s: &str) -> RunStatus {
+    pub fn parse(s: &str) -> RunStatus {
         match s {
             "running" => RunStatus::Running,
             "succeeded" => RunStatus::Succeeded,
@@ -96,7 +96,7 @@ impl RunStatus {
 }
 
 /// A line of `nestr runs`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RunSummary {
     pub id: String,
     pub operation: String,
@@ -107,6 +107,27 @@ pub struct RunSummary {
     pub steps: i64,
     pub succeeded: i64,
     pub failed: i64,
+}
+
+/// Which runs to list, and where a page starts.
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub status: Option<String>,
+    pub operation: Option<String>,
+    /// Only runs older than this (created_at, id): the last run of the previous page.
+    pub before: Option<(i64, String)>,
+}
+
+/// A transition from a run's journal.
+#[derive(Debug, Clone, Serialize)]
+pub struct JournalEntry {
+    pub id: i64,
+    pub step_id: Option<i64>,
+    pub service: Option<String>,
+    /// `run_started`, `step_queued`, `step_started`, `step_finished`, `run_finished`.
+    pub kind: String,
+    pub status: Option<String>,
+    pub at: i64,
 }
 
 /// A running run and the process that executes it.
@@ -140,7 +161,7 @@ pub struct StepEnd {
 }
 
 /// Where a log line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Stream {
     Stdout,
@@ -222,7 +243,7 @@ pub struct AuditEntry {
 }
 
 /// A run as stored.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RunRow {
     pub id: String,
     pub operation: String,
@@ -234,7 +255,7 @@ pub struct RunRow {
 }
 
 /// A step as stored.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StepRow {
     pub id: i64,
     pub service: String,
@@ -252,11 +273,43 @@ pub struct StepRow {
 }
 
 /// Test counts of a step.
-#[derive(Debug, Clone, Copy, Serialize)]
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
 pub struct TestsRow {
     pub passed: i64,
     pub failed: i64,
     pub skipped: i64,
+}
+
+/// Appends a transition to the run journal (`run_events`).
+fn journal(
+    tx: &rusqlite::Transaction<'_>,
+    run_id: &str,
+    step_id: Option<i64>,
+    kind: &str,
+    status: &str,
+    at: i64,
+) -> Result<(), rusqlite::Error> {
+    tx.prepare_cached(
+        "INSERT INTO run_events (run_id, step_id, kind, status, at) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(params![run_id, step_id, kind, status, at])?;
+    Ok(())
+}
+
+/// Appends a transition of step `step_id` to the journal of its run.
+fn step_journal(
+    tx: &rusqlite::Transaction<'_>,
+    step_id: i64,
+    kind: &str,
+    status: &str,
+    at: i64,
+) -> Result<(), rusqlite::Error> {
+    tx.prepare_cached(
+        "INSERT INTO run_events (run_id, step_id, kind, status, at)
+         SELECT run_id, id, ?2, ?3, ?4 FROM steps WHERE id = ?1",
+    )?
+    .execute(params![step_id, kind, status, at])?;
+    Ok(())
 }
 
 impl Store {
@@ -286,13 +339,17 @@ impl Store {
                     now_ms()
                 ],
             )?;
+            let now = now_ms();
+            journal(tx, &run.id, None, "run_started", "running", now)?;
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO steps (run_id, service, plugin, status) VALUES (?1, ?2, ?3, 'queued')",
             )?;
             let mut ids = Vec::with_capacity(steps.len());
             for (service, plugin) in steps {
                 stmt.execute(params![run.id, service, plugin])?;
-                ids.push(tx.last_insert_rowid());
+                let id = tx.last_insert_rowid();
+                journal(tx, &run.id, Some(id), "step_queued", "queued", now)?;
+                ids.push(id);
             }
             Ok(ids)
         })
@@ -318,15 +375,24 @@ impl Store {
         let now = now_ms();
         self.write(|tx| {
             tx.execute(
+                "INSERT INTO run_events (run_id, step_id, kind, status, at)
+                 SELECT run_id, id, 'step_finished', 'interrupted', ?2 FROM steps
+                 WHERE run_id = ?1 AND status IN ('queued', 'running') ORDER BY id",
+                params![run_id, now],
+            )?;
+            tx.execute(
                 "UPDATE steps SET status = 'interrupted', finished_at = ?2,
                     reason = 'the engine running this step stopped (killed or crashed)'
                  WHERE run_id = ?1 AND status IN ('queued', 'running')",
                 params![run_id, now],
             )?;
-            tx.execute(
+            let changed = tx.execute(
                 "UPDATE runs SET status = 'interrupted', finished_at = ?2 WHERE id = ?1 AND status = 'running'",
                 params![run_id, now],
             )?;
+            if changed > 0 {
+                journal(tx, run_id, None, "run_finished", "interrupted", now)?;
+            }
             Ok(())
         })
     }
@@ -338,13 +404,14 @@ impl Store {
         digest: &str,
         grants: &serde_json::Value,
     ) -> Result<(), StoreError> {
+        let now = now_ms();
         self.write(|tx| {
             tx.execute(
                 "UPDATE steps SET status = 'running', started_at = ?2, plugin_digest = ?3, grants = ?4
                  WHERE id = ?1",
-                params![step_id, now_ms(), digest, grants.to_string()],
+                params![step_id, now, digest, grants.to_string()],
             )?;
-            Ok(())
+            step_journal(tx, step_id, "step_started", "running", now)
         })
     }
 
@@ -358,6 +425,7 @@ impl Store {
             Some((p, f, s)) => (Some(p), Some(f), Some(s)),
             None => (None, None, None),
         };
+        let now = now_ms();
         self.write(|tx| {
             tx.execute(
                 "UPDATE steps SET status = ?2, finished_at = ?3, duration_ms = ?4, summary = ?5,
@@ -367,7 +435,7 @@ impl Store {
                 params![
                     step_id,
                     status.as_str(),
-                    now_ms(),
+                    now,
                     i64::try_from(end.duration_ms).unwrap_or(i64::MAX),
                     end.summary,
                     end.reason,
@@ -378,17 +446,18 @@ impl Store {
                     end.metrics.to_string()
                 ],
             )?;
-            Ok(())
+            step_journal(tx, step_id, "step_finished", status.as_str(), now)
         })
     }
 
     pub fn finish_run(&mut self, run_id: &str, status: RunStatus) -> Result<(), StoreError> {
+        let now = now_ms();
         self.write(|tx| {
             tx.execute(
                 "UPDATE runs SET status = ?2, finished_at = ?3 WHERE id = ?1",
-                params![run_id, status.as_str(), now_ms()],
+                params![run_id, status.as_str(), now],
             )?;
-            Ok(())
+            journal(tx, run_id, None, "run_finished", status.as_str(), now)
         })
     }
 
@@ -399,7 +468,7 @@ impl Store {
         }
         self.write(|tx| {
             let mut stmt = tx.prepare_cached(
-                "INSERT OR REPLACE INTO log_chunks (step_id, first_seq, last_seq, at, stream, level, text)
+                "INSERT OR IGNORE INTO log_chunks (step_id, first_seq, last_seq, at, stream, level, text)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for c in chunks {
@@ -487,13 +556,35 @@ impl Store {
 
     /// The newest `limit` runs, newest first, with their step counts by status.
     pub fn list_runs(&self, limit: usize) -> Result<Vec<RunSummary>, StoreError> {
+        self.list_runs_page(&RunFilter::default(), limit)
+    }
+
+    /// One page of runs, newest first: those matching `filter`, older than its cursor.
+    pub fn list_runs_page(
+        &self,
+        filter: &RunFilter,
+        limit: usize,
+    ) -> Result<Vec<RunSummary>, StoreError> {
+        let (before_at, before_id) = filter
+            .before
+            .clone()
+            .unwrap_or((i64::MAX, String::new()));
         let mut stmt = self.conn().prepare_cached(
             "SELECT r.id, r.operation, r.status, r.started_by, r.created_at, r.finished_at,
                     count(s.id), sum(s.status = 'succeeded'), sum(s.status IN ('failed', 'denied', 'timed_out', 'resource_exhausted'))
              FROM runs r LEFT JOIN steps s ON s.run_id = r.id
+             WHERE (?2 IS NULL OR r.status = ?2) AND (?3 IS NULL OR r.operation = ?3)
+               AND (r.created_at < ?4 OR (r.created_at = ?4 AND (?5 = '' OR r.id < ?5)))
              GROUP BY r.id ORDER BY r.created_at DESC, r.id DESC LIMIT ?1",
         )?;
-        let rows = stmt.query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
+        let args = params![
+            i64::try_from(limit).unwrap_or(i64::MAX),
+            filter.status,
+            filter.operation,
+            before_at,
+            before_id
+        ];
+        let rows = stmt.query_map(args, |r| {
             Ok(RunSummary {
                 id: r.get(0)?,
                 operation: r.get(1)?,
@@ -507,6 +598,104 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Transitions of run `run_id` after journal id `after`, at most `limit`, in order.
+    pub fn journal_after(
+        &self,
+        run_id: &str,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<JournalEntry>, StoreError> {
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT e.id, e.step_id, s.service, e.kind, e.status, e.at
+             FROM run_events e LEFT JOIN steps s ON s.id = e.step_id
+             WHERE e.run_id = ?1 AND e.id > ?2 ORDER BY e.id LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(
+            params![run_id, after, i64::try_from(limit).unwrap_or(i64::MAX)],
+            |r| {
+                Ok(JournalEntry {
+                    id: r.get(0)?,
+                    step_id: r.get(1)?,
+                    service: r.get(2)?,
+                    kind: r.get(3)?,
+                    status: r.get(4)?,
+                    at: r.get(5)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Log chunks of run `run_id` from chunk id `from` on (inclusive), in the order they were
+    /// stored, at most `limit`; each with its id.
+    pub fn run_chunks_from(
+        &self,
+        run_id: &str,
+        from: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, LogChunk)>, StoreError> {
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT c.id, c.step_id, c.first_seq, c.last_seq, c.at, c.stream, c.level, c.text
+             FROM log_chunks c
+             WHERE c.step_id IN (SELECT id FROM steps WHERE run_id = ?1) AND c.id >= ?2
+             ORDER BY c.id LIMIT ?3",
+        )?;
+        let rows = stmt.query_map(
+            params![run_id, from, i64::try_from(limit).unwrap_or(i64::MAX)],
+            |r| {
+                let first: i64 = r.get(2)?;
+                let last: i64 = r.get(3)?;
+                Ok((
+                    r.get(0)?,
+                    LogChunk {
+                        step_id: r.get(1)?,
+                        first_seq: first,
+                        count: last - first + 1,
+                        at: r.get(4)?,
+                        stream: Stream::parse(&r.get::<_, String>(5)?),
+                        level: r.get(6)?,
+                        text: r.get(7)?,
+                    },
+                ))
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A number that changes whenever any run, step or their status changes (the newest journal
+    /// id): views computed from the run history can be cached until it moves.
+    pub fn history_generation(&self) -> Result<i64, StoreError> {
+        Ok(self.conn().query_row(
+            "SELECT coalesce(max(id), 0) + (SELECT count(*) FROM runs) FROM run_events",
+            [],
+            |r| r.get(0),
+        )?)
+    }
+
+    /// The status of the newest step of every (service, operation) pair.
+    pub fn last_step_statuses(
+        &self,
+    ) -> Result<std::collections::HashMap<(String, String), StepStatus>, StoreError> {
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT s.service, r.operation, s.status, max(s.id) FROM steps s
+             JOIN runs r ON r.id = s.run_id GROUP BY s.service, r.operation",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok((
+                (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
+                r.get::<_, String>(2)?,
+            ))
+        })?;
+        let mut out = std::collections::HashMap::new();
+        for row in rows {
+            let (key, status) = row?;
+            if let Some(status) = StepStatus::parse(&status) {
+                out.insert(key, status);
+            }
+        }
+        Ok(out)
     }
 
     /// Log lines of a step after sequence `after`, at most `limit`, in order.

@@ -1,0 +1,235 @@
+//! The HTTP API, `nestr serve`: axum on tokio over the same engine the CLI uses. `router(state)`
+//! builds every route with its middleware (tests call it in-process, `serve` runs it on a
+//! socket). Handlers live per resource (`workspace.rs`, `operations.rs`, `runs.rs`, `events.rs`),
+//! errors in `error.rs`, middleware in `layers.rs`, shared state in `state.rs`, the OpenAPI
+//! document in `openapi.rs`.
+//!
+//! Shutdown (SIGTERM or Ctrl-C): stop accepting, end the event streams, let in-flight requests
+//! finish, cancel the runs this server executes and wait until they are recorded `cancelled`.
+
+mod error;
+mod events;
+mod layers;
+pub mod openapi;
+mod operations;
+mod runs;
+mod state;
+mod workspace;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::extract::rejection::QueryRejection;
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::routing::{get, post};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tower::ServiceExt;
+use tower_governor::GovernorLayer;
+use tower_governor::governor::GovernorConfigBuilder;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+pub use error::{ApiError, ErrorBody};
+pub use state::{AppState, ServeConfig};
+
+/// A query string the handler could not read → 400 naming the parameter.
+fn bad_query(e: QueryRejection) -> ApiError {
+    let text = e.body_text();
+    let mut err = ApiError::bad_request(format!("bad query string: {text}"));
+    if let Some(f) = text
+        .split_once("field `")
+        .and_then(|(_, r)| r.split_once('`'))
+        .map(|(f, _)| f.to_string())
+    {
+        err = err.with_field(f);
+    }
+    err
+}
+
+/// Every route with its middleware.
+pub fn router(state: AppState) -> Router {
+    let config = state.config().clone();
+    let x_request_id = HeaderName::from_static("x-request-id");
+
+    let api = Router::new()
+        .route("/api/workspace", get(workspace::workspace))
+        .route("/api/repos", get(workspace::repos))
+        .route("/api/services", get(workspace::services))
+        .route("/api/services/{name}", get(workspace::service))
+        .route("/api/plugins", get(workspace::plugins))
+        .route("/api/operations/run", post(operations::run))
+        .route("/api/operations/sync", post(operations::sync))
+        .route("/api/operations/assemble", post(operations::assemble))
+        .route("/api/runs", get(runs::list))
+        .route("/api/runs/{id}", get(runs::get))
+        .route("/api/runs/{id}/logs", get(runs::logs))
+        .route("/api/runs/{id}/cancel", post(runs::cancel))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            config.request_timeout,
+        ))
+        // Event streams last as long as their run: no request timeout.
+        .route("/api/runs/{id}/events", get(events::events))
+        .route_layer(from_fn_with_state(state.clone(), layers::auth));
+
+    let open = Router::new()
+        .route("/health", get(workspace::health))
+        .route("/ready", get(workspace::ready))
+        .route(
+            "/metrics",
+            get(workspace::metrics)
+                .route_layer(from_fn_with_state(state.clone(), layers::metrics_auth)),
+        )
+        .route("/api/openapi.json", get(openapi::openapi_json))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            config.request_timeout,
+        ));
+
+    let mut app = api
+        .merge(open)
+        .fallback(|| async { ApiError::for_status(StatusCode::NOT_FOUND) })
+        .layer(RequestBodyLimitLayer::new(config.body_limit))
+        .layer(axum::extract::DefaultBodyLimit::max(config.body_limit));
+    if config.rate_limit_per_minute > 0 {
+        let per = Duration::from_secs(60) / config.rate_limit_per_minute;
+        let governor = GovernorConfigBuilder::default()
+            .period(per.max(Duration::from_nanos(1)))
+            .burst_size(config.rate_limit_per_minute)
+            .key_extractor(layers::PeerIp)
+            .finish();
+        if let Some(governor) = governor {
+            let governor = Arc::new(governor);
+            let limiter = governor.limiter().clone();
+            // Forget clients not seen for a while, so the table stays small.
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                handle.spawn(async move {
+                    let mut tick = tokio::time::interval(Duration::from_secs(60));
+                    loop {
+                        tick.tick().await;
+                        limiter.retain_recent();
+                    }
+                });
+            }
+            app = app.layer(GovernorLayer::new(governor).error_handler(layers::rate_limited));
+        }
+    }
+    if let Some(cors) = layers::cors(&config.cors_origins) {
+        app = app.layer(cors);
+    }
+    app.layer(from_fn(layers::finish))
+        .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
+                let id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            }),
+        )
+        .layer(SetRequestIdLayer::new(x_request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Serves `router(state)` on `listener` until `shutdown` resolves, then shuts down gracefully
+/// (see the module doc). Connections get a header read timeout against slow clients.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    let app = router(state.clone());
+    let header_timeout = state.config().header_timeout;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait a little, go on.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let app = app.clone();
+        let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let mut req = req.map(axum::body::Body::new);
+            req.extensions_mut().insert(ConnectInfo(peer));
+            app.clone().oneshot(req)
+        });
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .serve_connection(TokioIo::new(stream), svc);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tracing::info!("shutting down: no new connections; ending event streams, cancelling runs");
+    let _ = state.0.shutdown.send(true);
+    let cancels: Vec<_> = state.runs().values().map(|r| r.cancel.clone()).collect();
+    for c in &cancels {
+        c.cancel();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    tokio::select! {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(Duration::from_secs(30)) => {
+            tracing::warn!("connections still open after 30 s; closing them");
+        }
+    }
+    while !state.runs().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let left = state.runs().len();
+    if left > 0 {
+        tracing::error!(runs = left, "runs still executing after 60 s");
+    }
+    Ok(())
+}
+
+/// Start-up description of the mode, for the log line.
+pub fn mode_line(state: &AppState, tokens: usize) -> String {
+    let bind = state.config().bind;
+    if !state.0.loopback && tokens == 0 {
+        return format!("nestr API listening on http://{bind} (no API token: every /api request is refused)");
+    }
+    if tokens == 0 {
+        format!(
+            "nestr API listening on http://{bind} (local mode: no API token exists, so /api needs none \
+             while bound to loopback; `nestr token create` turns authentication on)"
+        )
+    } else {
+        format!("nestr API listening on http://{bind} ({tokens} API token(s); /api needs a token)")
+    }
+}
+
+/// The address to bind, checked: a non-loopback address needs an existing token.
+pub fn check_bind(addr: SocketAddr, tokens: usize) -> Result<(), String> {
+    if !addr.ip().is_loopback() && tokens == 0 {
+        return Err(format!(
+            "refusing to serve on {addr} without an API token: anyone who can reach it could run \
+             operations. Create a token first with `nestr token create --scope write`, or bind a \
+             loopback address (127.0.0.1)"
+        ));
+    }
+    Ok(())
+}

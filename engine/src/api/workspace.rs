@@ -1,0 +1,290 @@
+//! Handlers for the workspace itself: `/health`, `/ready`, `/metrics`, `/api/workspace`,
+//! `/api/repos`, `/api/services[/{name}]`, `/api/plugins`.
+
+use std::collections::HashMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use super::error::{ApiError, ErrorBody};
+use super::state::{AppState, lock};
+use crate::git::{self, RepoStatus};
+use crate::views::{self, PluginView, RepoView, ServiceView};
+
+/// `{"status": "ok"}`.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Health {
+    pub status: String,
+}
+
+/// The process is up.
+#[utoipa::path(get, path = "/health", tag = "system", security(()),
+    responses((status = 200, description = "The process is up", body = Health)))]
+pub async fn health() -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+    })
+}
+
+/// Readiness: the store answers and its schema is this binary's.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Ready {
+    pub status: String,
+    pub schema_version: usize,
+}
+
+/// The store is reachable and migrated.
+#[utoipa::path(get, path = "/ready", tag = "system", security(()),
+    responses(
+        (status = 200, description = "Ready to serve", body = Ready),
+        (status = 503, description = "The store is not reachable or not migrated", body = ErrorBody)))]
+pub async fn ready(State(state): State<AppState>) -> Result<Json<Ready>, ApiError> {
+    let known = crate::store::migrations().len();
+    let version = state
+        .store(|s| Ok(s.schema_version()?))
+        .await
+        .map_err(|e| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "not_ready",
+                format!("the store is not reachable: {}", e.message),
+            )
+        })?;
+    if version != known {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            format!("the store has schema version {version}, this server needs {known}"),
+        ));
+    }
+    Ok(Json(Ready {
+        status: "ready".into(),
+        schema_version: version,
+    }))
+}
+
+/// Prometheus metrics (text format).
+#[utoipa::path(get, path = "/metrics", tag = "system", security(()),
+    responses(
+        (status = 200, description = "Metrics in the Prometheus text format", body = String, content_type = "text/plain"),
+        (status = 401, description = "Called from another host without a token", body = ErrorBody)))]
+pub async fn metrics() -> Response {
+    let text = crate::metrics::global().map(|m| m.render()).unwrap_or_default();
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// The workspace at a glance.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct WorkspaceView {
+    pub name: String,
+    pub description: Option<String>,
+    /// Absolute path of `nestr.toml`.
+    pub manifest: String,
+    pub counts: Counts,
+    pub repos: Vec<RepoView>,
+}
+
+/// How many of each.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Counts {
+    pub repos: usize,
+    pub services: usize,
+    pub plugins: usize,
+    /// Runs this server is executing now.
+    pub runs_active: usize,
+}
+
+/// Status of every repository (blocking git work), updating the drift gauges.
+async fn statuses(state: &AppState) -> Result<Vec<Result<RepoStatus, String>>, ApiError> {
+    let m = state.manifest().clone();
+    let rows = tokio::task::spawn_blocking(move || {
+        git::parallel(&m.repos, 4, |repo| git::status_of(&m, repo))
+    })
+    .await
+    .map_err(|e| ApiError::internal("the status task failed", e))?;
+    if let Some(metrics) = crate::metrics::global() {
+        for s in rows.iter().flatten() {
+            let ahead = i64::try_from(s.ahead).unwrap_or(i64::MAX);
+            let behind = i64::try_from(s.behind).unwrap_or(i64::MAX);
+            metrics.repo_ahead.with_label_values(&[&s.name]).set(ahead);
+            metrics.repo_behind.with_label_values(&[&s.name]).set(behind);
+        }
+    }
+    Ok(rows)
+}
+
+/// Name, manifest, counts, and the repositories with their sync state.
+#[utoipa::path(get, path = "/api/workspace", tag = "workspace",
+    responses((status = 200, body = WorkspaceView), (status = 401, body = ErrorBody)))]
+pub async fn workspace(State(state): State<AppState>) -> Result<Json<WorkspaceView>, ApiError> {
+    let status = statuses(&state).await?;
+    let stored = state.store(|s| Ok(s.repos()?)).await?;
+    let m = state.manifest();
+    let mut plugins: Vec<&str> = crate::manifest::BUILTIN_PLUGINS.to_vec();
+    plugins.extend(m.plugins.keys().map(String::as_str));
+    plugins.sort_unstable();
+    plugins.dedup();
+    Ok(Json(WorkspaceView {
+        name: m.name.clone(),
+        description: m.description.clone(),
+        manifest: m.path.display().to_string(),
+        counts: Counts {
+            repos: m.repos.len(),
+            services: m.services.len(),
+            plugins: plugins.len(),
+            runs_active: state.runs().len(),
+        },
+        repos: views::repos(m, status, &stored),
+    }))
+}
+
+/// The `nestr status` rows.
+#[utoipa::path(get, path = "/api/repos", tag = "workspace",
+    responses((status = 200, body = Vec<RepoView>), (status = 401, body = ErrorBody)))]
+pub async fn repos(State(state): State<AppState>) -> Result<Json<Vec<RepoView>>, ApiError> {
+    let status = statuses(&state).await?;
+    let stored = state.store(|s| Ok(s.repos()?)).await?;
+    Ok(Json(views::repos(state.manifest(), status, &stored)))
+}
+
+/// A page of services.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ServicePage {
+    pub services: Vec<ServiceView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Paging of `/api/services`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ServicesQuery {
+    /// Services per page (1–1000, default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<usize>,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Services in manifest order with tags, dependencies, operations and the last step status of
+/// each operation.
+#[utoipa::path(get, path = "/api/services", tag = "workspace", params(ServicesQuery),
+    responses((status = 200, body = ServicePage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn services(
+    State(state): State<AppState>,
+    query: Result<Query<ServicesQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(mut q) = query.map_err(super::bad_query)?;
+    q.cursor = q.cursor.filter(|s| !s.is_empty());
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("`limit` must be between 1 and 1000").with_field("limit"));
+    }
+    let key = format!("{limit}/{}", q.cursor.as_deref().unwrap_or(""));
+    let generation = state.store(|s| Ok(s.history_generation()?)).await?;
+    {
+        let cache = lock(&state.0.services_cache);
+        if cache.0 == generation
+            && let Some(body) = cache.1.get(&key)
+        {
+            return Ok(json_bytes(body.clone()));
+        }
+    }
+    let m = state.manifest().clone();
+    let start = match &q.cursor {
+        None => 0,
+        Some(c) => {
+            m.services
+                .iter()
+                .position(|s| &s.name == c)
+                .ok_or_else(|| {
+                    ApiError::bad_request("`cursor` is not a service of this workspace")
+                        .with_field("cursor")
+                })?
+                + 1
+        }
+    };
+    let last = state.store(|s| Ok(s.last_step_statuses()?)).await?;
+    let page: Vec<ServiceView> = m
+        .services
+        .iter()
+        .skip(start)
+        .take(limit)
+        .map(|s| views::service_view(&m, s, &last))
+        .collect();
+    let next_cursor = (start + page.len() < m.services.len())
+        .then(|| page.last().map(|s| s.name.clone()))
+        .flatten();
+    let body = serde_json::to_vec(&ServicePage {
+        services: page,
+        next_cursor,
+    })
+    .map_err(|e| ApiError::internal("could not encode the services", e))?;
+    let body = Bytes::from(body);
+    let mut cache = lock(&state.0.services_cache);
+    if cache.0 != generation {
+        *cache = (generation, HashMap::new());
+    }
+    cache.1.insert(key, body.clone());
+    Ok(json_bytes(body))
+}
+
+fn json_bytes(body: Bytes) -> Response {
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response()
+}
+
+/// One service.
+#[utoipa::path(get, path = "/api/services/{name}", tag = "workspace",
+    params(("name" = String, Path, description = "Service name")),
+    responses((status = 200, body = ServiceView), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn service(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<ServiceView>, ApiError> {
+    let m = state.manifest().clone();
+    let Some(s) = m.service(&name) else {
+        return Err(ApiError::not_found(format!(
+            "no service `{name}` in this workspace; GET /api/services lists them"
+        )));
+    };
+    let last = state.store(|s| Ok(s.last_step_statuses()?)).await?;
+    Ok(Json(views::service_view(&m, s, &last)))
+}
+
+/// Built-in and declared plugins: source, digest, declared capabilities, grants.
+#[utoipa::path(get, path = "/api/plugins", tag = "workspace",
+    responses((status = 200, body = Vec<PluginView>), (status = 401, body = ErrorBody)))]
+pub async fn plugins(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let body = state
+        .0
+        .plugins_cache
+        .get_or_try_init(|| async {
+            let m = state.manifest().clone();
+            let dir = state.state_dir().to_path_buf();
+            let rows = tokio::task::spawn_blocking(move || views::plugins(&m, &dir))
+                .await
+                .map_err(|e| ApiError::internal("the plugin task failed", e))?
+                .map_err(|e| ApiError::internal("could not load the plugins", e))?;
+            serde_json::to_vec(&rows)
+                .map(Bytes::from)
+                .map_err(|e| ApiError::internal("could not encode the plugins", e))
+        })
+        .await?;
+    Ok(json_bytes(body.clone()))
+}

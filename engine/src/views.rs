@@ -1,0 +1,200 @@
+//! Read-only views of a workspace that the CLI and the API both show: services with their
+//! operations and the last step status of each, the plugins a workspace can use (source, digest,
+//! declared capabilities, grants), and the repositories with their sync state.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::git::RepoStatus;
+use crate::manifest::{BUILTIN_PLUGINS, Manifest, PluginSource, Service};
+use crate::plugin::Host;
+use crate::plugin::caps::grants_line;
+use crate::store::{RepoRow, StepStatus};
+
+/// A service.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ServiceView {
+    pub name: String,
+    pub repo: String,
+    /// Relative to the repository's folder.
+    pub path: String,
+    pub depends_on: Vec<String>,
+    pub tags: Vec<String>,
+    /// Own operations first, then the workspace defaults.
+    pub operations: Vec<OperationView>,
+}
+
+/// An operation a service can run.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct OperationView {
+    pub name: String,
+    pub plugin: String,
+    /// The status of the newest step of this operation on this service; null when never run.
+    pub last_status: Option<StepStatus>,
+}
+
+/// `service` with the last step status of each of its operations.
+pub fn service_view(
+    m: &Manifest,
+    s: &Service,
+    last: &HashMap<(String, String), StepStatus>,
+) -> ServiceView {
+    ServiceView {
+        name: s.name.clone(),
+        repo: s.repo.clone(),
+        path: s.path.to_string_lossy().into_owned(),
+        depends_on: s.depends_on.clone(),
+        tags: s.tags.clone(),
+        operations: m
+            .operation_names(s)
+            .into_iter()
+            .filter_map(|op| {
+                let spec = m.operation(s, &op)?;
+                let last_status = last.get(&(s.name.clone(), op.clone())).copied();
+                Some(OperationView {
+                    name: op,
+                    plugin: spec.plugin.clone(),
+                    last_status,
+                })
+            })
+            .collect(),
+    }
+}
+
+/// A plugin the workspace can use.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct PluginView {
+    pub name: String,
+    /// `builtin`, or the file path as written in the manifest.
+    pub source: String,
+    /// sha256 of the component, hex; null when it could not be loaded.
+    pub digest: Option<String>,
+    pub version: Option<String>,
+    /// Capabilities the plugin declares (`describe()`): exec, env, secrets, http, fs.
+    #[schema(value_type = Object)]
+    pub declared: Option<crate::plugin::caps::Declared>,
+    /// What the manifest grants it, as TOML.
+    pub grants: String,
+    /// Why it could not be loaded.
+    pub error: Option<String>,
+}
+
+/// Every built-in and declared plugin, loaded (and compiled, cached under `state_dir/cache`) to
+/// read what it declares. Blocking: call it off any async runtime.
+pub fn plugins(manifest: &Manifest, state_dir: &std::path::Path) -> Result<Vec<PluginView>, String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start the async runtime: {e}"))?;
+    let host = Host::new(Some(&state_dir.join("cache")))
+        .map_err(|e| format!("cannot start the plugin host: {e}"))?;
+    let mut names: Vec<String> = BUILTIN_PLUGINS.iter().map(|s| s.to_string()).collect();
+    for n in manifest.plugins.keys() {
+        if !names.contains(n) {
+            names.push(n.clone());
+        }
+    }
+    Ok(names
+        .iter()
+        .map(|name| {
+            let decl = manifest.plugins.get(name);
+            let source = match decl.map(|d| &d.source) {
+                Some(PluginSource::File { path, .. }) => path.display().to_string(),
+                _ => "builtin".to_string(),
+            };
+            let grants = decl
+                .map(|d| grants_line(&d.grants))
+                .unwrap_or_else(|| "(none)".into());
+            match crate::scheduler::load_plugin(&rt, &host, manifest, name) {
+                Ok(p) => PluginView {
+                    name: name.clone(),
+                    source,
+                    digest: Some(p.digest.clone()),
+                    version: Some(p.info.version.clone()),
+                    declared: Some(p.info.capabilities.clone()),
+                    grants,
+                    error: None,
+                },
+                Err(e) => PluginView {
+                    name: name.clone(),
+                    source,
+                    digest: None,
+                    version: None,
+                    declared: None,
+                    grants,
+                    error: Some(crate::redact::text(&e)),
+                },
+            }
+        })
+        .collect())
+}
+
+/// A repository with its state on disk and its last assemble/sync.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RepoView {
+    pub name: String,
+    /// The remote, with any credentials removed.
+    pub url: String,
+    /// Relative to the workspace root.
+    pub path: String,
+    pub branch: Option<String>,
+    pub head: Option<String>,
+    /// clean, dirty, ahead, behind, diverged, detached, missing; null when unreadable.
+    pub state: Option<crate::git::RepoState>,
+    pub ahead: usize,
+    pub behind: usize,
+    pub dirty: bool,
+    /// Last assemble/sync: when (Unix ms), its result and message.
+    pub last_sync_at: Option<i64>,
+    pub last_sync_result: Option<String>,
+    pub last_sync_message: Option<String>,
+    /// Why the status could not be read.
+    pub error: Option<String>,
+}
+
+/// Repositories in manifest order, from their status and the store's last sync rows.
+pub fn repos(
+    manifest: &Manifest,
+    status: Vec<Result<RepoStatus, String>>,
+    stored: &[RepoRow],
+) -> Vec<RepoView> {
+    manifest
+        .repos
+        .iter()
+        .zip(status)
+        .map(|(repo, st)| {
+            let row = stored.iter().find(|r| r.name == repo.name);
+            let mut v = RepoView {
+                name: repo.name.clone(),
+                url: crate::redact::url(&repo.url),
+                path: repo.path.to_string_lossy().into_owned(),
+                branch: None,
+                head: None,
+                state: None,
+                ahead: 0,
+                behind: 0,
+                dirty: false,
+                last_sync_at: row.and_then(|r| r.last_sync_at),
+                last_sync_result: row
+                    .and_then(|r| r.last_sync_result)
+                    .map(|r| r.as_str().to_string()),
+                last_sync_message: row.and_then(|r| r.last_sync_message.clone()),
+                error: None,
+            };
+            match st {
+                Ok(s) => {
+                    v.branch = s.branch;
+                    v.head = s.head;
+                    v.state = Some(s.state);
+                    v.ahead = s.ahead;
+                    v.behind = s.behind;
+                    v.dirty = s.dirty;
+                }
+                Err(e) => v.error = Some(crate::redact::text(&e)),
+            }
+            v
+        })
+        .collect()
+}
