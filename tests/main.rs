@@ -1,6 +1,7 @@
 //! The one integration test binary (see DESIGN.md §6.8): every test here runs the real `nestr`
 //! binary or library against real git repositories in temp folders and a real SQLite file.
 
+mod api;
 mod builtins;
 mod cli;
 mod contract;

@@ -10,7 +10,7 @@ use crate::support::{Run, Sandbox, TestResult, pid_alive};
 
 /// A workspace with one repo and services `a`..: `deps` are (service, depends_on), `scripts`
 /// the shell script each service's `op` runs (via the command plugin and sh).
-fn ws(sb: &Sandbox, services: &[(&str, &[&str], &str)], extra: &str) -> PathBuf {
+pub fn ws(sb: &Sandbox, services: &[(&str, &[&str], &str)], extra: &str) -> PathBuf {
     sb.remote("app");
     let mut m =
         String::from("[workspace]\nname = \"sched\"\n\n[repos.app]\nurl = \"{remotes}/app.git\"\n");

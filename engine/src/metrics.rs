@@ -151,7 +151,9 @@ mod tests {
     #[test]
     fn every_metric_is_defined_and_rendered() {
         let m = super::global().expect("metrics");
-        m.runs_total.with_label_values(&["build", "succeeded"]).inc();
+        m.runs_total
+            .with_label_values(&["build", "succeeded"])
+            .inc();
         let text = m.render();
         for name in [
             "nestr_runs_total",

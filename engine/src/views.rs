@@ -82,7 +82,10 @@ pub struct PluginView {
 
 /// Every built-in and declared plugin, loaded (and compiled, cached under `state_dir/cache`) to
 /// read what it declares. Blocking: call it off any async runtime.
-pub fn plugins(manifest: &Manifest, state_dir: &std::path::Path) -> Result<Vec<PluginView>, String> {
+pub fn plugins(
+    manifest: &Manifest,
+    state_dir: &std::path::Path,
+) -> Result<Vec<PluginView>, String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

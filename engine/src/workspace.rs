@@ -146,7 +146,11 @@ impl Workspace {
     ) -> Result<Vec<RepoOutcome>, WorkspaceError> {
         let commits = self.locked_commits(locked)?;
         tracing::info!(jobs, locked, "assemble");
-        let run = self.repo_run("assemble", serde_json::json!({"jobs": jobs, "locked": locked}), progress)?;
+        let run = self.repo_run(
+            "assemble",
+            serde_json::json!({"jobs": jobs, "locked": locked}),
+            progress,
+        )?;
         let items: Vec<_> = self.manifest.repos.iter().zip(commits).collect();
         let manifest = &self.manifest;
         let outcomes = git::parallel(&items, jobs, |(repo, commit)| {

@@ -10,7 +10,7 @@ use std::process::{Command, Output};
 pub type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 /// Environment that isolates git (and libgit2 in nestr) from the machine's configuration.
-fn isolate(cmd: &mut Command, home: &Path) {
+pub fn isolate(cmd: &mut Command, home: &Path) {
     cmd.env("GIT_CONFIG_GLOBAL", "/dev/null")
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("HOME", home)

@@ -5,8 +5,8 @@
 //! Every event's id is a cursor `E-C-N`: the last journal entry sent (`run_events.id`), and the
 //! last log line sent (chunk id `C`; `N` is the sequence number after it in that step's log). Both parts only grow, so a
 //! client that reconnects with `Last-Event-ID` gets exactly what follows — no gap, no duplicate.
-//! Transitions and lines are merged by time (a step's start before its lines, its lines before
-//! its end); a run that has finished replays its stored events and the stream ends with
+//! Transitions and lines are merged in causal order (a step's start before its lines, its lines
+//! before its end; each read is one database snapshot); a run that has finished replays its stored events and the stream ends with
 //! `run_finished`.
 
 use std::convert::Infallible;
@@ -72,15 +72,6 @@ struct Feed {
     done: bool,
 }
 
-/// Order of same-millisecond events: transitions that open before lines, lines, then ends.
-fn rank(kind: &str) -> u8 {
-    match kind {
-        "step_finished" => 2,
-        "run_finished" => 3,
-        _ => 0,
-    }
-}
-
 impl Feed {
     /// The next batch of events; `None` ends the stream.
     async fn next(mut self) -> Option<(Vec<Result<SseEvent, Infallible>>, Feed)> {
@@ -94,9 +85,13 @@ impl Feed {
             let read = self
                 .state
                 .store(move |s| {
-                    let journal = s.journal_after(&run_id, c.journal, JOURNAL_BATCH)?;
-                    let chunks = s.run_chunks_from(&run_id, c.chunk, CHUNK_BATCH)?;
-                    Ok((journal, chunks))
+                    // One snapshot: a line visible means its step's start is too, and a step's
+                    // end visible means all its lines are.
+                    Ok(s.snapshot(|s| {
+                        let journal = s.journal_after(&run_id, c.journal, JOURNAL_BATCH)?;
+                        let chunks = s.run_chunks_from(&run_id, c.chunk, CHUNK_BATCH)?;
+                        Ok((journal, chunks))
+                    })?)
                 })
                 .await;
             let (journal, chunks) = match read {
@@ -125,15 +120,22 @@ impl Feed {
         let chunks_full = chunks.len() == CHUNK_BATCH;
         let mut out = Vec::new();
         let mut j = journal.into_iter().peekable();
-        let mut c = chunks.into_iter().peekable();
+        let mut next_chunk = 0;
         loop {
-            let take_journal = match (j.peek(), c.peek()) {
-                (None, None) => break,
-                (Some(_), None) if chunks_full => break,
-                (Some(_), None) => true,
-                (None, Some(_)) => false,
-                (Some(e), Some((_, chunk))) => (e.at, rank(&e.kind)) <= (chunk.at, 1),
+            let rest = &chunks[next_chunk..];
+            // Transitions go first, except that a step's end waits for its lines (and the run's
+            // end for every line): a batch that filled up may have more lines behind it.
+            let take_journal = match j.peek() {
+                None => false,
+                Some(e) if e.kind == "step_finished" => {
+                    !chunks_full && rest.iter().all(|(_, ch)| Some(ch.step_id) != e.step_id)
+                }
+                Some(e) if e.kind == "run_finished" => !chunks_full && rest.is_empty(),
+                Some(_) => true,
             };
+            if !take_journal && rest.is_empty() {
+                break;
+            }
             if take_journal {
                 let Some(e) = j.next() else { break };
                 self.cursor.journal = e.id;
@@ -142,7 +144,11 @@ impl Feed {
                 }
                 out.push(Ok(self.transition(&e)));
             } else {
-                let Some((cid, chunk)) = c.next() else { break };
+                let Some((cid, chunk)) = chunks.get(next_chunk) else {
+                    break;
+                };
+                let cid = *cid;
+                next_chunk += 1;
                 for line in chunk.lines() {
                     if cid == self.cursor.chunk && line.seq <= self.cursor.seq {
                         continue;
@@ -250,7 +256,11 @@ pub async fn events(
     let run = find_run(&state, &id).await?;
     let feed = Feed {
         state,
-        services: run.steps.iter().map(|s| (s.id, s.service.clone())).collect(),
+        services: run
+            .steps
+            .iter()
+            .map(|s| (s.id, s.service.clone()))
+            .collect(),
         run_id: run.id,
         cursor,
         done: false,

@@ -210,7 +210,9 @@ pub async fn serve(
 pub fn mode_line(state: &AppState, tokens: usize) -> String {
     let bind = state.config().bind;
     if !state.0.loopback && tokens == 0 {
-        return format!("nestr API listening on http://{bind} (no API token: every /api request is refused)");
+        return format!(
+            "nestr API listening on http://{bind} (no API token: every /api request is refused)"
+        );
     }
     if tokens == 0 {
         format!(

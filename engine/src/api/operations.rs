@@ -84,7 +84,8 @@ fn parse<T: DeserializeOwned + Default>(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| {
             let v = v.trim().to_ascii_lowercase();
-            v.starts_with("application/json") || (v.starts_with("application/") && v.contains("+json"))
+            v.starts_with("application/json")
+                || (v.starts_with("application/") && v.contains("+json"))
         });
     if !json {
         return Err(ApiError::for_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
@@ -203,7 +204,10 @@ async fn launch(state: &AppState, job: Job) -> Result<Response, ApiError> {
     };
     if let Err(e) = started {
         forget();
-        return Err(ApiError::internal("the run could not start", crate::redact::text(&e)));
+        return Err(ApiError::internal(
+            "the run could not start",
+            crate::redact::text(&e),
+        ));
     }
     tokio::spawn(async move {
         if let Ok(Err(e)) = done.await {
@@ -243,7 +247,8 @@ pub async fn run(
         && !(1..=256).contains(&c)
     {
         return Err(
-            ApiError::bad_request("`concurrency` must be between 1 and 256").with_field("concurrency")
+            ApiError::bad_request("`concurrency` must be between 1 and 256")
+                .with_field("concurrency"),
         );
     }
     let selection = Selection {

@@ -73,7 +73,9 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Ready>, ApiErro
         (status = 200, description = "Metrics in the Prometheus text format", body = String, content_type = "text/plain"),
         (status = 401, description = "Called from another host without a token", body = ErrorBody)))]
 pub async fn metrics() -> Response {
-    let text = crate::metrics::global().map(|m| m.render()).unwrap_or_default();
+    let text = crate::metrics::global()
+        .map(|m| m.render())
+        .unwrap_or_default();
     (
         [(
             header::CONTENT_TYPE,
@@ -118,7 +120,10 @@ async fn statuses(state: &AppState) -> Result<Vec<Result<RepoStatus, String>>, A
             let ahead = i64::try_from(s.ahead).unwrap_or(i64::MAX);
             let behind = i64::try_from(s.behind).unwrap_or(i64::MAX);
             metrics.repo_ahead.with_label_values(&[&s.name]).set(ahead);
-            metrics.repo_behind.with_label_values(&[&s.name]).set(behind);
+            metrics
+                .repo_behind
+                .with_label_values(&[&s.name])
+                .set(behind);
         }
     }
     Ok(rows)
@@ -243,7 +248,10 @@ pub async fn services(
 
 fn json_bytes(body: Bytes) -> Response {
     (
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         body,
     )
         .into_response()

@@ -91,11 +91,12 @@ fn load(
 }
 
 fn list(ws: &Workspace, json: bool, ui: &Ui) -> Result<ExitCode, CliError> {
-    let rows = crate::views::plugins(&ws.manifest, ws.state_dir()).map_err(|e| CliError::Plain {
-        message: e,
-        help: None,
-        code: ExitCode::Failed,
-    })?;
+    let rows =
+        crate::views::plugins(&ws.manifest, ws.state_dir()).map_err(|e| CliError::Plain {
+            message: e,
+            help: None,
+            code: ExitCode::Failed,
+        })?;
     if json {
         println!(
             "{}",

@@ -11,9 +11,8 @@ use toml::Spanned;
 use super::diagnostic::{InvalidManifest, Problems};
 use super::raw::{Named, RawApi, RawGrants, RawManifest, RawOperation, RawPlugin, RawRepo};
 use super::{
-    ApiSettings,
-    BUILTIN_PLUGINS, ExecGrant, FsGrant, Grants, Manifest, OperationSpec, Pin, PluginDecl,
-    PluginSource, Repo, Service,
+    ApiSettings, BUILTIN_PLUGINS, ExecGrant, FsGrant, Grants, Manifest, OperationSpec, Pin,
+    PluginDecl, PluginSource, Repo, Service,
 };
 
 const NAME_HELP: &str = "names use lower-case letters, digits, `-` and `_`, start with a letter or \

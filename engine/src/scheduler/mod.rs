@@ -30,7 +30,15 @@ pub use plan::{Plan, PlannedStep, Selection, SelectionError, plan};
 
 /// What happens after a step does not succeed.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, serde::Deserialize, clap::ValueEnum,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
     utoipa::ToSchema,
 )]
 #[serde(rename_all = "kebab-case")]

@@ -16,8 +16,8 @@ use rusqlite_migration::{M, Migrations};
 
 pub use repos::{RepoRecord, RepoRow, SyncAction, SyncEvent, SyncResult};
 pub use runs::{
-    AuditEntry, LogChunk, LogLine, NewRun, RunOwner, RunRow, RunStatus, RunSummary, StepEnd,
-    JournalEntry, RunFilter, StepRow, StepStatus, Stream, TestsRow,
+    AuditEntry, JournalEntry, LogChunk, LogLine, NewRun, RunFilter, RunOwner, RunRow, RunStatus,
+    RunSummary, StepEnd, StepRow, StepStatus, Stream, TestsRow,
 };
 pub use tokens::{ActiveToken, Scope, TokenRow, token_hash};
 
@@ -185,6 +185,18 @@ impl Store {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Runs the reads of `f` on one snapshot of the database (a deferred read transaction), so
+    /// that what it sees is consistent across queries.
+    pub fn snapshot<T>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let tx = self.conn.unchecked_transaction()?;
+        let out = f(self)?;
         tx.commit()?;
         Ok(out)
     }

@@ -565,10 +565,7 @@ impl Store {
         filter: &RunFilter,
         limit: usize,
     ) -> Result<Vec<RunSummary>, StoreError> {
-        let (before_at, before_id) = filter
-            .before
-            .clone()
-            .unwrap_or((i64::MAX, String::new()));
+        let (before_at, before_id) = filter.before.clone().unwrap_or((i64::MAX, String::new()));
         let mut stmt = self.conn().prepare_cached(
             "SELECT r.id, r.operation, r.status, r.started_by, r.created_at, r.finished_at,
                     count(s.id), sum(s.status = 'succeeded'), sum(s.status IN ('failed', 'denied', 'timed_out', 'resource_exhausted'))

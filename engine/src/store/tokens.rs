@@ -8,7 +8,17 @@ use sha2::{Digest, Sha256};
 use super::{Store, StoreError, now_ms};
 
 /// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, clap::ValueEnum, utoipa::ToSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Scope {
     /// GET requests.
@@ -26,7 +36,11 @@ impl Scope {
     }
 
     fn parse(s: &str) -> Scope {
-        if s == "write" { Scope::Write } else { Scope::Read }
+        if s == "write" {
+            Scope::Write
+        } else {
+            Scope::Read
+        }
     }
 }
 

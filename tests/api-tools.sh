@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Provides the tools the API tests check the server with, under DIR (idempotent), and prints
+# `promtool=PATH` and `st=PATH`:
+# - promtool, from Debian's `prometheus` package (unpacked with dpkg -x, not installed), unless
+#   one is on PATH;
+# - schemathesis, from PyPI, in a virtualenv.
+set -euo pipefail
+dir="${1:?usage: api-tools.sh DIR}"
+mkdir -p "$dir"
+dir=$(cd "$dir" && pwd)
+exec 9>"$dir/.lock"
+flock 9
+if command -v promtool >/dev/null 2>&1; then
+  echo "promtool=$(command -v promtool)"
+else
+  if [ ! -x "$dir/prometheus/usr/bin/promtool" ]; then
+    (cd "$dir" && rm -f prometheus_*.deb && apt-get download prometheus >&2 \
+      && dpkg -x prometheus_*.deb prometheus && rm -f prometheus_*.deb)
+  fi
+  echo "promtool=$dir/prometheus/usr/bin/promtool"
+fi
+if [ ! -x "$dir/venv/bin/st" ]; then
+  python3 -m venv "$dir/venv" >&2
+  "$dir/venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==4.32.5" >&2
+fi
+echo "st=$dir/venv/bin/st"

@@ -1,0 +1,1031 @@
+//! The HTTP API end to end: the real `nestr serve` on a loopback port, a real HTTP client, real
+//! git repositories, real plugins and child processes.
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::scheduler::ws;
+use crate::support::{Sandbox, TestResult, isolate, pid_alive};
+
+/// A running `nestr serve`.
+struct Server {
+    child: Child,
+    url: String,
+    /// Kept open: the server writes to it.
+    _stdout: BufReader<ChildStdout>,
+}
+
+impl Server {
+    fn start(sb: &Sandbox, ws: &Path, args: &[&str]) -> Result<Server, Box<dyn std::error::Error>> {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nestr"));
+        cmd.current_dir(ws)
+            .args(["--color", "never", "serve", "--bind", "127.0.0.1:0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(std::fs::File::create(
+                sb.path().join("serve.log"),
+            )?));
+        isolate(&mut cmd, sb.path());
+        let mut child = cmd.spawn()?;
+        let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        let url = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://"))
+            .ok_or_else(|| format!("no address in the start-up line {line:?}"))?
+            .to_string();
+        Ok(Server {
+            child,
+            url,
+            _stdout: stdout,
+        })
+    }
+
+    fn u(&self, path: &str) -> String {
+        format!("{}{path}", self.url)
+    }
+
+    /// SIGTERM, then wait (at most 60 s); the exit code.
+    fn stop(&mut self) -> Option<i32> {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(60) {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Resp {
+    status: u16,
+    headers: ureq::http::HeaderMap,
+    body: String,
+}
+
+impl Resp {
+    fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The error envelope's code.
+    fn error_code(&self) -> String {
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .allow_non_standard_methods(true)
+        .timeout_global(Some(Duration::from_secs(120)))
+        .build()
+        .into()
+}
+
+fn call(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Result<Resp, Box<dyn std::error::Error>> {
+    let mut b = ureq::http::Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    let mut res = match body {
+        Some(text) => agent().run(b.body(text.as_bytes().to_vec())?)?,
+        None => agent().run(b.body(())?)?,
+    };
+    Ok(Resp {
+        status: res.status().as_u16(),
+        headers: res.headers().clone(),
+        body: res
+            .body_mut()
+            .with_config()
+            .limit(100 << 20)
+            .read_to_string()?,
+    })
+}
+
+fn get(url: &str) -> Result<Resp, Box<dyn std::error::Error>> {
+    call("GET", url, &[], None)
+}
+
+fn post_json(url: &str, body: &str) -> Result<Resp, Box<dyn std::error::Error>> {
+    call(
+        "POST",
+        url,
+        &[("content-type", "application/json")],
+        Some(body),
+    )
+}
+
+/// One Server-Sent Event.
+#[derive(Debug, Clone, PartialEq)]
+struct Sse {
+    id: String,
+    event: String,
+    data: serde_json::Value,
+}
+
+/// Reads a run's event stream until it ends, or until `stop_after` events.
+fn events(
+    url: &str,
+    last_id: Option<&str>,
+    stop_after: Option<usize>,
+) -> Result<(Vec<Sse>, bool), Box<dyn std::error::Error>> {
+    let mut b = ureq::http::Request::builder().method("GET").uri(url);
+    if let Some(id) = last_id {
+        b = b.header("last-event-id", id);
+    }
+    let mut res = agent().run(b.body(())?)?;
+    assert_eq!(res.status().as_u16(), 200, "event stream status");
+    let reader = BufReader::new(res.body_mut().as_reader());
+    let mut out = Vec::new();
+    let (mut id, mut event, mut data) = (String::new(), String::new(), String::new());
+    for line in reader.lines() {
+        let line = line?;
+        if line.is_empty() {
+            if !event.is_empty() {
+                out.push(Sse {
+                    id: std::mem::take(&mut id),
+                    event: std::mem::take(&mut event),
+                    data: serde_json::from_str(&std::mem::take(&mut data))?,
+                });
+                if stop_after.is_some_and(|n| out.len() >= n) {
+                    return Ok((out, false));
+                }
+            }
+            continue;
+        }
+        if let Some(v) = line.strip_prefix("id: ") {
+            id = v.to_string();
+        } else if let Some(v) = line.strip_prefix("event: ") {
+            event = v.to_string();
+        } else if let Some(v) = line.strip_prefix("data: ") {
+            data.push_str(v);
+        }
+    }
+    Ok((out, true))
+}
+
+fn log_texts(evs: &[Sse]) -> Vec<String> {
+    evs.iter()
+        .filter(|e| e.event == "log")
+        .map(|e| {
+            format!(
+                "{}:{}",
+                e.data["service"].as_str().unwrap_or(""),
+                e.data["text"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+/// Every log line of a run through `/logs`, `limit` per page.
+fn all_logs(
+    srv: &Server,
+    run: &str,
+    limit: usize,
+) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let mut out = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut url = srv.u(&format!("/api/runs/{run}/logs?limit={limit}"));
+        if let Some(a) = &after {
+            url.push_str(&format!("&after={a}"));
+        }
+        let page = get(&url)?;
+        assert_eq!(page.status, 200, "{}", page.body);
+        let page = page.json();
+        let lines = page["lines"].as_array().ok_or("no lines")?;
+        if lines.is_empty() {
+            return Ok(out);
+        }
+        for l in lines {
+            out.push(format!(
+                "{}:{}",
+                l["service"].as_str().unwrap_or(""),
+                l["text"].as_str().unwrap_or("")
+            ));
+        }
+        after = page["next"].as_str().map(str::to_string);
+    }
+}
+
+fn wait_run_status(
+    srv: &Server,
+    run: &str,
+    timeout: Duration,
+) -> Result<String, Box<dyn std::error::Error>> {
+    let t = Instant::now();
+    loop {
+        let st = get(&srv.u(&format!("/api/runs/{run}")))?.json()["status"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if st != "running" || t.elapsed() > timeout {
+            return Ok(st);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn wait_file(path: &Path) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(30) {
+        if std::fs::read_to_string(path).is_ok_and(|s| s.ends_with('\n')) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+fn start_run(srv: &Server, body: &str) -> Result<String, Box<dyn std::error::Error>> {
+    let r = post_json(&srv.u("/api/operations/run"), body)?;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let id = r.json()["run_id"].as_str().ok_or("no run_id")?.to_string();
+    assert_eq!(
+        r.header("location"),
+        Some(format!("/api/runs/{id}").as_str())
+    );
+    Ok(id)
+}
+
+const CHATTY: &str = "i=0; while [ $i -lt 400 ]; do i=$((i+1)); echo \"line $i\"; if [ $((i % 100)) -eq 0 ]; then sleep 0.2; fi; done";
+
+#[test]
+fn seed_endpoints_answer_json_with_request_ids_and_security_headers() -> TestResult {
+    let sb = Sandbox::new();
+    let w = ws(
+        &sb,
+        &[("a", &[], "echo built a"), ("b", &["a"], "echo built b")],
+        "",
+    );
+    // A repository URL with credentials must never show.
+    let manifest = std::fs::read_to_string(w.join("nestr.toml"))?
+        + "\n[repos.secretive]\nurl = \"https://deploy:hunter2@127.0.0.1:9/x.git\"\n";
+    std::fs::write(w.join("nestr.toml"), manifest)?;
+    let srv = Server::start(&sb, &w, &[])?;
+    assert_eq!(get(&srv.u("/health"))?.json()["status"], "ok");
+    let ready = get(&srv.u("/ready"))?;
+    assert_eq!(
+        (ready.status, ready.json()["status"].clone()),
+        (200, "ready".into())
+    );
+    let wsv = get(&srv.u("/api/workspace"))?;
+    assert_eq!(wsv.status, 200);
+    assert_eq!(wsv.json()["name"], "sched");
+    assert_eq!(wsv.json()["counts"]["services"], 2);
+    assert!(
+        !wsv.body.contains("hunter2"),
+        "credentials leaked: {}",
+        wsv.body
+    );
+    let repos = get(&srv.u("/api/repos"))?.json();
+    assert_eq!(repos[0]["name"], "app");
+    assert_eq!(repos[0]["state"], "clean");
+    let services = get(&srv.u("/api/services"))?.json();
+    let b = &services["services"][1];
+    assert_eq!(
+        (b["name"].as_str(), b["depends_on"][0].as_str()),
+        (Some("b"), Some("a"))
+    );
+    assert_eq!(b["operations"][0]["last_status"], serde_json::Value::Null);
+    let page = get(&srv.u("/api/services?limit=1"))?.json();
+    assert_eq!(page["next_cursor"], "a");
+    let page2 = get(&srv.u("/api/services?limit=1&cursor=a"))?.json();
+    assert_eq!(
+        (
+            page2["services"][0]["name"].as_str(),
+            page2["next_cursor"].is_null()
+        ),
+        (Some("b"), true)
+    );
+    assert_eq!(get(&srv.u("/api/services/a"))?.json()["tags"][0], "t-a");
+    let missing = get(&srv.u("/api/services/zzz"))?;
+    assert_eq!(
+        (missing.status, missing.error_code()),
+        (404, "not_found".into())
+    );
+    let plugins = get(&srv.u("/api/plugins"))?.json();
+    let command = plugins
+        .as_array()
+        .ok_or("array")?
+        .iter()
+        .find(|p| p["name"] == "command")
+        .ok_or("command")?;
+    assert_eq!(command["digest"].as_str().map(str::len), Some(64));
+    assert!(command["grants"].as_str().unwrap_or("").contains("sh"));
+    // Errors: JSON envelope, request id passed through, security headers everywhere.
+    let nope = call(
+        "GET",
+        &srv.u("/api/nope"),
+        &[("x-request-id", "req-123")],
+        None,
+    )?;
+    assert_eq!((nope.status, nope.error_code()), (404, "not_found".into()));
+    assert_eq!(nope.json()["error"]["request_id"], "req-123");
+    assert_eq!(nope.header("x-request-id"), Some("req-123"));
+    let wrong = call("DELETE", &srv.u("/api/runs"), &[], None)?;
+    assert_eq!(
+        (wrong.status, wrong.error_code()),
+        (405, "method_not_allowed".into())
+    );
+    assert!(
+        !wrong.json()["error"]["request_id"]
+            .as_str()
+            .unwrap_or("")
+            .is_empty()
+    );
+    for r in [&wsv, &nope, &wrong] {
+        assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
+        assert_eq!(r.header("x-frame-options"), Some("DENY"));
+        assert_eq!(r.header("referrer-policy"), Some("no-referrer"));
+        assert!(
+            r.header("content-security-policy")
+                .is_some_and(|c| c.contains("default-src 'none'"))
+        );
+    }
+    let spec = get(&srv.u("/api/openapi.json"))?;
+    assert_eq!(
+        spec.body,
+        nestr::api::openapi::json(),
+        "served spec is the generated one"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_run_over_http_streams_over_sse_to_the_end_and_matches_the_stored_logs() -> TestResult {
+    let sb = Sandbox::new();
+    let w = ws(
+        &sb,
+        &[("a", &[], CHATTY), ("b", &["a"], "echo built b")],
+        "",
+    );
+    let srv = Server::start(&sb, &w, &[])?;
+    let run = start_run(&srv, r#"{"operation":"op"}"#)?;
+    let (live, ended) = events(&srv.u(&format!("/api/runs/{run}/events")), None, None)?;
+    assert!(ended, "the stream ends when the run ends");
+    assert_eq!(live.last().map(|e| e.event.as_str()), Some("run_finished"));
+    assert_eq!(
+        live.last().map(|e| e.data["status"].clone()),
+        Some("succeeded".into())
+    );
+    let kinds: Vec<String> = live
+        .iter()
+        .map(|e| {
+            format!(
+                "{}:{}@{}",
+                e.event,
+                e.data["service"].as_str().unwrap_or("-"),
+                e.data["at"]
+            )
+        })
+        .collect();
+    assert!(kinds[0].starts_with("run_started"));
+    // Each step: queued, started, its lines, finished — in that order.
+    for svc in ["a", "b"] {
+        let pos = |k: &str| {
+            live.iter()
+                .position(|e| e.event == k && e.data["service"] == svc)
+        };
+        let first_log = live
+            .iter()
+            .position(|e| e.event == "log" && e.data["service"] == svc);
+        let last_log = live
+            .iter()
+            .rposition(|e| e.event == "log" && e.data["service"] == svc);
+        assert!(pos("step_queued") < pos("step_started"));
+        assert!(
+            pos("step_started") < first_log && last_log < pos("step_finished"),
+            "{kinds:?}"
+        );
+    }
+    let sse_lines = log_texts(&live);
+    assert!(sse_lines.contains(&"a:line 400".to_string()));
+    assert_eq!(
+        sse_lines,
+        all_logs(&srv, &run, 37)?,
+        "SSE and /logs agree, line for line"
+    );
+    // Per service, paginated by sequence number.
+    let page = get(&srv.u(&format!("/api/runs/{run}/logs?service=a&after=10&limit=5")))?.json();
+    let seqs: Vec<i64> = page["lines"]
+        .as_array()
+        .ok_or("lines")?
+        .iter()
+        .filter_map(|l| l["seq"].as_i64())
+        .collect();
+    assert_eq!(seqs, vec![11, 12, 13, 14, 15]);
+    assert_eq!(page["next"], "15");
+    let run_row = get(&srv.u(&format!("/api/runs/{run}")))?.json();
+    assert_eq!(
+        (run_row["status"].as_str(), run_row["started_by"].as_str()),
+        (Some("succeeded"), Some("api"))
+    );
+    assert_eq!(run_row["steps"].as_array().map(Vec::len), Some(2));
+    // The last status now shows on the service.
+    let a = get(&srv.u("/api/services/a"))?.json();
+    assert_eq!(a["operations"][0]["last_status"], "succeeded");
+    // A finished run replays the same events and ends.
+    let (replay, ended) = events(&srv.u(&format!("/api/runs/{run}/events")), None, None)?;
+    assert!(ended);
+    assert_eq!(replay, live);
+    Ok(())
+}
+
+#[test]
+fn last_event_id_resumes_without_gaps_or_duplicates() -> TestResult {
+    let sb = Sandbox::new();
+    let w = ws(&sb, &[("a", &[], CHATTY), ("b", &[], CHATTY)], "");
+    let srv = Server::start(&sb, &w, &[])?;
+    let run = start_run(&srv, r#"{"operation":"op"}"#)?;
+    let url = srv.u(&format!("/api/runs/{run}/events"));
+    // Live: read some, drop the connection, resume, repeatedly.
+    let mut got: Vec<Sse> = Vec::new();
+    loop {
+        let last = got.last().map(|e| e.id.clone());
+        let (part, ended) = events(&url, last.as_deref(), Some(97))?;
+        got.extend(part);
+        if ended {
+            break;
+        }
+    }
+    let (full, _) = events(&url, None, None)?;
+    // Transitions and lines may interleave differently live and in a replay; each kind, in
+    // order, must be exactly the same: nothing missed, nothing twice.
+    let part = |evs: &[Sse], log: bool| -> Vec<(String, serde_json::Value)> {
+        evs.iter()
+            .filter(|e| (e.event == "log") == log)
+            .map(|e| (e.event.clone(), e.data.clone()))
+            .collect()
+    };
+    assert_eq!(
+        part(&got, true),
+        part(&full, true),
+        "log lines: resumed live = replay"
+    );
+    assert_eq!(
+        part(&got, false),
+        part(&full, false),
+        "transitions: resumed live = replay"
+    );
+    assert_eq!(got.len(), full.len());
+    assert_eq!(log_texts(&full).len(), 2 * 401, "every line of both steps");
+    let ids: std::collections::HashSet<&str> = full.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids.len(), full.len(), "ids are unique");
+    // From a finished run, resuming after any event gives exactly the rest.
+    for k in [0, 1, full.len() / 3, full.len() / 2, full.len() - 2] {
+        let (rest, ended) = events(&url, Some(&full[k].id), None)?;
+        assert!(ended);
+        let expected = &full[k + 1..];
+        assert_eq!(
+            part(&rest, true),
+            part(expected, true),
+            "lines after event {k}"
+        );
+        assert_eq!(
+            part(&rest, false),
+            part(expected, false),
+            "transitions after event {k}"
+        );
+    }
+    let bad = call("GET", &url, &[("last-event-id", "banana")], None)?;
+    assert_eq!((bad.status, bad.error_code()), (400, "bad_request".into()));
+    Ok(())
+}
+
+#[test]
+fn cancel_over_http_leaves_no_child_process() -> TestResult {
+    let sb = Sandbox::new();
+    let script = "sleep 60 & echo $! > child.pid; wait";
+    let w = ws(&sb, &[("a", &[], script)], "");
+    let srv = Server::start(&sb, &w, &[])?;
+    let run = start_run(&srv, r#"{"operation":"op"}"#)?;
+    let pid_file = w.join("app").join("child.pid");
+    assert!(wait_file(&pid_file), "the step started its child");
+    let pid = std::fs::read_to_string(&pid_file)?.trim().to_string();
+    assert!(pid_alive(&pid));
+    let r = post_json(&srv.u(&format!("/api/runs/{run}/cancel")), "")?;
+    assert_eq!(
+        (r.status, r.json()["status"].clone()),
+        (202, "cancelling".into())
+    );
+    assert_eq!(
+        wait_run_status(&srv, &run, Duration::from_secs(30))?,
+        "cancelled"
+    );
+    assert!(!pid_alive(&pid), "the child {pid} survived the cancel");
+    let again = post_json(&srv.u(&format!("/api/runs/{run}/cancel")), "")?;
+    assert_eq!((again.status, again.error_code()), (409, "conflict".into()));
+    let none = post_json(&srv.u("/api/runs/nosuchrun/cancel"), "")?;
+    assert_eq!(none.status, 404);
+    Ok(())
+}
+
+#[test]
+fn tokens_scopes_local_mode_and_hashes_only() -> TestResult {
+    let sb = Sandbox::new();
+    let w = ws(&sb, &[("a", &[], "echo hi")], "");
+    let srv = Server::start(&sb, &w, &[])?;
+    // Local mode: loopback and no token.
+    assert_eq!(get(&srv.u("/api/workspace"))?.status, 200);
+    let read = sb
+        .nestr(
+            &w,
+            &["token", "create", "--scope", "read", "--name", "ci-read"],
+        )
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let write = sb
+        .nestr(&w, &["token", "create", "--scope", "write"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    assert!(read.starts_with("nestr_") && read.len() > 40);
+    // Only hashes are stored.
+    let db = std::fs::read(w.join(".nestr").join("state.db"))?;
+    let wal = std::fs::read(w.join(".nestr").join("state.db-wal")).unwrap_or_default();
+    for t in [&read, &write] {
+        let needle = t.as_bytes();
+        for bytes in [&db, &wal] {
+            assert!(
+                !bytes.windows(needle.len()).any(|w| w == needle),
+                "a token is stored in clear"
+            );
+        }
+    }
+    let bearer = |t: &str| format!("Bearer {t}");
+    let url = srv.u("/api/workspace");
+    let no = get(&url)?;
+    assert_eq!((no.status, no.error_code()), (401, "unauthorized".into()));
+    assert!(no.header("www-authenticate").is_some());
+    let bad = call(
+        "GET",
+        &url,
+        &[("authorization", "Bearer nestr_wrong")],
+        None,
+    )?;
+    assert_eq!(bad.status, 401);
+    assert_eq!(
+        call("GET", &url, &[("authorization", &bearer(&read))], None)?.status,
+        200
+    );
+    let body = r#"{"operation":"op"}"#;
+    let json = ("content-type", "application/json");
+    let forbidden = call(
+        "POST",
+        &srv.u("/api/operations/run"),
+        &[json, ("authorization", &bearer(&read))],
+        Some(body),
+    )?;
+    assert_eq!(
+        (forbidden.status, forbidden.error_code()),
+        (403, "forbidden".into())
+    );
+    let ok = call(
+        "POST",
+        &srv.u("/api/operations/run"),
+        &[json, ("authorization", &bearer(&write))],
+        Some(body),
+    )?;
+    assert_eq!(ok.status, 202, "{}", ok.body);
+    // Open routes stay open; /metrics is open on loopback.
+    assert_eq!(get(&srv.u("/health"))?.status, 200);
+    assert_eq!(get(&srv.u("/metrics"))?.status, 200);
+    let list = sb.nestr(&w, &["token", "list", "--json"]).ok().json();
+    assert_eq!(list[0]["name"], "ci-read");
+    assert!(
+        !list.to_string().contains(&read[12..]),
+        "list shows only a prefix"
+    );
+    sb.nestr(&w, &["token", "revoke", &list[0]["id"].to_string()])
+        .ok();
+    assert_eq!(
+        call("GET", &url, &[("authorization", &bearer(&read))], None)?.status,
+        401
+    );
+    sb.nestr(&w, &["token", "revoke", "999"]).expect(1);
+    Ok(())
+}
+
+#[test]
+fn binding_a_public_address_without_a_token_is_refused() -> TestResult {
+    let sb = Sandbox::new();
+    let w = ws(&sb, &[("a", &[], "echo hi")], "");
+    let refused = sb.nestr(&w, &["serve", "--bind", "0.0.0.0:0"]).expect(2);
+    assert!(
+        refused.stderr.contains("nestr token create"),
+        "{}",
+        refused.stderr
+    );
+    sb.nestr(&w, &["token", "create", "--scope", "read"]).ok();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nestr"));
+    cmd.current_dir(&w)
+        .args(["serve", "--bind", "0.0.0.0:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    isolate(&mut cmd, sb.path());
+    let mut child = cmd.spawn()?;
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().ok_or("stdout")?).read_line(&mut line)?;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.contains("needs a token"), "{line}");
+    Ok(())
+}
+
+#[test]
+fn limits_and_malformed_requests_get_json_errors() -> TestResult {
+    let sb = Sandbox::new();
+    let w = ws(&sb, &[("a", &[], "echo hi")], "");
+    let srv = Server::start(&sb, &w, &["--rate-limit", "40"])?;
+    let run = srv.u("/api/operations/run");
+    // A body over the limit is refused from its Content-Length, before it is read.
+    let addr = srv.url.trim_start_matches("http://").to_string();
+    let mut sock = std::net::TcpStream::connect(&addr)?;
+    std::io::Write::write_all(
+        &mut sock,
+        format!("POST /api/operations/run HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{{\"operation\":\"", 2 << 20).as_bytes(),
+    )?;
+    let mut head = String::new();
+    BufReader::new(sock).read_line(&mut head)?;
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    // And one sent in chunks, without a length, once it grows past the limit.
+    let big = format!(r#"{{"operation":"{}"}}"#, "a".repeat(1 << 20));
+    let mut b = ureq::http::Request::builder()
+        .method("POST")
+        .uri(&run)
+        .header("content-type", "application/json");
+    b = b.header("transfer-encoding", "chunked");
+    let mut reader = big.as_bytes();
+    let r = agent().run(b.body(ureq::SendBody::from_reader(&mut reader))?);
+    if let Ok(mut r) = r {
+        assert_eq!(r.status().as_u16(), 413);
+        let body = r.body_mut().read_to_string()?;
+        assert!(body.contains("payload_too_large"), "{body}");
+    }
+    let r = post_json(&run, r#"{"operation": 5}"#)?;
+    assert_eq!(
+        (r.status, r.json()["error"]["field"].clone()),
+        (400, "operation".into())
+    );
+    let r = post_json(&run, r#"{"operation": "op", "colour": 1}"#)?;
+    assert_eq!(
+        (r.status, r.json()["error"]["field"].clone()),
+        (400, "colour".into())
+    );
+    let r = post_json(&run, r#"{"operation": "op", "concurrency": 0}"#)?;
+    assert_eq!(
+        (r.status, r.json()["error"]["field"].clone()),
+        (400, "concurrency".into())
+    );
+    let r = post_json(&run, r#"{"operation": "op""#)?;
+    assert_eq!(r.status, 400);
+    let r = post_json(&run, r#"{"operation": "op", "services": ["nope"]}"#)?;
+    assert_eq!(
+        r.status, 400,
+        "an unknown service is refused before anything runs"
+    );
+    let r = call(
+        "POST",
+        &run,
+        &[("content-type", "text/plain")],
+        Some("operation=op"),
+    )?;
+    assert_eq!(r.status, 415);
+    let r = get(&srv.u("/api/runs?limit=0"))?;
+    assert_eq!(
+        (r.status, r.json()["error"]["field"].clone()),
+        (400, "limit".into())
+    );
+    let r = get(&srv.u("/api/runs?status=great"))?;
+    assert_eq!(
+        (r.status, r.json()["error"]["field"].clone()),
+        (400, "status".into())
+    );
+    let r = get(&srv.u("/api/runs?colour=red"))?;
+    assert_eq!(r.status, 400);
+    let r = get(&srv.u("/api/runs/nope"))?;
+    assert_eq!((r.status, r.error_code()), (404, "not_found".into()));
+    // The rate limit: 40 a minute per client, then 429 with Retry-After.
+    let mut limited = None;
+    for _ in 0..60 {
+        let r = get(&srv.u("/health"))?;
+        if r.status == 429 {
+            limited = Some(r);
+            break;
+        }
+    }
+    let r = limited.ok_or("never rate limited")?;
+    assert_eq!(r.error_code(), "rate_limited");
+    assert!(
+        r.header("retry-after")
+            .and_then(|v| v.parse::<u64>().ok())
+            .is_some_and(|s| s >= 1)
+    );
+    Ok(())
+}
+
+#[test]
+fn cors_preflight_allows_listed_origins_only() -> TestResult {
+    let sb = Sandbox::new();
+    let w = ws(
+        &sb,
+        &[("a", &[], "echo hi")],
+        "\n[api]\ncors_origins = [\"https://dash.example.com\"]\n",
+    );
+    let srv = Server::start(&sb, &w, &["--cors-origin", "http://localhost:3000"])?;
+    let preflight = |origin: &str| {
+        call(
+            "OPTIONS",
+            &srv.u("/api/operations/run"),
+            &[
+                ("origin", origin),
+                ("access-control-request-method", "POST"),
+                (
+                    "access-control-request-headers",
+                    "content-type,authorization",
+                ),
+            ],
+            None,
+        )
+    };
+    for origin in ["https://dash.example.com", "http://localhost:3000"] {
+        let ok = preflight(origin)?;
+        assert_eq!(ok.header("access-control-allow-origin"), Some(origin));
+        assert!(
+            ok.header("access-control-allow-methods")
+                .is_some_and(|m| m.contains("POST"))
+        );
+        assert_ne!(ok.header("access-control-allow-origin"), Some("*"));
+    }
+    let denied = preflight("https://evil.example.net")?;
+    assert_eq!(denied.header("access-control-allow-origin"), None);
+    let simple = call(
+        "GET",
+        &srv.u("/api/workspace"),
+        &[("origin", "https://evil.example.net")],
+        None,
+    )?;
+    assert_eq!(simple.header("access-control-allow-origin"), None);
+    // A wildcard in the manifest is refused with file:line.
+    let bad = sb.workspace_at(
+        "bad",
+        "[workspace]\nname = \"bad\"\n\n[api]\ncors_origins = [\"*\"]\n",
+    );
+    let r = sb.nestr(&bad, &["serve"]).expect(2);
+    assert!(
+        r.stderr.contains("nestr.toml:") && r.stderr.contains("not an origin"),
+        "{}",
+        r.stderr
+    );
+    Ok(())
+}
+
+#[test]
+fn graceful_shutdown_during_a_run_leaves_nothing_running() -> TestResult {
+    let sb = Sandbox::new();
+    let script = "sleep 60 & echo $! > child.pid; wait";
+    let w = ws(&sb, &[("a", &[], script)], "");
+    let mut srv = Server::start(&sb, &w, &[])?;
+    let run = start_run(&srv, r#"{"operation":"op"}"#)?;
+    let pid_file = w.join("app").join("child.pid");
+    assert!(wait_file(&pid_file));
+    let pid = std::fs::read_to_string(&pid_file)?.trim().to_string();
+    // An open event stream must not hold the shutdown up.
+    let url = srv.u(&format!("/api/runs/{run}/events"));
+    let reader = std::thread::spawn(move || events(&url, None, None).map(|(e, _)| e.len()).ok());
+    std::thread::sleep(Duration::from_millis(300));
+    let code = srv.stop();
+    assert_eq!(code, Some(0), "the server exits cleanly");
+    assert!(reader.join().ok().flatten().is_some(), "the stream ended");
+    assert!(!pid_alive(&pid), "the run's child {pid} survived");
+    let runs = sb.nestr(&w, &["runs", "--json"]).ok().json();
+    let row = runs
+        .as_array()
+        .ok_or("runs")?
+        .iter()
+        .find(|r| r["id"] == run.as_str())
+        .ok_or("run")?
+        .clone();
+    assert_eq!(row["status"], "cancelled", "{row}");
+    Ok(())
+}
+
+#[test]
+fn sync_and_assemble_are_runs_with_a_step_per_repository() -> TestResult {
+    let sb = Sandbox::new();
+    let w = ws(&sb, &[("a", &[], "echo hi")], "");
+    let second = sb.remote("lib");
+    let m = std::fs::read_to_string(w.join("nestr.toml"))?
+        + &format!("\n[repos.lib]\nurl = \"{}\"\n", second.url());
+    std::fs::write(w.join("nestr.toml"), m)?;
+    second.push_commit("new work");
+    let srv = Server::start(&sb, &w, &[])?;
+    let r = post_json(&srv.u("/api/operations/assemble"), "")?;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let assemble = r.json()["run_id"].as_str().ok_or("id")?.to_string();
+    assert_eq!(
+        wait_run_status(&srv, &assemble, Duration::from_secs(60))?,
+        "succeeded"
+    );
+    let row = get(&srv.u(&format!("/api/runs/{assemble}")))?.json();
+    let steps: HashMap<String, String> = row["steps"]
+        .as_array()
+        .ok_or("steps")?
+        .iter()
+        .map(|s| {
+            (
+                s["service"].as_str().unwrap_or("").to_string(),
+                s["summary"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps.get("lib").map(String::as_str),
+        Some("cloned"),
+        "{row}"
+    );
+    assert_eq!(
+        steps.get("app").map(String::as_str),
+        Some("up to date"),
+        "{row}"
+    );
+    second.push_commit("more work");
+    let r = post_json(&srv.u("/api/operations/sync"), r#"{"atomic": true}"#)?;
+    let sync = r.json()["run_id"].as_str().ok_or("id")?.to_string();
+    let (evs, ended) = events(&srv.u(&format!("/api/runs/{sync}/events")), None, None)?;
+    assert!(ended);
+    assert!(
+        log_texts(&evs).iter().any(|l| l.starts_with("lib:updated")),
+        "{evs:?}"
+    );
+    let page = get(&srv.u("/api/runs?operation=sync"))?.json();
+    assert_eq!(page["runs"].as_array().map(Vec::len), Some(1));
+    assert_eq!(page["runs"][0]["id"], sync.as_str());
+    // Paging: one run per page, newest first, every run once.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let url = match &cursor {
+            Some(c) => srv.u(&format!("/api/runs?limit=1&cursor={c}")),
+            None => srv.u("/api/runs?limit=1"),
+        };
+        let page = get(&url)?.json();
+        seen.extend(
+            page["runs"]
+                .as_array()
+                .ok_or("runs")?
+                .iter()
+                .map(|r| r["operation"].as_str().unwrap_or("").to_string()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_string()),
+            None => break,
+        }
+    }
+    // The sandbox's own `nestr assemble`, then the two over HTTP.
+    assert_eq!(seen, vec!["sync", "assemble", "assemble"]);
+    let metrics = get(&srv.u("/metrics"))?.body;
+    assert!(
+        metrics.contains("nestr_runs_total{operation=\"sync\",status=\"succeeded\"} 1"),
+        "{metrics}"
+    );
+    Ok(())
+}
+
+/// Target folder for the provisioned tools.
+fn tools_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/api-tools")
+}
+
+fn tools() -> Result<HashMap<String, String>, Box<dyn std::error::Error>> {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/api-tools.sh");
+    let out = Command::new("bash").arg(script).arg(tools_dir()).output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "api-tools.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8(out.stdout)?
+        .lines()
+        .filter_map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect())
+}
+
+#[test]
+fn metrics_pass_promtool_and_the_spec_holds_under_schemathesis() -> TestResult {
+    let tools = tools()?;
+    let sb = Sandbox::new();
+    let w = ws(
+        &sb,
+        &[("a", &[], "echo built a"), ("b", &["a"], "echo built b")],
+        "",
+    );
+    let srv = Server::start(&sb, &w, &["--rate-limit", "0"])?;
+    let run = start_run(&srv, r#"{"operation":"op"}"#)?;
+    let (_, ended) = events(&srv.u(&format!("/api/runs/{run}/events")), None, None)?;
+    assert!(ended);
+    let metrics = get(&srv.u("/metrics"))?.body;
+    for name in [
+        "http_requests_total",
+        "http_request_duration_seconds",
+        "http_requests_in_flight",
+        "nestr_runs_total",
+        "nestr_runs_active",
+        "nestr_step_duration_seconds",
+        "nestr_plugin_instantiate_seconds",
+        "process_resident_memory_bytes",
+    ] {
+        assert!(metrics.contains(name), "{name} missing");
+    }
+    assert!(
+        metrics.contains("route=\"/api/runs/{id}/events\""),
+        "routes are templates"
+    );
+    let mut promtool = Command::new(&tools["promtool"])
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    std::io::Write::write_all(
+        &mut promtool.stdin.take().ok_or("stdin")?,
+        metrics.as_bytes(),
+    )?;
+    let out = promtool.wait_with_output()?;
+    assert!(
+        out.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // From here on the API needs a token (the server notices new tokens at once).
+    let token = sb
+        .nestr(&w, &["token", "create", "--scope", "write"])
+        .ok()
+        .stdout
+        .trim()
+        .to_string();
+    let out = Command::new(&tools["st"])
+        .current_dir(sb.path())
+        .env("SCHEMATHESIS_HOOKS", "")
+        .args([
+            "run",
+            &srv.u("/api/openapi.json"),
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "--checks",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,ignored_auth,missing_required_header",
+            "--phases",
+            "examples,coverage,fuzzing,stateful",
+            "--max-examples",
+            "40",
+            "--seed",
+            "1",
+            "--no-color",
+        ])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "schemathesis found problems:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
