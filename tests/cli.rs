@@ -212,7 +212,8 @@ fn demo_builds_a_workspace_and_runs_again() -> TestResult {
         .iter()
         .filter_map(|r| r["operation"].as_str())
         .collect();
-    assert_eq!(ops, ["deploy", "test", "build"]);
+    // Assemble and sync are recorded as runs too.
+    assert_eq!(ops, ["deploy", "test", "build", "sync", "assemble"]);
     assert!(
         runs.as_array()
             .is_some_and(|a| a.iter().all(|r| r["status"] == "succeeded")),

@@ -33,7 +33,7 @@ fn steps(ws: &Path) -> Vec<(String, String, Option<i64>, Option<i64>)> {
     let conn = rusqlite::Connection::open(ws.join(".nestr/state.db")).expect("db");
     let run: String = conn
         .query_row(
-            "SELECT id FROM runs ORDER BY created_at DESC, id DESC LIMIT 1",
+            "SELECT id FROM runs WHERE operation = 'op' ORDER BY created_at DESC, id DESC LIMIT 1",
             [],
             |r| r.get(0),
         )
@@ -229,7 +229,13 @@ fn selection_by_tag_with_deps_and_dependents_and_dry_run() -> TestResult {
 
 fn steps_count(ws: &Path) -> i64 {
     rusqlite::Connection::open(ws.join(".nestr/state.db"))
-        .and_then(|c| c.query_row("SELECT count(*) FROM runs", [], |r| r.get(0)))
+        .and_then(|c| {
+            c.query_row(
+                "SELECT count(*) FROM runs WHERE operation = 'op'",
+                [],
+                |r| r.get(0),
+            )
+        })
         .unwrap_or(0)
 }
 
@@ -361,7 +367,7 @@ pub fn kill_nine_rounds(rounds: usize) -> TestResult {
     std::thread::sleep(Duration::from_millis(100));
     let conn = rusqlite::Connection::open(ws.join(".nestr/state.db"))?;
     let runs: Vec<String> = conn
-        .prepare("SELECT id FROM runs")?
+        .prepare("SELECT id FROM runs WHERE operation = 'op'")?
         .query_map([], |r| r.get(0))?
         .collect::<Result<_, _>>()?;
     assert_eq!(runs.len(), rounds);
@@ -400,7 +406,7 @@ fn newest_step(ws: &Path) -> (i64, i64) {
 fn latest_run(ws: &Path) -> Result<String, Box<dyn std::error::Error>> {
     let conn = rusqlite::Connection::open(ws.join(".nestr/state.db"))?;
     Ok(conn.query_row(
-        "SELECT id FROM runs ORDER BY created_at DESC, id DESC LIMIT 1",
+        "SELECT id FROM runs WHERE operation = 'op' ORDER BY created_at DESC, id DESC LIMIT 1",
         [],
         |r| r.get(0),
     )?)
@@ -496,8 +502,14 @@ fn grouped_output_and_pruning_old_runs() -> TestResult {
     for _ in 0..4 {
         sb.nestr(&ws, &["run", "op", "-q"]).ok();
     }
-    let all = sb.nestr(&ws, &["runs", "--json"]).ok().json();
+    let all = sb
+        .nestr(&ws, &["runs", "--json", "--operation", "op"])
+        .ok()
+        .json();
     assert_eq!(all.as_array().map(Vec::len), Some(5));
+    // The sandbox's `nestr assemble` is a run too.
+    let everything = sb.nestr(&ws, &["runs", "--json"]).ok().json();
+    assert_eq!(everything.as_array().map(Vec::len), Some(6));
     let oldest = all[4]["id"].as_str().ok_or("id")?.to_string();
     sb.nestr(&ws, &["runs", "prune", "--keep", "2"]).ok();
     let kept = sb.nestr(&ws, &["runs", "--json"]).ok().json();

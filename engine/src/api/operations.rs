@@ -20,7 +20,7 @@ use crate::scheduler::{ContinueMode, RunOptions, Selection};
 use crate::workspace::Workspace;
 
 /// `POST /api/operations/run`.
-#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunRequest {
     /// The operation (`build`, `test`, `deploy`, or any the manifest defines).
@@ -108,20 +108,6 @@ fn parse<T: DeserializeOwned + Default>(
 fn unknown_field(msg: &str) -> Option<String> {
     let rest = msg.split_once("field `")?.1;
     Some(rest.split_once('`')?.0.to_string())
-}
-
-impl Default for RunRequest {
-    fn default() -> Self {
-        RunRequest {
-            operation: String::new(),
-            services: Vec::new(),
-            tags: Vec::new(),
-            with_deps: false,
-            with_dependents: false,
-            concurrency: None,
-            continue_mode: None,
-        }
-    }
 }
 
 /// What a launched thread runs.

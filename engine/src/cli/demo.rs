@@ -16,6 +16,17 @@ pub struct DemoArgs {
     /// Folder to create the demo in (replaced if it holds an earlier demo).
     #[arg(long, value_name = "DIR", default_value = "nestr-demo")]
     pub dir: PathBuf,
+    /// Then serve the HTTP API over the demo workspace (until Ctrl-C).
+    #[arg(long)]
+    pub serve: bool,
+    /// Where `--serve` listens.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:7878",
+        requires = "serve"
+    )]
+    pub bind: std::net::SocketAddr,
 }
 
 const MARKER: &str = ".nestr-demo";
@@ -257,6 +268,27 @@ pub fn run(args: DemoArgs, ui: &Ui) -> Result<ExitCode, CliError> {
         ui.paint(Tone::Good, "Done."),
         ws = ws_dir.display()
     );
+    if args.serve {
+        heading(
+            ui,
+            "nestr serve   (the same workspace over HTTP; Ctrl-C stops it)",
+        );
+        let u = format!("http://{}", args.bind);
+        println!(
+            "Try:\n  curl -s {u}/api/services\n  curl -s -X POST -H 'content-type: application/json' -d '{{\"operation\":\"build\"}}' {u}/api/operations/run\n  curl -sN {u}/api/runs/RUN/events\n  curl -s {u}/metrics\n"
+        );
+        let serve = super::serve::ServeArgs {
+            bind: args.bind,
+            rate_limit: None,
+            cors_origins: Vec::new(),
+            body_limit: 1024 * 1024,
+            request_timeout: std::time::Duration::from_secs(30),
+        };
+        // The deploy receiver stays up while the server runs, so deploys over the API work.
+        let served = super::serve::serve_workspace(&mut ws, serve, ui);
+        drop(receiver);
+        return served;
+    }
     Ok(ExitCode::Ok)
 }
 

@@ -17,6 +17,12 @@ pub struct RunsArgs {
     /// How many runs to list, newest first.
     #[arg(long, default_value_t = 20)]
     pub limit: usize,
+    /// Only runs of this operation (`build`, `sync`, `assemble`, …).
+    #[arg(long, value_name = "OP")]
+    pub operation: Option<String>,
+    /// Only runs with this status.
+    #[arg(long, value_parser = ["running", "succeeded", "failed", "cancelled", "interrupted"])]
+    pub status: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -53,7 +59,12 @@ pub fn run(ws: &mut Workspace, args: RunsArgs, ui: &Ui) -> Result<ExitCode, CliE
     let store = ws.store()?;
     match args.command {
         None => {
-            let runs = store.list_runs(args.limit)?;
+            let filter = crate::store::RunFilter {
+                status: args.status,
+                operation: args.operation,
+                before: None,
+            };
+            let runs = store.list_runs_page(&filter, args.limit)?;
             if args.json {
                 return print_json(&runs);
             }

@@ -32,10 +32,12 @@ pub struct RepoRun<'a> {
     state: Mutex<State>,
 }
 
+/// A repository's step: (repo, step id, when it started: Unix ms and instant).
+type RepoStep = (String, i64, Option<(i64, Instant)>);
+
 struct State {
     store: Store,
-    /// (repo, step id, started at)
-    steps: Vec<(String, i64, Option<(i64, Instant)>)>,
+    steps: Vec<RepoStep>,
     failed: bool,
     /// Repositories whose step could not be recorded (logged once).
     broken: HashSet<String>,
