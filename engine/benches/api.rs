@@ -1,0 +1,323 @@
+//! Benchmark of the HTTP API under load (`cargo bench --bench api`), with `wrk` (Debian package
+//! `wrk`) on the same machine, 64 connections, NESTR_BENCH_SECS (default 30) seconds each:
+//! - `GET /health`;
+//! - `GET /api/services` on a 1,000-service workspace (the default page of 100, and all 1,000);
+//! - `GET /api/runs/{id}/logs` (a page of 1,000 lines) of a stored 100,000-line run;
+//! - a minimal axum hello-world in this process, measured in the same run, as the ceiling;
+//! - `/api/services` again while two runs execute (errors must be zero).
+//!
+//! The server is the release `nestr serve --rate-limit 0`; its RSS is sampled before and after
+//! every load.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+
+const REPOS: usize = 20;
+const PER_REPO: usize = 50;
+
+fn git(dir: &Path, args: &[&str]) -> Result<()> {
+    let out = Command::new("git")
+        .current_dir(dir)
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .args([
+            "-c",
+            "user.name=b",
+            "-c",
+            "user.email=b@b",
+            "-c",
+            "init.defaultBranch=main",
+        ])
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(())
+}
+
+fn nestr(ws: &Path, args: &[&str]) -> Result<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_nestr"))
+        .current_dir(ws)
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        return Err(format!("nestr {args:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
+    }
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// What wrk reported.
+struct Load {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    errors: u64,
+    requests: u64,
+}
+
+fn ms(v: &str) -> f64 {
+    let num: f64 = v
+        .trim_end_matches(|c: char| c.is_ascii_alphabetic())
+        .parse()
+        .unwrap_or(f64::NAN);
+    if v.ends_with("us") {
+        num / 1000.0
+    } else if v.ends_with("ms") {
+        num
+    } else if v.ends_with('s') {
+        num * 1000.0
+    } else {
+        num
+    }
+}
+
+fn wrk(url: &str, secs: u64) -> Result<Load> {
+    let out = Command::new("wrk")
+        .args(["-t2", "-c64", &format!("-d{secs}s"), "--latency", url])
+        .output()
+        .map_err(|e| format!("wrk is needed (apt-get install wrk): {e}"))?;
+    let text = String::from_utf8(out.stdout)?;
+    let find = |prefix: &str| {
+        text.lines()
+            .map(str::trim)
+            .find(|l| l.starts_with(prefix))
+            .map(|l| l.split_whitespace().map(str::to_string).collect::<Vec<_>>())
+    };
+    let rps = find("Requests/sec:")
+        .and_then(|v| v.get(1)?.parse().ok())
+        .ok_or(format!("no rate in\n{text}"))?;
+    let p50 = find("50%")
+        .and_then(|v| v.get(1).map(|s| ms(s)))
+        .unwrap_or(f64::NAN);
+    let p99 = find("99%")
+        .and_then(|v| v.get(1).map(|s| ms(s)))
+        .unwrap_or(f64::NAN);
+    let requests = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0);
+    let mut errors = 0;
+    if let Some(v) = find("Non-2xx or 3xx responses:") {
+        errors += v.last().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+    }
+    if let Some(v) = find("Socket errors:") {
+        errors += v
+            .iter()
+            .filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok())
+            .sum::<u64>();
+    }
+    Ok(Load {
+        rps,
+        p50_ms: p50,
+        p99_ms: p99,
+        errors,
+        requests,
+    })
+}
+
+struct Server {
+    child: Child,
+    url: String,
+    /// Kept open: the server wrote its start-up line there.
+    _stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `nestr serve` on a free loopback port (rate limit off for the load).
+fn serve(ws: &Path) -> Result<Server> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nestr"))
+        .current_dir(ws)
+        .args(["serve", "--bind", "127.0.0.1:0", "--rate-limit", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut stdout = BufReader::new(child.stdout.take().ok_or("stdout")?);
+    let mut line = String::new();
+    stdout.read_line(&mut line)?;
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .ok_or_else(|| format!("no address in {line:?}"))?
+        .to_string();
+    Ok(Server {
+        child,
+        url,
+        _stdout: stdout,
+    })
+}
+
+fn post(url: &str, body: &str) -> Result<String> {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-X",
+            "POST",
+            "-H",
+            "content-type: application/json",
+            "-d",
+            body,
+            url,
+        ])
+        .output()?;
+    Ok(String::from_utf8(out.stdout)?)
+}
+
+fn main() -> Result<()> {
+    let secs: u64 = std::env::var("NESTR_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(30);
+    let tmp = tempfile::tempdir()?;
+    let root = tmp.path();
+    let mut manifest = String::from("[workspace]\nname = \"big\"\n");
+    for r in 0..REPOS {
+        let src = root.join(format!("src/r{r:02}"));
+        std::fs::create_dir_all(&src)?;
+        git(&src, &["init", "-q"])?;
+        for s in 0..PER_REPO {
+            let dir = src.join(format!("svc{s:02}"));
+            std::fs::create_dir_all(&dir)?;
+            std::fs::write(dir.join("README"), "service\n")?;
+        }
+        git(&src, &["add", "-A"])?;
+        git(&src, &["commit", "-qm", "init"])?;
+        manifest.push_str(&format!("\n[repos.r{r:02}]\nurl = \"{}\"\n", src.display()));
+        for s in 0..PER_REPO {
+            let deps = if s > 0 {
+                format!("depends_on = [\"r{r:02}-s{:02}\"]\n", s - 1)
+            } else {
+                String::new()
+            };
+            manifest.push_str(&format!(
+                "\n[services.r{r:02}-s{s:02}]\nrepo = \"r{r:02}\"\npath = \"svc{s:02}\"\ntags = [\"team-{}\"]\n{deps}",
+                r % 4
+            ));
+        }
+    }
+    manifest.push_str(
+        "\n[operations.lines]\nplugin = \"command\"\nconfig = { run = [[\"sh\", \"-c\", \"seq 1 100000 | sed 's/^/log line number /'\"]] }\n\
+         \n[operations.slow]\nplugin = \"command\"\nconfig = { run = [[\"sh\", \"-c\", \"for i in $(seq 1 600); do echo tick $i; sleep 0.1; done\"]] }\n\
+         \n[plugins.command]\ngrants = { exec = [\"sh\"], env = [\"PATH\"], output_mb = 64, timeout = \"10m\" }\n",
+    );
+    let ws = root.join("ws");
+    std::fs::create_dir_all(&ws)?;
+    std::fs::write(ws.join("nestr.toml"), &manifest)?;
+    nestr(&ws, &["-q", "assemble", "-j", "4"])?;
+    // A stored run of 100,000 lines (one step), with its history.
+    nestr(&ws, &["-q", "run", "lines", "-s", "r00-s00"])?;
+    let runs: serde_json::Value =
+        serde_json::from_str(&nestr(&ws, &["runs", "--json", "--operation", "lines"])?)?;
+    let run_id = runs[0]["id"].as_str().ok_or("no run")?.to_string();
+
+    // The ceiling: a minimal axum server in this process.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let hello = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok::<_, std::io::Error>(addr)
+    })?;
+
+    let srv = serve(&ws)?;
+    let pid = srv.child.id();
+    let u = |p: &str| format!("{}{p}", srv.url);
+    // Warm up (first requests compile nothing, but fill caches).
+    for p in ["/health", "/api/services", "/api/services?limit=1000"] {
+        Command::new("curl")
+            .args(["-sf", "-o", "/dev/null", &u(p)])
+            .status()?;
+    }
+    let logs = format!("/api/runs/{run_id}/logs?limit=1000&after=0.49000");
+    let check = Command::new("curl").args(["-s", &u(&logs)]).output()?;
+    let page: serde_json::Value = serde_json::from_slice(&check.stdout)?;
+    if page["lines"].as_array().map(Vec::len) != Some(1000) {
+        return Err(format!(
+            "the logs page is not 1,000 lines: {}",
+            String::from_utf8_lossy(&check.stdout)
+        )
+        .into());
+    }
+
+    println!(
+        "wrk -t2 -c64 -d{secs}s --latency, nestr serve (release) vs axum hello-world in one run\n"
+    );
+    println!("| endpoint | req/s | p50 | p99 | errors | vs hello-world | RSS before → after |");
+    println!("|---|---|---|---|---|---|---|");
+    let ceiling = wrk(&format!("http://{hello}/"), secs)?;
+    println!(
+        "| axum hello-world (ceiling) | {:.0} | {:.2} ms | {:.2} ms | {} | 1.00× | - |",
+        ceiling.rps, ceiling.p50_ms, ceiling.p99_ms, ceiling.errors
+    );
+    let mut peak_growth = 0i64;
+    let mut row = |name: &str, path: &str| -> Result<Load> {
+        let before = rss_kib(pid);
+        let l = wrk(&u(path), secs)?;
+        let after = rss_kib(pid);
+        peak_growth = peak_growth.max(after as i64 - before as i64);
+        println!(
+            "| {name} | {:.0} | {:.2} ms | {:.2} ms | {} | {:.2}× | {:.1} → {:.1} MiB |",
+            l.rps,
+            l.p50_ms,
+            l.p99_ms,
+            l.errors,
+            l.rps / ceiling.rps,
+            before as f64 / 1024.0,
+            after as f64 / 1024.0
+        );
+        Ok(l)
+    };
+    row("GET /health", "/health")?;
+    row("GET /api/services (page of 100 of 1,000)", "/api/services")?;
+    row(
+        "GET /api/services?limit=1000 (all 1,000)",
+        "/api/services?limit=1000",
+    )?;
+    row("GET /api/runs/{id}/logs (1,000 of 100k lines)", &logs)?;
+    // Two runs executing while the load goes on.
+    let a = post(
+        &u("/api/operations/run"),
+        r#"{"operation":"slow","services":["r01-s00"]}"#,
+    )?;
+    let b = post(
+        &u("/api/operations/run"),
+        r#"{"operation":"slow","services":["r02-s00"]}"#,
+    )?;
+    if !a.contains("run_id") || !b.contains("run_id") {
+        return Err(format!("runs did not start: {a} {b}").into());
+    }
+    let busy = row("GET /api/services with 2 runs executing", "/api/services")?;
+    println!(
+        "\nrequests during the two runs: {}, errors: {}; largest RSS growth over one load: {} KiB",
+        busy.requests, busy.errors, peak_growth
+    );
+    drop(srv);
+    drop(rt);
+    Ok(())
+}
