@@ -254,16 +254,23 @@ fn main() -> Result<()> {
             .args(["-sf", "-o", "/dev/null", &u(p)])
             .status()?;
     }
-    let logs = format!("/api/runs/{run_id}/logs?limit=1000&after=0.49000");
-    let check = Command::new("curl").args(["-s", &u(&logs)]).output()?;
-    let page: serde_json::Value = serde_json::from_slice(&check.stdout)?;
-    if page["lines"].as_array().map(Vec::len) != Some(1000) {
-        return Err(format!(
-            "the logs page is not 1,000 lines: {}",
-            String::from_utf8_lossy(&check.stdout)
-        )
-        .into());
+    // A page from the middle of the log: follow `next` cursors to line ~50,000.
+    let mut after = String::new();
+    for _ in 0..50 {
+        let path = format!("/api/runs/{run_id}/logs?limit=1000{after}");
+        let out = Command::new("curl").args(["-s", &u(&path)]).output()?;
+        let page: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+        if page["lines"].as_array().map(Vec::len) != Some(1000) {
+            return Err(format!(
+                "a logs page is not 1,000 lines: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+            .into());
+        }
+        after = format!("&after={}", page["next"].as_str().ok_or("no next")?);
     }
+    let logs = format!("/api/runs/{run_id}/logs?limit=1000{after}");
+    let step_logs = format!("/api/runs/{run_id}/logs?service=r00-s00&after=50000&limit=1000");
 
     println!(
         "wrk -t2 -c64 -d{secs}s --latency, nestr serve (release) vs axum hello-world in one run\n"
@@ -299,7 +306,14 @@ fn main() -> Result<()> {
         "GET /api/services?limit=1000 (all 1,000)",
         "/api/services?limit=1000",
     )?;
-    row("GET /api/runs/{id}/logs (1,000 of 100k lines)", &logs)?;
+    row(
+        "GET /api/runs/{id}/logs (1,000 lines from line 50,000 of 100k)",
+        &logs,
+    )?;
+    row(
+        "GET /api/runs/{id}/logs?service= (same, by step sequence)",
+        &step_logs,
+    )?;
     // Two runs executing while the load goes on.
     let a = post(
         &u("/api/operations/run"),
@@ -313,6 +327,7 @@ fn main() -> Result<()> {
         return Err(format!("runs did not start: {a} {b}").into());
     }
     let busy = row("GET /api/services with 2 runs executing", "/api/services")?;
+    row("GET /api/services again (RSS once warm)", "/api/services")?;
     println!(
         "\nrequests during the two runs: {}, errors: {}; largest RSS growth over one load: {} KiB",
         busy.requests, busy.errors, peak_growth

@@ -38,7 +38,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use error::{ApiError, ErrorBody};
-pub use state::{AppState, ServeConfig};
+pub use state::{AppState, BLOCKING_THREADS, ServeConfig};
 
 /// A query string the handler could not read → 400 naming the parameter.
 fn bad_query(e: QueryRejection) -> ApiError {

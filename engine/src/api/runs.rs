@@ -168,6 +168,9 @@ fn parse_after(s: &str) -> Option<After> {
     }
 }
 
+/// Log chunks read per query when paging a run's log.
+const LOG_CHUNK_BATCH: usize = 8;
+
 /// Log lines of a run (or of one service's step), in order, paginated by sequence.
 #[utoipa::path(get, path = "/api/runs/{id}/logs", tag = "runs",
     params(("id" = String, Path, description = "Run id"), LogsQuery),
@@ -258,8 +261,9 @@ pub async fn logs(
             let mut next = None;
             let mut from = from_chunk;
             'pages: loop {
-                let chunks = s.run_chunks_from(&run_id, from, 256)?;
-                let full = chunks.len() == 256;
+                // Chunks can hold many lines: read a few at a time, only as many as the page needs.
+                let chunks = s.run_chunks_from(&run_id, from, LOG_CHUNK_BATCH)?;
+                let full = chunks.len() == LOG_CHUNK_BATCH;
                 for (cid, chunk) in &chunks {
                     for line in chunk.lines() {
                         if *cid == from_chunk && line.seq <= after_seq {

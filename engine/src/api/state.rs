@@ -57,8 +57,11 @@ struct Pool {
     idle: Mutex<Vec<Store>>,
 }
 
-/// Idle connections kept; more are opened under load and closed after.
-const POOL_IDLE: usize = 8;
+/// Threads for blocking work (store, git) in `nestr serve`'s runtime.
+pub const BLOCKING_THREADS: usize = 32;
+
+/// Idle connections kept (as many as blocking threads can use at once).
+const POOL_IDLE: usize = BLOCKING_THREADS;
 
 /// The shared state of the server; cheap to clone.
 #[derive(Clone)]

@@ -76,6 +76,9 @@ pub(super) fn serve_workspace(
         ..ServeConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
+        // Store and git work runs on the blocking pool; bounding it bounds memory under load
+        // (requests beyond it wait their turn).
+        .max_blocking_threads(api::BLOCKING_THREADS)
         .enable_all()
         .build()
         .map_err(|e| CliError::usage(format!("cannot start the async runtime: {e}")))?;
