@@ -761,6 +761,57 @@ fn limits_and_malformed_requests_get_json_errors() -> TestResult {
 }
 
 #[test]
+fn ready_is_503_while_the_store_is_not_this_servers_schema() -> TestResult {
+    let sb = Sandbox::new();
+    let w = ws(&sb, &[("a", &[], "echo hi")], "");
+    let srv = Server::start(&sb, &w, &[])?;
+    assert_eq!(get(&srv.u("/ready"))?.status, 200);
+    let db = rusqlite::Connection::open(w.join(".nestr").join("state.db"))?;
+    let version: i64 = db.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    // As if a newer nestr had migrated it.
+    db.execute_batch(&format!("PRAGMA user_version = {}", version + 5))?;
+    let r = get(&srv.u("/ready"))?;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (503, "not_ready".into()),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        get(&srv.u("/health"))?.status,
+        200,
+        "the process is still up"
+    );
+    db.execute_batch(&format!("PRAGMA user_version = {version}"))?;
+    assert_eq!(get(&srv.u("/ready"))?.status, 200);
+    Ok(())
+}
+
+#[test]
+fn a_client_too_slow_to_send_its_headers_is_cut_off() -> TestResult {
+    let sb = Sandbox::new();
+    let w = ws(&sb, &[("a", &[], "echo hi")], "");
+    let srv = Server::start(&sb, &w, &["--header-timeout", "1s"])?;
+    let addr = srv.url.trim_start_matches("http://").to_string();
+    let mut sock = std::net::TcpStream::connect(&addr)?;
+    sock.set_read_timeout(Some(Duration::from_secs(20)))?;
+    std::io::Write::write_all(&mut sock, b"GET /health HTTP/1.1\r\nhost: x\r\n")?;
+    let started = Instant::now();
+    let mut buf = Vec::new();
+    // The server answers 408 or just closes; either way the connection ends, without a 200.
+    let _ = std::io::Read::read_to_end(&mut sock, &mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the connection was kept open"
+    );
+    assert!(!text.contains("200 OK"), "{text}");
+    // A prompt client on another connection is served meanwhile and after.
+    assert_eq!(get(&srv.u("/health"))?.status, 200);
+    Ok(())
+}
+
+#[test]
 fn cors_preflight_allows_listed_origins_only() -> TestResult {
     let sb = Sandbox::new();
     let w = ws(

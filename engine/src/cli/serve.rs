@@ -29,6 +29,9 @@ pub struct ServeArgs {
     /// Longest a request may take (event streams excepted), e.g. 30s.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
     pub request_timeout: Duration,
+    /// Longest a client may take to send its request headers (slow clients are cut off).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_timeout: Duration,
 }
 
 /// Runs the server over the workspace at `at` (also used by `nestr demo --serve`).
@@ -73,7 +76,7 @@ pub(super) fn serve_workspace(
         cors_origins,
         body_limit: args.body_limit,
         request_timeout: args.request_timeout,
-        ..ServeConfig::default()
+        header_timeout: args.header_timeout,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         // Store and git work runs on the blocking pool; bounding it bounds memory under load
