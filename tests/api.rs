@@ -318,6 +318,12 @@ fn seed_endpoints_answer_json_with_request_ids_and_security_headers() -> TestRes
     let repos = get(&srv.u("/api/repos"))?.json();
     assert_eq!(repos[0]["name"], "app");
     assert_eq!(repos[0]["state"], "clean");
+    // The `nestr status --json` fields, plus the last sync.
+    let status = sb.nestr(&w, &["status", "--json"]).ok().json();
+    for (k, v) in status[0].as_object().ok_or("status row")? {
+        assert_eq!(&repos[0][k], v, "field {k}");
+    }
+    assert_eq!(repos[0]["last_sync_result"], "cloned");
     let services = get(&srv.u("/api/services"))?.json();
     let b = &services["services"][1];
     assert_eq!(

@@ -13,30 +13,14 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+mod common;
 
-const REPOS: usize = 20;
-const PER_REPO: usize = 50;
+use common::{Result, big_workspace};
 
-fn git(dir: &Path, args: &[&str]) -> Result<()> {
-    let out = Command::new("git")
-        .current_dir(dir)
-        .env("GIT_CONFIG_GLOBAL", "/dev/null")
-        .args([
-            "-c",
-            "user.name=b",
-            "-c",
-            "user.email=b@b",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args)
-        .output()?;
-    if !out.status.success() {
-        return Err(format!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr)).into());
-    }
-    Ok(())
-}
+/// Operations and grants of the benchmark's workspace.
+const TAIL: &str = "\n[operations.lines]\nplugin = \"command\"\nconfig = { run = [[\"sh\", \"-c\", \"seq 1 100000 | sed 's/^/log line number /'\"]] }\n\
+         \n[operations.slow]\nplugin = \"command\"\nconfig = { run = [[\"sh\", \"-c\", \"for i in $(seq 1 600); do echo tick $i; sleep 0.1; done\"]] }\n\
+         \n[plugins.command]\ngrants = { exec = [\"sh\"], env = [\"PATH\"], output_mb = 64, timeout = \"10m\" }\n";
 
 fn nestr(ws: &Path, args: &[&str]) -> Result<String> {
     let out = Command::new(env!("CARGO_BIN_EXE_nestr"))
@@ -192,40 +176,19 @@ fn main() -> Result<()> {
         .unwrap_or(30);
     let tmp = tempfile::tempdir()?;
     let root = tmp.path();
-    let mut manifest = String::from("[workspace]\nname = \"big\"\n");
-    for r in 0..REPOS {
-        let src = root.join(format!("src/r{r:02}"));
-        std::fs::create_dir_all(&src)?;
-        git(&src, &["init", "-q"])?;
-        for s in 0..PER_REPO {
-            let dir = src.join(format!("svc{s:02}"));
-            std::fs::create_dir_all(&dir)?;
-            std::fs::write(dir.join("README"), "service\n")?;
-        }
-        git(&src, &["add", "-A"])?;
-        git(&src, &["commit", "-qm", "init"])?;
-        manifest.push_str(&format!("\n[repos.r{r:02}]\nurl = \"{}\"\n", src.display()));
-        for s in 0..PER_REPO {
+    let ws = big_workspace(
+        root,
+        |r, s| {
             let deps = if s > 0 {
                 format!("depends_on = [\"r{r:02}-s{:02}\"]\n", s - 1)
             } else {
                 String::new()
             };
-            manifest.push_str(&format!(
-                "\n[services.r{r:02}-s{s:02}]\nrepo = \"r{r:02}\"\npath = \"svc{s:02}\"\ntags = [\"team-{}\"]\n{deps}",
-                r % 4
-            ));
-        }
-    }
-    manifest.push_str(
-        "\n[operations.lines]\nplugin = \"command\"\nconfig = { run = [[\"sh\", \"-c\", \"seq 1 100000 | sed 's/^/log line number /'\"]] }\n\
-         \n[operations.slow]\nplugin = \"command\"\nconfig = { run = [[\"sh\", \"-c\", \"for i in $(seq 1 600); do echo tick $i; sleep 0.1; done\"]] }\n\
-         \n[plugins.command]\ngrants = { exec = [\"sh\"], env = [\"PATH\"], output_mb = 64, timeout = \"10m\" }\n",
-    );
-    let ws = root.join("ws");
-    std::fs::create_dir_all(&ws)?;
-    std::fs::write(ws.join("nestr.toml"), &manifest)?;
-    nestr(&ws, &["-q", "assemble", "-j", "4"])?;
+            format!("tags = [\"team-{}\"]\n{deps}", r % 4)
+        },
+        TAIL,
+    )?;
+
     // A stored run of 100,000 lines (one step), with its history.
     nestr(&ws, &["-q", "run", "lines", "-s", "r00-s00"])?;
     let runs: serde_json::Value =

@@ -11,37 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
+mod common;
 
-const REPOS: usize = 20;
-const PER_REPO: usize = 50;
-
-fn run(cmd: &mut Command) -> Result<()> {
-    let out = cmd.env("GIT_CONFIG_GLOBAL", "/dev/null").output()?;
-    if !out.status.success() {
-        return Err(format!(
-            "{cmd:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    Ok(())
-}
-
-fn git(dir: &Path, args: &[&str]) -> Result<()> {
-    run(Command::new("git")
-        .current_dir(dir)
-        .args([
-            "-c",
-            "user.name=b",
-            "-c",
-            "user.email=b@b",
-            "-c",
-            "init.defaultBranch=main",
-        ])
-        .args(args))
-}
+use common::{Result, big_workspace};
 
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
@@ -94,41 +66,17 @@ fn main() -> Result<()> {
     let root = tmp.path();
     let noop = Path::new(env!("NESTR_PLUGIN_WASM_DIR")).join("noop.wasm");
 
-    // 20 remotes with 50 service folders each.
-    let mut manifest = String::from("[workspace]\nname = \"big\"\n");
+    // 20 repositories with 50 service folders each.
     let mut folders: Vec<PathBuf> = Vec::new();
-    for r in 0..REPOS {
-        let src = root.join(format!("src/r{r:02}"));
-        std::fs::create_dir_all(&src)?;
-        git(&src, &["init", "-q"])?;
-        for s in 0..PER_REPO {
-            let dir = src.join(format!("svc{s:02}"));
-            std::fs::create_dir_all(&dir)?;
-            std::fs::write(dir.join("README"), "service\n")?;
-        }
-        git(&src, &["add", "-A"])?;
-        git(&src, &["commit", "-qm", "init"])?;
-        manifest.push_str(&format!("\n[repos.r{r:02}]\nurl = \"{}\"\n", src.display()));
-        for s in 0..PER_REPO {
-            manifest.push_str(&format!(
-                "\n[services.r{r:02}-s{s:02}]\nrepo = \"r{r:02}\"\npath = \"svc{s:02}\"\n"
-            ));
-        }
-    }
-    manifest.push_str(&format!(
+    let tail = format!(
         "\n[operations.noop]\nplugin = \"noop\"\n\n[operations.true]\nplugin = \"command\"\nconfig = {{ run = [[\"/bin/true\"]] }}\n\n\
          [operations.flood]\nplugin = \"command\"\nconfig = {{ run = [[\"sh\", \"-c\", \"yes 'a log line of the flood, 0123456789 abcdefghijklmnopqrstuvwxyz' | head -c 100000000\"]] }}\n\n\
          [plugins.noop]\npath = \"{}\"\n\n[plugins.command]\ngrants = {{ exec = [\"/bin/true\", \"sh\"], env = [\"PATH\"], output_mb = 200 }}\n",
         noop.display()
-    ));
-    let ws = root.join("ws");
-    std::fs::create_dir_all(&ws)?;
-    std::fs::write(ws.join("nestr.toml"), &manifest)?;
-    run(Command::new(env!("CARGO_BIN_EXE_nestr"))
-        .current_dir(&ws)
-        .args(["-q", "assemble", "-j", "4"]))?;
-    for r in 0..REPOS {
-        for s in 0..PER_REPO {
+    );
+    let ws = big_workspace(root, |_, _| String::new(), &tail)?;
+    for r in 0..common::REPOS {
+        for s in 0..common::PER_REPO {
             folders.push(ws.join(format!("r{r:02}/svc{s:02}")));
         }
     }

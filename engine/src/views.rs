@@ -144,11 +144,17 @@ pub struct RepoView {
     pub path: String,
     pub branch: Option<String>,
     pub head: Option<String>,
+    /// The upstream branch (`origin/main`), for branch checkouts.
+    pub upstream: Option<String>,
     /// clean, dirty, ahead, behind, diverged, detached, missing; null when unreadable.
     pub state: Option<crate::git::RepoState>,
     pub ahead: usize,
     pub behind: usize,
     pub dirty: bool,
+    /// Uncommitted changes: staged, modified (not staged) and untracked files.
+    pub staged: usize,
+    pub modified: usize,
+    pub untracked: usize,
     /// Last assemble/sync: when (Unix ms), its result and message.
     pub last_sync_at: Option<i64>,
     pub last_sync_result: Option<String>,
@@ -175,10 +181,14 @@ pub fn repos(
                 path: repo.path.to_string_lossy().into_owned(),
                 branch: None,
                 head: None,
+                upstream: None,
                 state: None,
                 ahead: 0,
                 behind: 0,
                 dirty: false,
+                staged: 0,
+                modified: 0,
+                untracked: 0,
                 last_sync_at: row.and_then(|r| r.last_sync_at),
                 last_sync_result: row
                     .and_then(|r| r.last_sync_result)
@@ -190,10 +200,14 @@ pub fn repos(
                 Ok(s) => {
                     v.branch = s.branch;
                     v.head = s.head;
+                    v.upstream = s.upstream;
                     v.state = Some(s.state);
                     v.ahead = s.ahead;
                     v.behind = s.behind;
                     v.dirty = s.dirty;
+                    v.staged = s.staged;
+                    v.modified = s.modified;
+                    v.untracked = s.untracked;
                 }
                 Err(e) => v.error = Some(crate::redact::text(&e)),
             }

@@ -85,16 +85,7 @@ impl Workspace {
             Some(s) => at.cwd.join(s),
             None => manifest.root.join(STATE_DIR),
         };
-        Ok(Workspace {
-            manifest,
-            state_dir,
-            store: None,
-            meta: RunMeta {
-                started_by: "cli".into(),
-                events: Events::default(),
-                run_id: None,
-            },
-        })
+        Ok(Workspace::with_manifest(manifest, state_dir))
     }
 
     /// A workspace over an already loaded manifest (the API server loads it once).

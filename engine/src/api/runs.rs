@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ErrorBody};
 use super::state::AppState;
-use crate::store::{RunFilter, RunRow, RunStatus, RunSummary, Stream};
+use crate::store::{LogLine, RunFilter, RunRow, RunStatus, RunSummary, Stream};
 
 /// A page of runs, newest first.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -126,6 +126,20 @@ pub struct ApiLogLine {
     pub text: String,
 }
 
+impl ApiLogLine {
+    fn new(l: LogLine, service: String) -> ApiLogLine {
+        ApiLogLine {
+            service,
+            step_id: l.step_id,
+            seq: l.seq,
+            at: l.at,
+            stream: l.stream,
+            level: l.level,
+            text: l.text,
+        }
+    }
+}
+
 /// A page of log lines.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LogPage {
@@ -227,15 +241,7 @@ pub async fn logs(
         let next = lines.last().map(|l| l.seq.to_string());
         let lines = lines
             .into_iter()
-            .map(|l| ApiLogLine {
-                service: service.clone(),
-                step_id: l.step_id,
-                seq: l.seq,
-                at: l.at,
-                stream: l.stream,
-                level: l.level,
-                text: l.text,
-            })
+            .map(|l| ApiLogLine::new(l, service.clone()))
             .collect();
         return Ok(Json(LogPage {
             run_id: run.id,
@@ -286,14 +292,9 @@ pub async fn logs(
         .await?;
     let lines = lines
         .into_iter()
-        .map(|(l, _)| ApiLogLine {
-            service: names.get(&l.step_id).cloned().unwrap_or_default(),
-            step_id: l.step_id,
-            seq: l.seq,
-            at: l.at,
-            stream: l.stream,
-            level: l.level,
-            text: l.text,
+        .map(|(l, _)| {
+            let service = names.get(&l.step_id).cloned().unwrap_or_default();
+            ApiLogLine::new(l, service)
         })
         .collect();
     Ok(Json(LogPage {

@@ -232,7 +232,7 @@ pub fn run(args: DemoArgs, ui: &Ui) -> Result<ExitCode, CliError> {
     super::status::run(&ws, super::status::StatusArgs { jobs, json: false }, ui)?;
 
     heading(ui, "nestr services");
-    super::services::run(&ws, super::services::ServicesArgs { json: false }, ui)?;
+    super::services::run(&mut ws, super::services::ServicesArgs { json: false }, ui)?;
 
     heading(ui, "nestr lock");
     super::lock::run(&ws, super::lock::LockArgs {}, ui)?;

@@ -125,7 +125,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Sync(args) => sync::run(&mut load(&location)?, args, &ui),
         Command::Status(args) => status::run(&load(&location)?, args, &ui),
         Command::Lock(args) => lock::run(&load(&location)?, args, &ui),
-        Command::Services(args) => services::run(&load(&location)?, args, &ui),
+        Command::Services(args) => services::run(&mut load(&location)?, args, &ui),
         Command::Run(args) => run::run(&mut load(&location)?, args, &ui),
         Command::Logs(args) => logs::run(&mut load(&location)?, args, &ui),
         Command::Runs(args) => runs::run(&mut load(&location)?, args, &ui),

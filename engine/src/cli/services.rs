@@ -6,11 +6,13 @@ use serde::Serialize;
 
 use super::render::{self, Tone, Ui};
 use super::{CliError, ExitCode};
+use crate::store::StepStatus;
 use crate::workspace::Workspace;
 
 #[derive(Debug, Args)]
 pub struct ServicesArgs {
-    /// Print a JSON array of objects: name, repo, path, depends_on, tags, operations.
+    /// Print a JSON array of objects: name, repo, path, depends_on, tags, operations,
+    /// last_status.
     #[arg(long)]
     pub json: bool,
 }
@@ -25,24 +27,40 @@ pub struct ServiceRow {
     pub tags: Vec<String>,
     /// Operation name → plugin.
     pub operations: indexmap::IndexMap<String, String>,
+    /// Operation name → status of its newest step on this service (null: never run).
+    pub last_status: indexmap::IndexMap<String, Option<StepStatus>>,
 }
 
-pub fn run(ws: &Workspace, args: ServicesArgs, ui: &Ui) -> Result<ExitCode, CliError> {
+pub fn run(ws: &mut Workspace, args: ServicesArgs, ui: &Ui) -> Result<ExitCode, CliError> {
+    // The history is read only if there is one: listing services creates no state.
+    let last = if ws.state_dir().join(crate::store::DB_FILE).exists() {
+        ws.store()?.last_step_statuses()?
+    } else {
+        std::collections::HashMap::new()
+    };
     let m = &ws.manifest;
     let rows: Vec<ServiceRow> = m
         .services
         .iter()
-        .map(|s| ServiceRow {
-            name: s.name.clone(),
-            repo: s.repo.clone(),
-            path: s.path.to_string_lossy().into_owned(),
-            depends_on: s.depends_on.clone(),
-            tags: s.tags.clone(),
-            operations: m
-                .operation_names(s)
-                .into_iter()
-                .filter_map(|op| m.operation(s, &op).map(|spec| (op, spec.plugin.clone())))
-                .collect(),
+        .map(|s| {
+            let v = crate::views::service_view(m, s, &last);
+            ServiceRow {
+                name: v.name,
+                repo: v.repo,
+                path: v.path,
+                depends_on: v.depends_on,
+                tags: v.tags,
+                operations: v
+                    .operations
+                    .iter()
+                    .map(|o| (o.name.clone(), o.plugin.clone()))
+                    .collect(),
+                last_status: v
+                    .operations
+                    .into_iter()
+                    .map(|o| (o.name, o.last_status))
+                    .collect(),
+            }
         })
         .collect();
     if args.json {
@@ -64,7 +82,10 @@ pub fn run(ws: &Workspace, args: ServicesArgs, ui: &Ui) -> Result<ExitCode, CliE
             let ops: Vec<String> = r
                 .operations
                 .iter()
-                .map(|(o, p)| format!("{o} ({p})"))
+                .map(|(o, p)| match r.last_status.get(o).copied().flatten() {
+                    Some(st) => format!("{o} ({p}, last {})", st.as_str()),
+                    None => format!("{o} ({p})"),
+                })
                 .collect();
             vec![
                 (r.name.clone(), Some(Tone::Bold)),
