@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ErrorBody};
 use super::state::AppState;
-use crate::store::{LogLine, RunFilter, RunRow, RunStatus, RunSummary, Stream};
+use crate::store::{LogLine, RunFilter, RunRow, RunStatus, RunSummary};
 
 /// A page of runs, newest first.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -112,32 +112,12 @@ pub async fn get(
     Ok(Json(find_run(&state, &id).await?))
 }
 
-/// A line of a run's log.
+/// A line of a run's log, with its service.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct ApiLogLine {
     pub service: String,
-    pub step_id: i64,
-    /// Position of the line in its step's log (from 0).
-    pub seq: i64,
-    /// When it was received (Unix ms).
-    pub at: i64,
-    pub stream: Stream,
-    pub level: Option<String>,
-    pub text: String,
-}
-
-impl ApiLogLine {
-    fn new(l: LogLine, service: String) -> ApiLogLine {
-        ApiLogLine {
-            service,
-            step_id: l.step_id,
-            seq: l.seq,
-            at: l.at,
-            stream: l.stream,
-            level: l.level,
-            text: l.text,
-        }
-    }
+    #[serde(flatten)]
+    pub line: LogLine,
 }
 
 /// A page of log lines.
@@ -241,7 +221,10 @@ pub async fn logs(
         let next = lines.last().map(|l| l.seq.to_string());
         let lines = lines
             .into_iter()
-            .map(|l| ApiLogLine::new(l, service.clone()))
+            .map(|l| ApiLogLine {
+                service: service.clone(),
+                line: l,
+            })
             .collect();
         return Ok(Json(LogPage {
             run_id: run.id,
@@ -294,7 +277,7 @@ pub async fn logs(
         .into_iter()
         .map(|(l, _)| {
             let service = names.get(&l.step_id).cloned().unwrap_or_default();
-            ApiLogLine::new(l, service)
+            ApiLogLine { service, line: l }
         })
         .collect();
     Ok(Json(LogPage {

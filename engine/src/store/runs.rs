@@ -193,12 +193,15 @@ impl Stream {
 }
 
 /// One stored line of a step's log.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct LogLine {
     pub step_id: i64,
+    /// Position of the line in its step's log (from 0).
     pub seq: i64,
+    /// When it was received (Unix ms).
     pub at: i64,
     pub stream: Stream,
+    /// The level of a plugin log line.
     pub level: Option<String>,
     pub text: String,
 }
@@ -278,6 +281,22 @@ pub struct TestsRow {
     pub passed: i64,
     pub failed: i64,
     pub skipped: i64,
+}
+
+/// A chunk from the columns `step_id, first_seq, last_seq, at, stream, level, text` of a row,
+/// starting at column `col`.
+fn chunk_from(r: &rusqlite::Row<'_>, col: usize) -> rusqlite::Result<LogChunk> {
+    let first: i64 = r.get(col + 1)?;
+    let last: i64 = r.get(col + 2)?;
+    Ok(LogChunk {
+        step_id: r.get(col)?,
+        first_seq: first,
+        count: last - first + 1,
+        at: r.get(col + 3)?,
+        stream: Stream::parse(&r.get::<_, String>(col + 4)?),
+        level: r.get(col + 5)?,
+        text: r.get(col + 6)?,
+    })
 }
 
 /// Appends a transition to the run journal (`run_events`).
@@ -641,22 +660,7 @@ impl Store {
         )?;
         let rows = stmt.query_map(
             params![run_id, from, i64::try_from(limit).unwrap_or(i64::MAX)],
-            |r| {
-                let first: i64 = r.get(2)?;
-                let last: i64 = r.get(3)?;
-                Ok((
-                    r.get(0)?,
-                    LogChunk {
-                        step_id: r.get(1)?,
-                        first_seq: first,
-                        count: last - first + 1,
-                        at: r.get(4)?,
-                        stream: Stream::parse(&r.get::<_, String>(5)?),
-                        level: r.get(6)?,
-                        text: r.get(7)?,
-                    },
-                ))
-            },
+            |r| Ok((r.get(0)?, chunk_from(r, 1)?)),
         )?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
@@ -708,19 +712,7 @@ impl Store {
         )?;
         let chunks = stmt.query_map(
             params![step_id, after, i64::try_from(limit).unwrap_or(i64::MAX)],
-            |r| {
-                let first: i64 = r.get(1)?;
-                let last: i64 = r.get(2)?;
-                Ok(LogChunk {
-                    step_id: r.get(0)?,
-                    first_seq: first,
-                    count: last - first + 1,
-                    at: r.get(3)?,
-                    stream: Stream::parse(&r.get::<_, String>(4)?),
-                    level: r.get(5)?,
-                    text: r.get(6)?,
-                })
-            },
+            |r| chunk_from(r, 0),
         )?;
         let mut lines = Vec::new();
         for chunk in chunks {
