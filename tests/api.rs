@@ -794,6 +794,40 @@ fn ready_is_503_while_the_store_is_not_this_servers_schema() -> TestResult {
 }
 
 #[test]
+fn slow_requests_time_out_but_event_streams_do_not() -> TestResult {
+    let sb = Sandbox::new();
+    let w = ws(&sb, &[("a", &[], "echo hi")], "");
+    sb.nestr(&w, &["run", "op", "-q"]).ok();
+    let run = sb
+        .nestr(&w, &["runs", "--json", "--operation", "op"])
+        .ok()
+        .json()[0]["id"]
+        .as_str()
+        .ok_or("run id")?
+        .to_string();
+    // Any request that has to wait (for the store, for git) outlives a 1 ns budget.
+    let srv = Server::start(&sb, &w, &["--request-timeout", "1ns"])?;
+    let r = get(&srv.u("/api/workspace"))?;
+    assert_eq!(
+        (r.status, r.error_code()),
+        (408, "request_timeout".into()),
+        "{}",
+        r.body
+    );
+    assert!(
+        !r.json()["error"]["request_id"]
+            .as_str()
+            .unwrap_or("")
+            .is_empty()
+    );
+    // The event stream is exempt: it replays the whole run.
+    let (evs, ended) = events(&srv.u(&format!("/api/runs/{run}/events")), None, None)?;
+    assert!(ended);
+    assert_eq!(evs.last().map(|e| e.event.as_str()), Some("run_finished"));
+    Ok(())
+}
+
+#[test]
 fn a_client_too_slow_to_send_its_headers_is_cut_off() -> TestResult {
     let sb = Sandbox::new();
     let w = ws(&sb, &[("a", &[], "echo hi")], "");
