@@ -14,7 +14,9 @@ if command -v promtool >/dev/null 2>&1; then
   echo "promtool=$(command -v promtool)"
 else
   if [ ! -x "$dir/prometheus/usr/bin/promtool" ]; then
-    (cd "$dir" && rm -f prometheus_*.deb && apt-get download prometheus >&2 \
+    # apt's package lists may be missing on a fresh machine: refresh them once if so.
+    (cd "$dir" && rm -f prometheus_*.deb \
+      && { apt-get download prometheus >&2 || { apt-get update -qq >&2 && apt-get download prometheus >&2; }; } \
       && dpkg -x prometheus_*.deb prometheus && rm -f prometheus_*.deb)
   fi
   echo "promtool=$dir/prometheus/usr/bin/promtool"
