@@ -8,7 +8,7 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::scheduler::ws;
-use crate::support::{Sandbox, TestResult, isolate, pid_alive};
+use crate::support::{Sandbox, TestResult, isolate, pid_alive, wait_for};
 
 /// A running `nestr serve`.
 struct Server {
@@ -261,17 +261,6 @@ fn wait_run_status(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-fn wait_file(path: &Path) -> bool {
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_secs(30) {
-        if std::fs::read_to_string(path).is_ok_and(|s| s.ends_with('\n')) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
 }
 
 fn start_run(srv: &Server, body: &str) -> Result<String, Box<dyn std::error::Error>> {
@@ -539,7 +528,10 @@ fn cancel_over_http_leaves_no_child_process() -> TestResult {
     let srv = Server::start(&sb, &w, &[])?;
     let run = start_run(&srv, r#"{"operation":"op"}"#)?;
     let pid_file = w.join("app").join("child.pid");
-    assert!(wait_file(&pid_file), "the step started its child");
+    assert!(
+        wait_for(&pid_file, Duration::from_secs(30)),
+        "the step started its child"
+    );
     let pid = std::fs::read_to_string(&pid_file)?.trim().to_string();
     assert!(pid_alive(&pid));
     let r = post_json(&srv.u(&format!("/api/runs/{run}/cancel")), "")?;
@@ -915,7 +907,7 @@ fn graceful_shutdown_during_a_run_leaves_nothing_running() -> TestResult {
     let mut srv = Server::start(&sb, &w, &[])?;
     let run = start_run(&srv, r#"{"operation":"op"}"#)?;
     let pid_file = w.join("app").join("child.pid");
-    assert!(wait_file(&pid_file));
+    assert!(wait_for(&pid_file, Duration::from_secs(30)));
     let pid = std::fs::read_to_string(&pid_file)?.trim().to_string();
     // An open event stream must not hold the shutdown up.
     let url = srv.u(&format!("/api/runs/{run}/events"));

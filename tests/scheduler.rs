@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::{Run, Sandbox, TestResult, pid_alive};
+use crate::support::{Run, Sandbox, TestResult, pid_alive, wait_for};
 
 /// A workspace with one repo and services `a`..: `deps` are (service, depends_on), `scripts`
 /// the shell script each service's `op` runs (via the command plugin and sh).
@@ -237,17 +237,6 @@ fn steps_count(ws: &Path) -> i64 {
             )
         })
         .unwrap_or(0)
-}
-
-fn wait_for(path: &Path, timeout: Duration) -> bool {
-    let start = Instant::now();
-    while start.elapsed() < timeout {
-        if std::fs::read_to_string(path).is_ok_and(|s| !s.trim().is_empty()) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
 }
 
 fn spawn_nestr(sb: &Sandbox, ws: &Path, args: &[&str]) -> std::io::Result<std::process::Child> {

@@ -227,8 +227,7 @@ impl Workspace {
 
     /// The status of every repository, in manifest order.
     pub fn status(&self, jobs: usize) -> Vec<Result<RepoStatus, String>> {
-        let manifest = &self.manifest;
-        git::parallel(&manifest.repos, jobs, |repo| git::status_of(manifest, repo))
+        git::status_all(&self.manifest, jobs)
     }
 
     /// Writes `nestr.lock` with the commit every repository has checked out.

@@ -225,3 +225,15 @@ pub fn pid_alive(pid: &str) -> bool {
             .lines()
             .any(|l| l.starts_with("State:") && l.contains('Z'))
 }
+
+/// Waits until `path` holds a complete line (a pid file a test script wrote), at most `timeout`.
+pub fn wait_for(path: &Path, timeout: std::time::Duration) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < timeout {
+        if std::fs::read_to_string(path).is_ok_and(|s| s.ends_with('\n') && !s.trim().is_empty()) {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    false
+}

@@ -130,6 +130,12 @@ impl ApiError {
     }
 }
 
+/// The field a serde or query message names ("unknown field `x`", "missing field `x`").
+pub(super) fn field_named_in(msg: &str) -> Option<String> {
+    let rest = msg.split_once("field `")?.1;
+    Some(rest.split_once('`')?.0.to_string())
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {

@@ -44,11 +44,7 @@ pub use state::{AppState, BLOCKING_THREADS, ServeConfig};
 fn bad_query(e: QueryRejection) -> ApiError {
     let text = e.body_text();
     let mut err = ApiError::bad_request(format!("bad query string: {text}"));
-    if let Some(f) = text
-        .split_once("field `")
-        .and_then(|(_, r)| r.split_once('`'))
-        .map(|(f, _)| f.to_string())
-    {
+    if let Some(f) = error::field_named_in(&text) {
         err = err.with_field(f);
     }
     err

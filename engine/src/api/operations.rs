@@ -97,17 +97,11 @@ fn parse<T: DeserializeOwned + Default>(
         let mut err = ApiError::bad_request(format!("malformed JSON body: {inner}"));
         if path != "." {
             err = err.with_field(path);
-        } else if let Some(f) = unknown_field(&inner.to_string()) {
+        } else if let Some(f) = super::error::field_named_in(&inner.to_string()) {
             err = err.with_field(f);
         }
         err
     })
-}
-
-/// The field serde names in "unknown field `x`" / "missing field `x`".
-fn unknown_field(msg: &str) -> Option<String> {
-    let rest = msg.split_once("field `")?.1;
-    Some(rest.split_once('`')?.0.to_string())
 }
 
 /// What a launched thread runs.

@@ -110,11 +110,9 @@ pub struct Counts {
 /// Status of every repository (blocking git work), updating the drift gauges.
 async fn statuses(state: &AppState) -> Result<Vec<Result<RepoStatus, String>>, ApiError> {
     let m = state.manifest().clone();
-    let rows = tokio::task::spawn_blocking(move || {
-        git::parallel(&m.repos, 4, |repo| git::status_of(&m, repo))
-    })
-    .await
-    .map_err(|e| ApiError::internal("the status task failed", e))?;
+    let rows = tokio::task::spawn_blocking(move || git::status_all(&m, 4))
+        .await
+        .map_err(|e| ApiError::internal("the status task failed", e))?;
     if let Some(metrics) = crate::metrics::global() {
         for s in rows.iter().flatten() {
             let ahead = i64::try_from(s.ahead).unwrap_or(i64::MAX);

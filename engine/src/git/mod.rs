@@ -18,7 +18,7 @@ use serde::Serialize;
 
 pub use assemble::assemble_one;
 pub use lock::{LOCK_FILE, LockEntry, Lockfile};
-pub use status::{RepoState, RepoStatus, head_and_branch, status_of};
+pub use status::{RepoState, RepoStatus, head_and_branch, status_all, status_of};
 pub use sync::{FetchInfo, fetch_one, update_one};
 
 use crate::manifest::{Manifest, Repo};

@@ -52,6 +52,11 @@ pub struct RepoStatus {
     pub state: RepoState,
 }
 
+/// The status of every repository of `manifest`, in manifest order, at most `jobs` at once.
+pub fn status_all(manifest: &Manifest, jobs: usize) -> Vec<Result<RepoStatus, String>> {
+    super::parallel(&manifest.repos, jobs, |repo| status_of(manifest, repo))
+}
+
 /// The status of `repo` as found on disk.
 pub fn status_of(manifest: &Manifest, repo: &Repo) -> Result<RepoStatus, String> {
     let mut row = RepoStatus {
