@@ -11,7 +11,7 @@ use crate::scheduler::ws;
 use crate::support::{Sandbox, TestResult, isolate, pid_alive, wait_for};
 
 /// A running `nestr serve`.
-struct Server {
+pub(crate) struct Server {
     child: Child,
     url: String,
     /// Kept open: the server writes to it.
@@ -19,7 +19,11 @@ struct Server {
 }
 
 impl Server {
-    fn start(sb: &Sandbox, ws: &Path, args: &[&str]) -> Result<Server, Box<dyn std::error::Error>> {
+    pub(crate) fn start(
+        sb: &Sandbox,
+        ws: &Path,
+        args: &[&str],
+    ) -> Result<Server, Box<dyn std::error::Error>> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nestr"));
         cmd.current_dir(ws)
             .args(["--color", "never", "serve", "--bind", "127.0.0.1:0"])
@@ -45,12 +49,12 @@ impl Server {
         })
     }
 
-    fn u(&self, path: &str) -> String {
+    pub(crate) fn u(&self, path: &str) -> String {
         format!("{}{path}", self.url)
     }
 
     /// SIGTERM, then wait (at most 60 s); the exit code.
-    fn stop(&mut self) -> Option<i32> {
+    pub(crate) fn stop(&mut self) -> Option<i32> {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
@@ -72,10 +76,10 @@ impl Drop for Server {
     }
 }
 
-struct Resp {
-    status: u16,
+pub(crate) struct Resp {
+    pub(crate) status: u16,
     headers: ureq::http::HeaderMap,
-    body: String,
+    pub(crate) body: String,
 }
 
 impl Resp {
@@ -130,7 +134,7 @@ fn call(
     })
 }
 
-fn get(url: &str) -> Result<Resp, Box<dyn std::error::Error>> {
+pub(crate) fn get(url: &str) -> Result<Resp, Box<dyn std::error::Error>> {
     call("GET", url, &[], None)
 }
 

@@ -8,5 +8,6 @@ mod contract;
 mod git;
 mod manifest;
 mod plugins;
+mod sandbox;
 mod scheduler;
 mod support;

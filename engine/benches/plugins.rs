@@ -49,6 +49,8 @@ fn step_context(
         cancel: Cancel::default(),
         marker: String::new(),
         audit: Arc::new(|_| {}),
+        denials: Default::default(),
+        containment: nestr::contain::Containment::new("bench", 256),
     })
 }
 

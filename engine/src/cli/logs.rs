@@ -5,7 +5,7 @@
 use clap::Args;
 use serde::Serialize;
 
-use super::render::{Tone, Ui, paint};
+use super::render::{Ui, log_line};
 use super::{CliError, ExitCode};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -49,12 +49,16 @@ fn print_line(
             serde_json::to_string(&j).map_err(|e| CliError::usage(e.to_string()))?
         );
     } else {
-        let text = if line.stream == Stream::System {
-            paint(ui.color_out, Tone::Dim, &line.text)
-        } else {
-            line.text.clone()
-        };
-        println!("{service:>width$} | {text}");
+        let service = format!("{service:>width$}");
+        println!(
+            "{}",
+            log_line(
+                &service,
+                line.stream == Stream::System,
+                &line.text,
+                ui.color_out
+            )
+        );
     }
     Ok(())
 }

@@ -179,25 +179,33 @@ fn print_info(info: &PluginInfo, digest: &str, json: bool, ui: &Ui) -> Result<()
         );
         return Ok(());
     }
+    // Everything below but the digest is the plugin's own text.
+    let safe = |t: &str| render::untrusted(t, false);
     println!(
         "{} {}  {}",
-        ui.paint(Tone::Bold, &info.name),
-        info.version,
+        ui.paint(Tone::Bold, &safe(&info.name)),
+        safe(&info.version),
         ui.paint(Tone::Dim, &format!("sha256 {digest}"))
     );
-    println!("{}", info.description);
+    println!("{}", safe(&info.description));
     let ops = if info.operations.is_empty() {
         "any".to_string()
     } else {
         info.operations.join(", ")
     };
-    println!("operations: {ops}");
-    println!("needs: {}", describe_caps(&info.capabilities));
+    println!("operations: {}", safe(&ops));
+    println!("needs: {}", safe(&describe_caps(&info.capabilities)));
     if !info.config.is_empty() {
         println!("config:");
         for f in &info.config {
             let req = if f.required { "required" } else { "optional" };
-            println!("  {:<20} {:<8} {:<9} {}", f.name, f.ty, req, f.description);
+            println!(
+                "  {:<20} {:<8} {:<9} {}",
+                safe(&f.name),
+                safe(&f.ty),
+                req,
+                safe(&f.description)
+            );
         }
     }
     Ok(())

@@ -1,5 +1,8 @@
 //! Terminal rendering: colour decisions (`--color`, NO_COLOR), progress (indicatif bars with
-//! objects and bytes on a terminal, plain lines otherwise), tables and result summaries.
+//! objects and bytes on a terminal, plain lines otherwise), tables and result summaries, and
+//! [`untrusted`]: how text a plugin or a program chose reaches the terminal (control characters
+//! escaped, only plain colours kept), and [`log_line`]: how a step's log line is shown, so that
+//! an engine notice can never be forged by a plugin.
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -184,10 +187,19 @@ impl Progress for RepoProgress {
     }
 }
 
-/// Left-aligned columns, widths from the widest cell (colour codes not counted).
+/// Left-aligned columns, widths from the widest cell (colour codes not counted). Cells may hold
+/// text a plugin chose (summaries, reasons): each is shown through [`untrusted`].
 pub fn table(header: &[&str], rows: &[Vec<(String, Option<Tone>)>], color: bool) -> String {
+    let rows: Vec<Vec<(String, Option<Tone>)>> = rows
+        .iter()
+        .map(|r| {
+            r.iter()
+                .map(|(cell, tone)| (untrusted(cell, false), *tone))
+                .collect()
+        })
+        .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
+    for row in &rows {
         for (i, (cell, _)) in row.iter().enumerate() {
             if let Some(w) = widths.get_mut(i) {
                 *w = (*w).max(cell.chars().count());
@@ -224,7 +236,7 @@ pub fn table(header: &[&str], rows: &[Vec<(String, Option<Tone>)>], color: bool)
         &mut out,
     );
     for row in rows {
-        line(row.clone(), &mut out);
+        line(row, &mut out);
     }
     out
 }
@@ -269,4 +281,104 @@ pub fn outcomes(ui: &Ui, outcomes: &[RepoOutcome]) -> String {
         parts.join(", ")
     ));
     out
+}
+
+/// Text a plugin or a program chose, made safe to print: every control character (C0 but tab,
+/// DEL, C1) and every bidirectional-override character is shown escaped (`\x1b`, `\r`,
+/// `\u{202e}`), so nothing can clear the screen, set the title, move the cursor, overwrite a line
+/// or reorder what is shown. A plain SGR colour sequence (`ESC [ digits;… m`) is kept when
+/// `color` is on (and closed at the end of the text, so that colour never leaks into the next
+/// line) and dropped when it is off.
+pub fn untrusted(text: &str, color: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut coloured = false;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if c == '\x1b'
+            && let Some(len) = plain_sgr(rest)
+        {
+            if color {
+                out.push_str(&rest[..len]);
+                coloured = true;
+            }
+            rest = &rest[len..];
+            continue;
+        }
+        match c {
+            '\t' => out.push('\t'),
+            '\r' => out.push_str("\\r"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 || c == '\x7f' => out.push_str(&format!("\\x{:02x}", c as u32)),
+            '\u{80}'..='\u{9f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
+            c => out.push(c),
+        }
+        rest = &rest[c.len_utf8()..];
+    }
+    if coloured {
+        out.push_str("\x1b[0m");
+    }
+    out
+}
+
+/// The length of a plain SGR sequence (`ESC [`, up to 32 digits and `;`, `m`) at the start of
+/// `s`, if there is one.
+fn plain_sgr(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    if b.len() < 3 || b[0] != 0x1b || b[1] != b'[' {
+        return None;
+    }
+    let params = b[2..]
+        .iter()
+        .take(33)
+        .take_while(|c| c.is_ascii_digit() || **c == b';')
+        .count();
+    (params <= 32 && b.get(2 + params) == Some(&b'm')).then_some(3 + params)
+}
+
+/// A step's log line as shown on a terminal: `SERVICE | text` for what the plugin and its
+/// programs wrote (made safe with [`untrusted`]), `SERVICE ! text` (dimmed) for the engine's own
+/// notices. A plugin's text is always after a `|` on a line of its own, so it cannot pass for a
+/// notice.
+pub fn log_line(prefix_service: &str, system: bool, text: &str, color: bool) -> String {
+    if system {
+        format!(
+            "{prefix_service} ! {}",
+            paint(color, Tone::Dim, &untrusted(text, false))
+        )
+    } else {
+        format!("{prefix_service} | {}", untrusted(text, color))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_and_only_plain_colours_kept() {
+        let hostile = "a\x1b]0;title\x07b\x1b[2Jc\roverwrite\u{9b}31m\u{202e}x\x1b[31mred";
+        let plain = untrusted(hostile, false);
+        assert_eq!(
+            plain,
+            "a\\x1b]0;title\\x07b\\x1b[2Jc\\roverwrite\\u{9b}31m\\u{202e}xred"
+        );
+        assert!(!plain.chars().any(|c| c.is_control()));
+        let coloured = untrusted(hostile, true);
+        assert!(coloured.ends_with("\x1b[31mred\x1b[0m"), "{coloured:?}");
+        assert_eq!(
+            coloured.matches('\x1b').count(),
+            2,
+            "only the SGR and its reset"
+        );
+    }
+
+    #[test]
+    fn a_forged_notice_stays_after_the_bar() {
+        let forged = log_line("svc", false, "[nestr: denied exec `x`]", false);
+        let real = log_line("svc", true, "[nestr: denied exec `x`]", false);
+        assert_eq!(forged, "svc | [nestr: denied exec `x`]");
+        assert_eq!(real, "svc ! [nestr: denied exec `x`]");
+    }
 }

@@ -81,6 +81,7 @@ fn watch_ctrl_c(cancel: &Cancel) {
                 }
                 Some((_, Some(run_id))) => {
                     crate::plugin::kill_marked_prefix(&format!("{run_id}-"));
+                    crate::contain::kill_run(&format!("{run_id}-"));
                     std::process::exit(ExitCode::Interrupted.code());
                 }
                 _ => std::process::exit(ExitCode::Interrupted.code()),
@@ -174,7 +175,7 @@ struct Renderer {
 
 impl Renderer {
     fn prefix(&self, service: &str) -> String {
-        let p = format!("{service:>width$} |", width = self.width);
+        let p = format!("{service:>width$}", width = self.width);
         let i = self.names.iter().position(|n| n == service).unwrap_or(0);
         if self.color {
             format!("\x1b[{}m{p}\x1b[0m", PALETTE[i % PALETTE.len()])
@@ -215,17 +216,11 @@ impl Renderer {
                 Event::RunStarted { run_id, .. } => set_current_run(run_id),
                 Event::Log { service, chunk, .. } if self.live => {
                     let prefix = self.prefix(service);
+                    let system = chunk.stream == Stream::System;
                     let shown: Vec<String> = chunk
                         .text
                         .split('\n')
-                        .map(|t| {
-                            let t = if chunk.stream == Stream::System {
-                                render::paint(self.color, Tone::Dim, t)
-                            } else {
-                                t.to_string()
-                            };
-                            format!("{prefix} {t}")
-                        })
+                        .map(|t| render::log_line(&prefix, system, t, self.color))
                         .collect();
                     if self.grouped {
                         blocks.entry(service.clone()).or_default().extend(shown);
@@ -383,7 +378,8 @@ fn summary(ui: &Ui, report: &RunReport) -> String {
         .filter(|s| s.status == StepStatus::Denied)
         .filter_map(|s| s.reason.as_deref())
     {
-        out.push_str(&format!("\n{d}\n"));
+        let shown: Vec<String> = d.lines().map(|l| render::untrusted(l, false)).collect();
+        out.push_str(&format!("\n{}\n", shown.join("\n")));
     }
     out.push_str(&format!(
         "\nrun {} {} ({} step{}) — nestr logs {}\n",

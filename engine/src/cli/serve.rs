@@ -88,7 +88,7 @@ pub(super) fn serve_workspace(
     let quiet = ui.quiet;
     let manifest = ws.manifest.clone();
     let state_dir = ws.state_dir().to_path_buf();
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(config.bind)
             .await
             .map_err(|e| CliError::Plain {
@@ -110,7 +110,10 @@ pub(super) fn serve_workspace(
             .await
             .map_err(|e| CliError::usage(format!("the server failed: {e}")))?;
         Ok(ExitCode::Ok)
-    })
+    });
+    // Never wait for a stuck blocking thread on the way out.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+    result
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -148,6 +148,10 @@ pub struct Grants {
     pub memory_mb: Option<u64>,
     /// Output stored per step, MiB (default 16).
     pub output_mb: Option<u64>,
+    /// Bytes the plugin itself may write through its filesystem view per step, MiB (default 256).
+    pub disk_mb: Option<u64>,
+    /// Processes and threads the step's programs may have at once (default 1024).
+    pub pids: Option<u64>,
     #[serde(with = "duration_secs")]
     pub timeout: Option<Duration>,
 }
@@ -157,7 +161,8 @@ pub struct Grants {
 pub struct ExecGrant {
     /// A program name (looked up on PATH) or an absolute path.
     pub program: String,
-    /// Glob patterns every argument must match; empty means any arguments.
+    /// Glob patterns every argument must match (each compiles: checked at load); empty means
+    /// any arguments (the manifest refuses an explicit empty list).
     pub args: Vec<String>,
 }
 

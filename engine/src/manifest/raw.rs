@@ -91,5 +91,7 @@ pub(crate) struct RawGrants {
     pub fs: Option<Spanned<String>>,
     pub memory_mb: Option<Spanned<i64>>,
     pub output_mb: Option<Spanned<i64>>,
+    pub disk_mb: Option<Spanned<i64>>,
+    pub pids: Option<Spanned<i64>>,
     pub timeout: Option<Spanned<String>>,
 }

@@ -19,6 +19,10 @@ const NAME_HELP: &str = "names use lower-case letters, digits, `-` and `_`, star
                          digit, and are at most 64 characters long";
 /// wasm32 addresses at most 4 GiB.
 const MAX_MEMORY_MB: i64 = 4096;
+/// Largest `disk_mb` grant (1 TiB).
+const MAX_DISK_MB: i64 = 1024 * 1024;
+/// Largest `pids` grant.
+const MAX_PIDS: i64 = 1 << 22;
 
 pub(crate) fn validate(path: &Path, source: &str) -> Result<Manifest, InvalidManifest> {
     let mut problems = Problems::new(source);
@@ -809,16 +813,28 @@ impl Validator<'_> {
                 );
             }
         }
-        if let Some(m) = &g.output_mb {
-            let v = *m.get_ref();
-            if (1..=MAX_MEMORY_MB).contains(&v) {
-                out.output_mb = u64::try_from(v).ok();
-            } else {
-                self.p.err(
-                    m.span(),
-                    format!("output_mb {v} is out of range"),
-                    format!("write a whole number of MiB from 1 to {MAX_MEMORY_MB}"),
-                );
+        for (value, into, what, max, unit) in [
+            (
+                &g.output_mb,
+                &mut out.output_mb,
+                "output_mb",
+                MAX_MEMORY_MB,
+                "MiB",
+            ),
+            (&g.disk_mb, &mut out.disk_mb, "disk_mb", MAX_DISK_MB, "MiB"),
+            (&g.pids, &mut out.pids, "pids", MAX_PIDS, "processes"),
+        ] {
+            if let Some(m) = value {
+                let v = *m.get_ref();
+                if (1..=max).contains(&v) {
+                    *into = u64::try_from(v).ok();
+                } else {
+                    self.p.err(
+                        m.span(),
+                        format!("{what} {v} is out of range"),
+                        format!("write a whole number of {unit} from 1 to {max}"),
+                    );
+                }
             }
         }
         if let Some(t) = &g.timeout {
@@ -854,7 +870,40 @@ impl Validator<'_> {
                 });
                 match (program, args, unknown.is_empty()) {
                     (Some(p), None, true) => (p.to_string(), Vec::new()),
-                    (Some(p), Some(Some(Some(a))), true) => (p.to_string(), a),
+                    (Some(p), Some(Some(Some(a))), true) if a.is_empty() => {
+                        self.p.err(
+                            e.span(),
+                            format!("exec grant `{p}` has an empty `args` list"),
+                            "list the argument patterns to allow, e.g. args = [\"build\", \"--release\"], \
+                             or leave `args` out to allow any arguments",
+                        );
+                        return None;
+                    }
+                    (Some(p), Some(Some(Some(a))), true) => {
+                        let broken: Vec<String> = a
+                            .iter()
+                            .filter_map(|pat| {
+                                globset::Glob::new(pat)
+                                    .err()
+                                    .map(|err| format!("{pat:?} ({})", err.kind()))
+                            })
+                            .collect();
+                        if !broken.is_empty() {
+                            self.p.err(
+                                e.span(),
+                                format!(
+                                    "argument pattern{} of `{p}` do{} not compile: {}",
+                                    if broken.len() == 1 { "" } else { "s" },
+                                    if broken.len() == 1 { "es" } else { "" },
+                                    broken.join(", ")
+                                ),
+                                "write glob patterns such as \"build\", \"--features=*\" or \"{build,test}\" \
+                                 (braces and brackets must be closed; escape a literal one as [{] or [[])",
+                            );
+                            return None;
+                        }
+                        (p.to_string(), a)
+                    }
                     _ => {
                         self.p.err(e.span(), "invalid exec grant", help);
                         return None;

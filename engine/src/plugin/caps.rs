@@ -3,6 +3,11 @@
 //! (with the exact TOML line to add); `*` in a declared list means "whatever is granted". At call
 //! time every exec / env / http request is checked again here, and a refusal becomes the typed
 //! `denied` error with the grant that would allow it.
+//!
+//! Everything here fails closed: an argument pattern that does not compile refuses the step (the
+//! manifest already rejects it at load), a program name is resolved only through absolute PATH
+//! entries and never to a file inside a service folder, and whatever a plugin asked for is
+//! clipped before it is echoed into a denial, a log notice or an audit row.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -16,6 +21,25 @@ use crate::manifest::{ExecGrant, FsGrant, Grants};
 pub const DEFAULT_MEMORY_MB: u64 = 64;
 /// Default deadline of a step.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Default cap on the bytes a plugin writes through its own filesystem view in one step.
+pub const DEFAULT_DISK_MB: u64 = 256;
+/// Default cap on the processes (and threads) a step's programs may have at once.
+pub const DEFAULT_PIDS: u64 = 1024;
+/// The most of a plugin-chosen value (program name, arguments, variable name, origin) repeated
+/// in a denial, a log notice or an audit row.
+pub const MAX_ECHO: usize = 256;
+
+/// `s`, cut to at most `max` bytes (on a character boundary) with a note of how much was cut.
+pub fn clip(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…(+{} bytes)", &s[..end], s.len() - end)
+}
 
 /// What the plugin declared (from `describe()`), in engine terms.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -55,7 +79,14 @@ pub struct Effective {
     pub memory_mb: u64,
     /// Bytes of output stored per step.
     pub output_cap: u64,
+    /// Bytes the plugin may write through its filesystem view per step.
+    pub disk_bytes: u64,
+    /// Processes (and threads) the step's programs may have at once.
+    pub pids: u64,
     pub timeout: Duration,
+    /// Folders a program found on PATH may never come from (every service folder of the
+    /// workspace, canonical); the step's own service folder is always one of them.
+    pub protected: Vec<PathBuf>,
     /// The plugin's grants as written, to build "add this" hints.
     grants: Grants,
 }
@@ -135,16 +166,8 @@ pub fn effective(plugin: &str, declared: &Declared, grants: &Grants) -> Result<E
         .filter(|g| {
             all(&declared.exec) || declared.exec.iter().any(|d| program_matches(&g.program, d))
         })
-        .map(|g| ExecRule {
-            program: g.program.clone(),
-            patterns: g
-                .args
-                .iter()
-                .filter_map(|p| Glob::new(p).ok().map(|g| g.compile_matcher()))
-                .collect(),
-            raw_patterns: g.args.clone(),
-        })
-        .collect();
+        .map(|g| exec_rule(plugin, g))
+        .collect::<Result<Vec<_>, String>>()?;
     let pick = |decl: &[String], granted: &[String]| -> Vec<String> {
         if all(decl) {
             granted.to_vec()
@@ -188,8 +211,38 @@ pub fn effective(plugin: &str, declared: &Declared, grants: &Grants) -> Result<E
             .map_or(crate::plugin::sink::DEFAULT_OUTPUT_CAP, |mb| {
                 mb * 1024 * 1024
             }),
+        disk_bytes: grants
+            .disk_mb
+            .unwrap_or(DEFAULT_DISK_MB)
+            .saturating_mul(1024 * 1024),
+        pids: grants.pids.unwrap_or(DEFAULT_PIDS),
         timeout: grants.timeout.unwrap_or(DEFAULT_TIMEOUT),
+        protected: Vec::new(),
         grants: grants.clone(),
+    })
+}
+
+/// A granted program with its compiled argument patterns. A pattern that does not compile
+/// refuses the step: dropping it would widen what the grant allows (fail closed). The manifest
+/// rejects such patterns at load, so this is the second line.
+fn exec_rule(plugin: &str, g: &ExecGrant) -> Result<ExecRule, String> {
+    let patterns = g
+        .args
+        .iter()
+        .map(|p| {
+            Glob::new(p).map(|g| g.compile_matcher()).map_err(|e| {
+                format!(
+                    "plugin `{plugin}`: the argument pattern {p:?} granted to `{}` does not \
+                     compile ({e}); nothing was run. Fix it in [plugins.{plugin}] grants",
+                    g.program
+                )
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    Ok(ExecRule {
+        program: g.program.clone(),
+        patterns,
+        raw_patterns: g.args.clone(),
     })
 }
 
@@ -267,6 +320,12 @@ pub fn grants_line(g: &Grants) -> String {
     if let Some(m) = g.output_mb {
         parts.push(format!("output_mb = {m}"));
     }
+    if let Some(m) = g.disk_mb {
+        parts.push(format!("disk_mb = {m}"));
+    }
+    if let Some(m) = g.pids {
+        parts.push(format!("pids = {m}"));
+    }
     if let Some(t) = g.timeout {
         parts.push(format!(
             "timeout = {:?}",
@@ -287,16 +346,17 @@ impl Effective {
     fn deny(&self, capability: &str, requested: &str, add: impl FnOnce(&mut Grants)) -> Denial {
         Denial {
             capability: capability.to_string(),
-            requested: requested.to_string(),
+            requested: clip(requested, MAX_ECHO),
             grant: self.hint(add),
         }
     }
 
     /// A refusal of something nestr.toml grants but the plugin did not declare: no grant helps.
     fn undeclared(&self, capability: &str, requested: &str) -> Denial {
+        let requested = clip(requested, MAX_ECHO);
         Denial {
             capability: capability.to_string(),
-            requested: requested.to_string(),
+            requested: requested.clone(),
             grant: format!(
                 "nestr.toml grants it, but plugin `{}` does not declare {capability} `{requested}` in \
                  its describe(); a plugin may use only what it declares",
@@ -324,21 +384,32 @@ impl Effective {
             {
                 return Err(self.undeclared("exec", program));
             }
+            let shown = clip(program, MAX_ECHO);
             return Err(self.deny("exec", program, |g| {
                 g.exec.push(ExecGrant {
-                    program: program.to_string(),
+                    program: shown,
                     args: vec![],
                 })
             }));
         };
+        // The compiled list always mirrors the granted one (exec_rule refuses otherwise), so an
+        // empty list means "no patterns granted", never "patterns lost".
+        if rule.patterns.len() != rule.raw_patterns.len() {
+            return Err(Denial {
+                capability: "exec".into(),
+                requested: clip(program, MAX_ECHO),
+                grant: "an argument pattern of this grant could not be used".into(),
+            });
+        }
         if !rule.patterns.is_empty() {
             for a in args {
                 if !rule.patterns.iter().any(|p| p.is_match(a)) {
                     return Err(Denial {
                         capability: "exec".into(),
-                        requested: format!("{program} {}", args.join(" ")),
+                        requested: clip(&format!("{program} {}", args.join(" ")), MAX_ECHO),
                         grant: format!(
-                            "add a pattern matching argument `{a}` to `args` of `{}` (granted: [{}])",
+                            "add a pattern matching argument `{}` to `args` of `{}` (granted: [{}])",
+                            clip(a, MAX_ECHO),
                             rule.program,
                             quoted(&rule.raw_patterns)
                         ),
@@ -346,7 +417,26 @@ impl Effective {
                 }
             }
         }
-        Ok(resolve_program(&rule.program))
+        match resolve_program(&rule.program) {
+            Err(not_found) => Ok(Err(not_found)),
+            Ok(Resolved { path, real }) => match self.protected.iter().find(|dir| {
+                !rule.program.starts_with('/') && (real.starts_with(dir) || path.starts_with(dir))
+            }) {
+                Some(dir) => Err(Denial {
+                    capability: "exec".into(),
+                    requested: program.to_string(),
+                    grant: format!(
+                        "`{program}` resolved on PATH to {}, inside the service folder {}; nestr \
+                         never runs a program found on PATH inside a service folder (a plugin \
+                         could have planted it). Remove that folder from PATH, or grant the \
+                         program by its absolute path",
+                        real.display(),
+                        dir.display()
+                    ),
+                }),
+                None => Ok(Ok(path)),
+            },
+        }
     }
 
     /// Checks that a variable name may be set for a program.
@@ -362,7 +452,8 @@ impl Effective {
         {
             Err(self.undeclared("env", name))
         } else {
-            Err(self.deny("env", name, |g| g.env.push(name.to_string())))
+            let shown = clip(name, MAX_ECHO);
+            Err(self.deny("env", name, |g| g.env.push(shown)))
         }
     }
 
@@ -373,7 +464,8 @@ impl Effective {
         } else if self.grants.http.iter().any(|o| o == origin) {
             Err(self.undeclared("http", origin))
         } else {
-            Err(self.deny("http", origin, |g| g.http.push(origin.to_string())))
+            let shown = clip(origin, MAX_ECHO);
+            Err(self.deny("http", origin, |g| g.http.push(shown)))
         }
     }
 
@@ -384,7 +476,8 @@ impl Effective {
         } else if self.grants.secrets.iter().any(|n| n == name) {
             Err(self.undeclared("secrets", name))
         } else {
-            Err(self.deny("secrets", name, |g| g.secrets.push(name.to_string())))
+            let shown = clip(name, MAX_ECHO);
+            Err(self.deny("secrets", name, |g| g.secrets.push(shown)))
         }
     }
 
@@ -419,16 +512,36 @@ impl Effective {
     }
 }
 
-/// An absolute program path: absolute grants as they are, names looked up on the engine's PATH.
-fn resolve_program(program: &str) -> Result<PathBuf, String> {
+/// A program found for a grant: the absolute path to spawn (symbolic links kept, since some
+/// programs behave by the name they are called with) and where it really is.
+struct Resolved {
+    path: PathBuf,
+    real: PathBuf,
+}
+
+/// An absolute program path: absolute grants as they are; names looked up on the engine's PATH,
+/// through its absolute entries only (an empty or relative entry means "the current folder",
+/// which may be a service folder a plugin wrote into), to an executable regular file.
+fn resolve_program(program: &str) -> Result<Resolved, String> {
     if program.starts_with('/') {
-        return Ok(PathBuf::from(program));
+        let path = PathBuf::from(program);
+        let real = std::fs::canonicalize(&path).unwrap_or_else(|_| path.clone());
+        return Ok(Resolved { path, real });
     }
+    use std::os::unix::fs::PermissionsExt;
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
+        .filter(|dir| dir.is_absolute())
         .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-        .ok_or_else(|| format!("program `{program}` was not found on PATH"))
+        .find_map(|p| {
+            let meta = std::fs::metadata(&p).ok()?;
+            if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 {
+                return None;
+            }
+            let real = std::fs::canonicalize(&p).ok()?;
+            Some(Resolved { path: p, real })
+        })
+        .ok_or_else(|| format!("program `{program}` was not found on PATH (absolute entries only)"))
 }
 
 #[cfg(test)]

@@ -4,9 +4,12 @@
 //! links included) inside the service folder; its environment holds only granted names plus the
 //! `NESTR_STEP` marker; it runs in its own process group. Its stdout and stderr stream into the
 //! step log line by line as they arrive. At its deadline (its own timeout or the step's) or on
-//! cancellation the group gets SIGTERM, then SIGKILL after a grace period. When it ends, anything
-//! left in its group is killed, and so is any process carrying its marker that escaped the group
-//! (`setsid` daemons): no process outlives the call.
+//! cancellation the group gets SIGTERM, then SIGKILL after a grace period. It is born inside the
+//! step's containment (`crate::contain`: a cgroup per step, or a subreaper fallback); when it
+//! ends, the whole containment is killed, and so is anything left in its group or carrying its
+//! marker: no process outlives the call, whether it left the group (`setsid`), cleared its
+//! environment (`env -i`) or ignores SIGTERM. The program is spawned by the absolute path `caps`
+//! resolved (never found through a relative PATH entry, never inside a service folder).
 
 use std::collections::VecDeque;
 use std::os::unix::process::ExitStatusExt;
@@ -21,7 +24,7 @@ use tokio::io::AsyncReadExt;
 
 use super::bindings::nestr::plugin::exec::{self, Command, Output};
 use super::bindings::nestr::plugin::types;
-use super::caps::Denial;
+use super::caps::{Denial, MAX_ECHO, clip};
 use super::limits::KILL_GRACE;
 use super::sink::{LineBuffer, StepLog};
 use super::state::{StepContext, StepState};
@@ -60,17 +63,31 @@ impl Tail {
     }
 }
 
-/// Kills the process group (and marked escapees) when dropped: the plugin call was abandoned.
-struct GroupGuard {
+/// Ends everything the program started when dropped: at the end of the call, or when the call
+/// was abandoned (the step's wall-clock bound dropped it).
+struct GroupGuard<'a> {
     pgid: Option<Pid>,
-    marker: String,
+    pid: Option<u32>,
+    ctx: &'a StepContext,
 }
 
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.pgid {
+impl GroupGuard<'_> {
+    fn end(&mut self) {
+        if let Some(pgid) = self.pgid.take() {
             let _ = killpg(pgid, Signal::SIGKILL);
-            kill_marked(&self.marker);
+        }
+        self.ctx.containment.kill_all();
+        kill_marked(&self.ctx.marker);
+        if let Some(pid) = self.pid.take() {
+            crate::contain::unregister(pid, &self.ctx.marker);
+        }
+    }
+}
+
+impl Drop for GroupGuard<'_> {
+    fn drop(&mut self) {
+        if self.pgid.is_some() || self.pid.is_some() {
+            self.end();
         }
     }
 }
@@ -114,17 +131,18 @@ pub async fn run(ctx: &StepContext, cmd: Command) -> Result<Output, types::Error
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(false);
+    ctx.containment
+        .place(child_cmd.as_std_mut(), &|note| ctx.log.system(note));
+    let shown = clip(&cmd.program, MAX_ECHO);
     let mut child = child_cmd
         .spawn()
-        .map_err(|e| types::Error::Failed(format!("cannot start `{}`: {e}", cmd.program)))?;
-    let pgid = child
-        .id()
-        .and_then(|id| i32::try_from(id).ok())
-        .map(Pid::from_raw);
-    let mut guard = GroupGuard {
-        pgid,
-        marker: ctx.marker.clone(),
-    };
+        .map_err(|e| types::Error::Failed(format!("cannot start `{shown}`: {e}")))?;
+    let pid = child.id();
+    if let Some(pid) = pid {
+        crate::contain::register(pid, &ctx.marker);
+    }
+    let pgid = pid.and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
+    let mut guard = GroupGuard { pgid, pid, ctx };
 
     let tail = Arc::new(Mutex::new(Tail::default()));
     let readers: Vec<_> = [
@@ -152,28 +170,23 @@ pub async fn run(ctx: &StepContext, cmd: Command) -> Result<Output, types::Error
         () = tokio::time::sleep_until(deadline.into()) => {
             timed_out = true;
             ctx.log.system(format!(
-                "[nestr: `{}` reached its deadline after {} ms; SIGTERM to its process group]",
-                cmd.program, started.elapsed().as_millis()
+                "[nestr: `{shown}` reached its deadline after {} ms; SIGTERM to its process group]",
+                started.elapsed().as_millis()
             ));
             terminate(&mut child, pgid, ctx.log.as_ref()).await
         }
         () = ctx.cancel.cancelled() => {
-            ctx.log.system(format!("[nestr: cancelled; SIGTERM to `{}`]", cmd.program));
+            ctx.log.system(format!("[nestr: cancelled; SIGTERM to `{shown}`]"));
             terminate(&mut child, pgid, ctx.log.as_ref()).await
         }
     };
     // Nothing of this program may outlive the call.
-    if let Some(pgid) = pgid {
-        let _ = killpg(pgid, Signal::SIGKILL);
-    }
-    kill_marked(&ctx.marker);
-    guard.pgid = None;
+    guard.end();
     for r in readers {
         // Output still buffered in the pipes is read; a pipe held open by nothing is closed now.
         let _ = tokio::time::timeout(Duration::from_millis(500), r).await;
     }
-    let status =
-        status.map_err(|e| types::Error::Failed(format!("waiting for `{}`: {e}", cmd.program)))?;
+    let status = status.map_err(|e| types::Error::Failed(format!("waiting for `{shown}`: {e}")))?;
     let tail = tail.lock().map(|t| t.text()).unwrap_or_default();
     Ok(Output {
         exit_code: status.code(),

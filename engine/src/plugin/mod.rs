@@ -5,12 +5,18 @@
 //! plugin compiles it (through wasmtime's on-disk cache under `.nestr/cache/`), checks it against
 //! the contract, keeps an `InstancePre`, and calls `describe()`. Every step gets a fresh `Store`
 //! with its own limits and capabilities ([`Host::run_step`]). Submodules: `bindings` (the one
-//! `bindgen!`), `caps` (grants), `limits`, `sink` (step log), `state` (store data, `log`),
-//! `exec`, `http`.
+//! `bindgen!`), `caps` (grants), `limits`, `sink` (step log and the redaction boundary), `state`
+//! (store data, `log`), `exec`, `fs` (the filtered `wasi:filesystem`), `http`.
+//!
+//! What a plugin returns is bounded and masked here before anything keeps it: each report field
+//! is capped (a note in the step log says what was cut), every string is masked, and a `denied`
+//! error is shown as the engine's refusal only when the engine did refuse that request; otherwise
+//! it is the plugin's own claim, and the step `failed`.
 
 pub mod bindings;
 pub mod caps;
 mod exec;
+pub mod fs;
 mod http;
 pub mod limits;
 pub mod sink;
@@ -23,7 +29,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, Trap};
+use wasmtime::{Config, Engine, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 use wasmtime_wasi_http::WasiHttpCtx;
 
@@ -31,7 +37,7 @@ use bindings::types;
 use caps::{Declared, Effective};
 use limits::{Limiter, Ticker};
 use sink::StepLog;
-use state::{Cancel, GuestOutput, StepContext, StepState};
+use state::{Cancel, Denials, GuestOutput, StepContext, StepState};
 
 use crate::manifest::FsGrant;
 use crate::store::{StepStatus, Stream};
@@ -164,6 +170,8 @@ impl StepOutcome {
 pub struct Host {
     engine: Engine,
     linker: Linker<StepState>,
+    /// One permit per store that may hold pool slots at once (see `limits`).
+    slots: Arc<tokio::sync::Semaphore>,
     _ticker: Ticker,
 }
 
@@ -182,17 +190,8 @@ impl Host {
     pub fn with_pooling(cache_dir: Option<&Path>, pooling: bool) -> wasmtime::Result<Host> {
         let mut config = Config::new();
         if pooling {
-            let mut pool = wasmtime::PoolingAllocationConfig::default();
-            // Slots for 128 concurrent plugin instances; each memory may grow to wasm32's 4 GiB
-            // (address space is reserved, not committed).
-            pool.total_component_instances(128)
-                .total_core_instances(512)
-                .total_memories(128)
-                .total_tables(512)
-                .max_memory_size(4 << 30)
-                .linear_memory_keep_resident(2 << 20)
-                .table_keep_resident(64 << 10);
-            config.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
+            config
+                .allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(limits::pool()));
         }
         config
             .wasm_component_model(true)
@@ -207,12 +206,16 @@ impl Host {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        fs::add_to_linker(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         Operation::add_to_linker::<StepState, HasSelf<StepState>>(&mut linker, |s| s)?;
         let ticker = Ticker::start(&engine);
         Ok(Host {
             engine,
             linker,
+            slots: Arc::new(tokio::sync::Semaphore::new(
+                limits::CONCURRENT_STORES as usize,
+            )),
             _ticker: ticker,
         })
     }
@@ -229,23 +232,51 @@ impl Host {
             .map(|(_, b)| *b)
     }
 
-    /// Reads a plugin file, refusing oversized files and a sha256 that differs from the pin.
+    /// Reads a plugin file, refusing anything but a regular file (a symbolic link to a device or
+    /// a FIFO included: the file is opened once, without blocking, and checked as opened),
+    /// oversized files (read with a hard cap, whatever size the file claims) and a sha256 that
+    /// differs from the pin.
     pub fn read_file(plugin: &str, path: &Path, pin: Option<&str>) -> Result<Vec<u8>, LoadError> {
-        let meta = std::fs::metadata(path)
-            .map_err(|e| load_error(plugin, format!("cannot read {}: {e}", path.display())))?;
-        if meta.len() > limits::MAX_PLUGIN_BYTES {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let cannot =
+            |e: std::io::Error| load_error(plugin, format!("cannot read {}: {e}", path.display()));
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(path)
+            .map_err(cannot)?;
+        let meta = file.metadata().map_err(cannot)?;
+        if !meta.is_file() {
             return Err(load_error(
                 plugin,
                 format!(
-                    "{} is {} MiB; plugins may be at most {} MiB",
-                    path.display(),
-                    meta.len() / (1024 * 1024),
-                    limits::MAX_PLUGIN_BYTES / (1024 * 1024)
+                    "{} is not a regular file (it is a device, a FIFO, a socket or a folder); \
+                     point `path` at the plugin's .wasm file",
+                    path.display()
                 ),
             ));
         }
-        let bytes = std::fs::read(path)
-            .map_err(|e| load_error(plugin, format!("cannot read {}: {e}", path.display())))?;
+        let too_big = || {
+            load_error(
+                plugin,
+                format!(
+                    "{} is larger than {} MiB, the most a plugin may be",
+                    path.display(),
+                    limits::MAX_PLUGIN_BYTES / (1024 * 1024)
+                ),
+            )
+        };
+        if meta.len() > limits::MAX_PLUGIN_BYTES {
+            return Err(too_big());
+        }
+        let mut bytes = Vec::new();
+        file.take(limits::MAX_PLUGIN_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(cannot)?;
+        if bytes.len() as u64 > limits::MAX_PLUGIN_BYTES {
+            return Err(too_big());
+        }
         if let Some(pin) = pin {
             let digest = hex::encode(Sha256::digest(&bytes));
             if digest != pin {
@@ -325,11 +356,14 @@ impl Host {
             cancel: Cancel::default(),
             marker: String::new(),
             audit: Arc::new(|_| {}),
+            denials: Denials::default(),
+            containment: crate::contain::Containment::new("describe", caps::DEFAULT_PIDS),
         });
         let mut store = self
             .store(ctx, caps::DEFAULT_MEMORY_MB, limits::DESCRIBE_TIMEOUT, None)
             .map_err(|e| load_error(&plugin.name, e.to_string()))?;
         let call = async {
+            let _slot = self.slot().await?;
             let instance = plugin.pre.instantiate_async(&mut store).await?;
             instance.call_describe(&mut store).await
         };
@@ -343,6 +377,15 @@ impl Host {
                 )
             })?;
         Ok(convert_info(info))
+    }
+
+    /// Waits for a pool slot (see [`limits::CONCURRENT_STORES`]).
+    async fn slot(&self) -> wasmtime::Result<tokio::sync::OwnedSemaphorePermit> {
+        self.slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| wasmtime::Error::msg("the plugin host is shutting down"))
     }
 
     /// A fresh store for one call.
@@ -368,18 +411,32 @@ impl Host {
             }
             _ => {}
         }
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(limits::MAX_RESOURCES);
+        let mut http_ctx = WasiHttpCtx::new();
+        http_ctx.set_field_size_limit(limits::FIELD_SIZE_LIMIT);
         let state = StepState {
             wasi: wasi.build(),
-            table: ResourceTable::new(),
-            http: WasiHttpCtx::new(),
+            table,
+            http: http_ctx,
             hooks: http::HttpHooks { ctx: ctx.clone() },
             limiter: Limiter::new(memory_mb),
+            fs_guard: fs::FsGuard::new(ctx.clone()),
             ctx,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(limits::ticks(timeout));
-        store.epoch_deadline_trap();
+        // Every epoch tick the guest yields to the executor (so a spinning plugin never holds a
+        // runtime worker), and at the deadline it stops.
+        let deadline = Instant::now() + timeout;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if Instant::now() >= deadline {
+                Err(Trap::Interrupt.into())
+            } else {
+                Ok(UpdateDeadline::Yield(1))
+            }
+        });
         Ok(store)
     }
 
@@ -393,6 +450,7 @@ impl Host {
     ) -> wasmtime::Result<Result<types::Report, types::Error>> {
         let timeout = ctx.deadline.saturating_duration_since(Instant::now());
         let mut store = self.store(ctx, caps::DEFAULT_MEMORY_MB, timeout, None)?;
+        let _slot = self.slot().await?;
         let instance = plugin.pre.instantiate_async(&mut store).await?;
         instance.call_describe(&mut store).await?;
         let req = request.to_wit();
@@ -423,6 +481,7 @@ impl Host {
         };
         let wit_request = request.to_wit();
         let call = async {
+            let _slot = self.slot().await?;
             let t = Instant::now();
             let instance = plugin.pre.instantiate_async(&mut store).await?;
             if let Some(m) = crate::metrics::global() {
@@ -452,7 +511,22 @@ impl Host {
         } else {
             timeout
         };
-        let mut outcome = classify(result, hit_memory, ctx.cancel.is_cancelled(), &caps, shown);
+        let mut cuts = Vec::new();
+        let mut outcome = classify(
+            result,
+            hit_memory,
+            ctx.cancel.is_cancelled(),
+            &caps,
+            shown,
+            &ctx.denials,
+            &mut cuts,
+        );
+        if !cuts.is_empty() {
+            ctx.log.system(format!(
+                "[nestr: the plugin's report was cut to fit: {}]",
+                cuts.join("; ")
+            ));
+        }
         // The step's deadline ended a program the plugin was waiting for: whatever the plugin
         // reported afterwards, the step ran out of time.
         if deadline_passed
@@ -472,11 +546,7 @@ impl Host {
                 "the step reached its deadline of {limit} ({why}); raise it with `timeout` in the plugin's grants"
             ));
         }
-        let mask = |s: &str| ctx.log.masker().mask(s);
-        outcome.summary = mask(&outcome.summary);
-        outcome.reason = outcome.reason.as_deref().map(mask);
-        outcome.metrics =
-            serde_json::from_str(&mask(&outcome.metrics.to_string())).unwrap_or_default();
+        seal(&mut outcome, ctx.log.masker());
         outcome.duration = started.elapsed();
         ctx.log.finish();
         outcome
@@ -494,17 +564,26 @@ fn empty_info(name: &str) -> PluginInfo {
     }
 }
 
+/// What `describe()` said, in engine terms, each field bounded (a plugin chooses these strings;
+/// they are shown in `plugin list`, `plugin check` and the API).
 fn convert_info(i: types::PluginInfo) -> PluginInfo {
+    let text = |s: String, max: usize| caps::clip(&s, max);
+    let list = |l: Vec<String>, max: usize| -> Vec<String> {
+        l.into_iter()
+            .take(max)
+            .map(|s| caps::clip(&s, caps::MAX_ECHO))
+            .collect()
+    };
     PluginInfo {
-        name: i.name,
-        version: i.version,
-        description: i.description,
-        operations: i.operations,
+        name: text(i.name, 128),
+        version: text(i.version, 64),
+        description: text(i.description, 1024),
+        operations: list(i.operations, 64),
         capabilities: Declared {
-            exec: i.capabilities.exec,
-            env: i.capabilities.env,
-            secrets: i.capabilities.secrets,
-            http: i.capabilities.http,
+            exec: list(i.capabilities.exec, 256),
+            env: list(i.capabilities.env, 256),
+            secrets: list(i.capabilities.secrets, 256),
+            http: list(i.capabilities.http, 256),
             fs: match i.capabilities.fs {
                 types::FsAccess::None => FsGrant::None,
                 types::FsAccess::ReadOnly => FsGrant::ReadOnly,
@@ -514,11 +593,12 @@ fn convert_info(i: types::PluginInfo) -> PluginInfo {
         config: i
             .config
             .into_iter()
+            .take(128)
             .map(|f| ConfigField {
-                name: f.name,
-                ty: f.type_,
+                name: text(f.name, 128),
+                ty: text(f.type_, 32),
                 required: f.required,
-                description: f.description,
+                description: text(f.description, 1024),
             })
             .collect(),
     }
@@ -529,12 +609,58 @@ fn root_cause(e: &wasmtime::Error) -> String {
     e.root_cause().to_string()
 }
 
+/// Masks every string of an outcome (summary, reason, and every key and value of its artifacts
+/// and metrics) at the step's one redaction boundary.
+fn seal(outcome: &mut StepOutcome, masker: &sink::Masker) {
+    fn walk(v: &mut serde_json::Value, masker: &sink::Masker) {
+        match v {
+            serde_json::Value::String(s) => *s = masker.mask(s),
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|v| walk(v, masker)),
+            serde_json::Value::Object(o) => {
+                let taken = std::mem::take(o);
+                for (k, mut v) in taken {
+                    walk(&mut v, masker);
+                    o.insert(masker.mask(&k), v);
+                }
+            }
+            _ => {}
+        }
+    }
+    outcome.summary = masker.mask(&outcome.summary);
+    outcome.reason = outcome.reason.as_deref().map(|r| masker.mask(r));
+    walk(&mut outcome.artifacts, masker);
+    walk(&mut outcome.metrics, masker);
+}
+
+/// Caps on what a plugin's report may make the engine keep.
+mod report_caps {
+    pub const SUMMARY: usize = 1024;
+    pub const REASON: usize = 16 * 1024;
+    pub const METRICS: usize = 256;
+    pub const METRIC_KEY: usize = 128;
+    pub const METRIC_VALUE: usize = 4096;
+    pub const ARTIFACTS: usize = 1000;
+    pub const ARTIFACT_PATH: usize = 4096;
+    pub const ARTIFACT_KIND: usize = 64;
+}
+
+/// `s` cut to `max` bytes; notes the cut in `cuts` as `what`.
+fn capped(s: String, max: usize, what: &str, cuts: &mut Vec<String>) -> String {
+    if s.len() <= max {
+        return s;
+    }
+    cuts.push(format!("{what} of {} bytes to {max}", s.len()));
+    caps::clip(&s, max)
+}
+
 fn classify(
     result: Option<wasmtime::Result<Result<types::Report, types::Error>>>,
     hit_memory: bool,
     cancelled: bool,
     caps: &Effective,
     timeout: Duration,
+    denials: &Denials,
+    cuts: &mut Vec<String>,
 ) -> StepOutcome {
     let timed_out = || {
         StepOutcome::new(
@@ -557,22 +683,48 @@ fn classify(
             Some("the run was cancelled".into()),
         ),
         None => timed_out(),
-        Some(Ok(Ok(report))) => from_report(report),
-        Some(Ok(Err(types::Error::Denied(d)))) => StepOutcome::new(
-            StepStatus::Denied,
-            format!("denied {} `{}`", d.capability, d.requested),
-            Some(format!(
-                "denied {} `{}`: {}",
-                d.capability, d.requested, d.grant
-            )),
-        ),
-        Some(Ok(Err(types::Error::InvalidConfig(m)))) => StepOutcome::new(
-            StepStatus::Failed,
-            format!("invalid config: {m}"),
-            Some(format!("invalid config: {m}")),
-        ),
+        Some(Ok(Ok(report))) => from_report(report, cuts),
+        Some(Ok(Err(types::Error::Denied(d)))) => {
+            let capability = caps::clip(&d.capability, caps::MAX_ECHO);
+            let requested = caps::clip(&d.requested, caps::MAX_ECHO);
+            match denials.find(&d.capability, &d.requested) {
+                // The engine refused exactly this: its own hint, not the plugin's.
+                Some(grant) => StepOutcome::new(
+                    StepStatus::Denied,
+                    format!("denied {capability} `{requested}`"),
+                    Some(format!("denied {capability} `{requested}`: {grant}")),
+                ),
+                None => StepOutcome::new(
+                    StepStatus::Failed,
+                    "the plugin claims a refusal the engine did not make",
+                    Some(format!(
+                        "the plugin returned `denied {capability} `{requested}``, but nestr refused \
+                         nothing of the kind in this step{} (the plugin's own text: {})",
+                        if denials.any() {
+                            " (it refused other requests; see the step log)"
+                        } else {
+                            ""
+                        },
+                        caps::clip(&d.grant, caps::MAX_ECHO)
+                    )),
+                ),
+            }
+        }
+        Some(Ok(Err(types::Error::InvalidConfig(m)))) => {
+            let m = capped(m, report_caps::REASON, "the invalid-config message", cuts);
+            StepOutcome::new(
+                StepStatus::Failed,
+                caps::clip(&format!("invalid config: {m}"), report_caps::SUMMARY),
+                Some(format!("invalid config: {m}")),
+            )
+        }
         Some(Ok(Err(types::Error::Failed(m)))) => {
-            StepOutcome::new(StepStatus::Failed, m.clone(), Some(m))
+            let m = capped(m, report_caps::REASON, "the failure message", cuts);
+            StepOutcome::new(
+                StepStatus::Failed,
+                caps::clip(&m, report_caps::SUMMARY),
+                Some(m),
+            )
         }
         Some(Err(e)) => {
             let trap = e.downcast_ref::<Trap>().copied();
@@ -619,25 +771,72 @@ fn round_ms(d: Duration) -> Duration {
     Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
-fn from_report(r: types::Report) -> StepOutcome {
+fn from_report(r: types::Report, cuts: &mut Vec<String>) -> StepOutcome {
+    use report_caps as cap;
     let (status, reason) = match r.outcome {
         types::Outcome::Succeeded => (StepStatus::Succeeded, None),
-        types::Outcome::Failed(why) => (StepStatus::Failed, Some(why)),
-        types::Outcome::Skipped(why) => (StepStatus::Skipped, Some(why)),
+        types::Outcome::Failed(why) => (
+            StepStatus::Failed,
+            Some(capped(why, cap::REASON, "the failure reason", cuts)),
+        ),
+        types::Outcome::Skipped(why) => (
+            StepStatus::Skipped,
+            Some(capped(why, cap::REASON, "the skip reason", cuts)),
+        ),
     };
-    let mut o = StepOutcome::new(status, r.summary, reason);
+    let summary = capped(r.summary, cap::SUMMARY, "the summary", cuts);
+    let mut o = StepOutcome::new(status, summary, reason);
     o.tests = r.tests.map(|t| (t.passed, t.failed, t.skipped));
+    if r.artifacts.len() > cap::ARTIFACTS {
+        cuts.push(format!(
+            "{} artifacts to {}",
+            r.artifacts.len(),
+            cap::ARTIFACTS
+        ));
+    }
+    let mut long = Vec::new();
     o.artifacts = serde_json::Value::Array(
         r.artifacts
             .into_iter()
-            .map(|a| serde_json::json!({"path": a.path, "kind": a.kind, "sha256": a.sha256}))
+            .take(cap::ARTIFACTS)
+            .map(|a| {
+                // A digest is 64 hex digits or nothing.
+                let sha = a
+                    .sha256
+                    .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+                serde_json::json!({
+                    "path": capped(a.path, cap::ARTIFACT_PATH, "an artifact path", &mut long),
+                    "kind": capped(a.kind, cap::ARTIFACT_KIND, "an artifact kind", &mut long),
+                    "sha256": sha,
+                })
+            })
             .collect(),
     );
+    if r.metrics.len() > cap::METRICS {
+        cuts.push(format!("{} metrics to {}", r.metrics.len(), cap::METRICS));
+    }
     o.metrics = serde_json::Value::Object(
         r.metrics
             .into_iter()
-            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .take(cap::METRICS)
+            .map(|(k, v)| {
+                (
+                    capped(k, cap::METRIC_KEY, "a metric name", &mut long),
+                    serde_json::Value::String(capped(
+                        v,
+                        cap::METRIC_VALUE,
+                        "a metric value",
+                        &mut long,
+                    )),
+                )
+            })
             .collect(),
     );
+    if !long.is_empty() {
+        cuts.push(format!(
+            "{} over-long artifact or metric fields",
+            long.len()
+        ));
+    }
     o
 }

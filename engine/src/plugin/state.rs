@@ -19,9 +19,11 @@ use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use super::bindings::nestr::plugin::{log, types};
 use super::caps::{Denial, Effective};
+use super::fs::FsGuard;
 use super::http::HttpHooks;
 use super::limits::Limiter;
 use super::sink::{LineBuffer, StepLog};
+use crate::contain::Containment;
 use crate::store::{AuditEntry, Stream};
 
 /// Receives audit entries (capability decisions) of a step.
@@ -40,12 +42,17 @@ pub struct StepContext {
     /// Marks every process this step starts (NESTR_STEP), so that escaped ones can be found.
     pub marker: String,
     pub audit: AuditSink,
+    /// What the engine refused during the step.
+    pub denials: Denials,
+    /// Where the step's programs are contained (made at the first `exec`).
+    pub containment: Containment,
 }
 
 impl StepContext {
-    /// Records a refusal and turns it into the plugin-visible error.
-    pub fn denied(&self, d: Denial) -> types::Error {
-        tracing::info!(plugin = %self.caps.plugin, capability = %d.capability, requested = %d.requested, "denied");
+    /// Records a refusal: a notice in the step log, a metric, an audit row (each bounded: the
+    /// denial's fields are clipped where they are made, in `caps`).
+    pub fn record_denial(&self, d: &Denial) {
+        tracing::info!(plugin = ?self.caps.plugin, capability = ?d.capability, requested = ?d.requested, "denied");
         if let Some(m) = crate::metrics::global() {
             m.exec_denied_total
                 .with_label_values(&[self.caps.plugin.as_str(), d.capability.as_str()])
@@ -55,20 +62,63 @@ impl StepContext {
             "[nestr: denied {} `{}`; to allow it: {}]",
             d.capability, d.requested, d.grant
         ));
-        (self.audit)(AuditEntry {
-            run_id: Some(self.run_id.clone()),
-            step_id: Some(self.step_id),
-            plugin: self.caps.plugin.clone(),
-            capability: d.capability.clone(),
-            requested: self.log.masker().mask(&d.requested),
-            decision: "denied".into(),
-            detail: Some(d.grant.clone()),
-        });
+        self.denials.record(d);
+        let masker = self.log.masker();
+        let requested = masker.mask(&d.requested);
+        let detail = masker.mask(&d.grant);
+        if self.log.admit_audit(requested.len() + detail.len()) {
+            (self.audit)(AuditEntry {
+                run_id: Some(self.run_id.clone()),
+                step_id: Some(self.step_id),
+                plugin: self.caps.plugin.clone(),
+                capability: d.capability.clone(),
+                requested,
+                decision: "denied".into(),
+                detail: Some(detail),
+            });
+        }
+    }
+
+    /// Records a refusal and turns it into the plugin-visible error.
+    pub fn denied(&self, d: Denial) -> types::Error {
+        self.record_denial(&d);
         types::Error::Denied(types::Denial {
             capability: d.capability,
             requested: d.requested,
             grant: d.grant,
         })
+    }
+}
+
+/// The refusals the engine made during a step, to tell them from a denial a plugin invents.
+#[derive(Default)]
+pub struct Denials {
+    seen: Mutex<Vec<(String, String, String)>>,
+}
+
+impl Denials {
+    /// At most this many are remembered (a plugin may make the engine refuse in a loop).
+    const KEEP: usize = 256;
+
+    fn record(&self, d: &Denial) {
+        if let Ok(mut seen) = self.seen.lock()
+            && seen.len() < Self::KEEP
+        {
+            seen.push((d.capability.clone(), d.requested.clone(), d.grant.clone()));
+        }
+    }
+
+    /// The engine's own hint for a refusal it made of `capability` `requested`, if it made one.
+    pub fn find(&self, capability: &str, requested: &str) -> Option<String> {
+        let seen = self.seen.lock().ok()?;
+        seen.iter()
+            .find(|(c, r, _)| c == capability && r == requested)
+            .map(|(_, _, g)| g.clone())
+    }
+
+    /// True when the engine refused anything in this step.
+    pub fn any(&self) -> bool {
+        self.seen.lock().is_ok_and(|s| !s.is_empty())
     }
 }
 
@@ -109,6 +159,7 @@ pub struct StepState {
     pub http: WasiHttpCtx,
     pub hooks: HttpHooks,
     pub limiter: Limiter,
+    pub fs_guard: FsGuard,
     pub ctx: Arc<StepContext>,
 }
 
@@ -142,9 +193,14 @@ impl log::Host for StepState {
             log::Level::Warn => "warn",
             log::Level::Error => "error",
         };
-        for line in message.lines() {
-            self.ctx.log.line(Stream::Log, Some(level), line);
-        }
+        // One chunk per call, however many lines it holds: a newline flood is one stored row.
+        let text = message.strip_suffix('\n').unwrap_or(&message);
+        let text = if text.contains('\r') {
+            std::borrow::Cow::Owned(text.replace("\r\n", "\n"))
+        } else {
+            std::borrow::Cow::Borrowed(text)
+        };
+        self.ctx.log.lines(Stream::Log, Some(level), &text);
     }
 }
 

@@ -1,6 +1,8 @@
 //! The log writer: a thread with its own store connection that writes step log lines and audit
 //! entries in batches — one transaction per ~100 ms or 64 KiB, whichever comes first — and
-//! commits everything pending when asked to flush (before a step is marked finished).
+//! commits everything pending when asked to flush (before a step is marked finished). Within a
+//! batch, consecutive chunks of one step, stream and level are stored as one row, so that a
+//! plugin making many tiny log calls does not make as many rows.
 
 use std::path::Path;
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
@@ -14,6 +16,8 @@ const BATCH_BYTES: usize = 64 * 1024;
 /// Chunks in flight to the writer (a chunk holds at most ~128 KiB, usually far less): a producer
 /// faster than the disk waits, so memory stays bounded.
 const QUEUE: usize = 256;
+/// Largest text a merged chunk reaches.
+const MERGED_BYTES: usize = 256 * 1024;
 
 enum Msg {
     Chunk(LogChunk),
@@ -116,8 +120,9 @@ fn run(store: &mut Store, rx: &Receiver<Msg>) {
         };
         let due = batch_started.is_some_and(|t| t.elapsed() >= BATCH_TIME) || bytes >= BATCH_BYTES;
         if due || !acks.is_empty() || closed {
-            if let Err(e) = store.insert_logs(&lines) {
-                tracing::error!(error = %e, lines = lines.len(), "could not store log lines");
+            let merged = merge(std::mem::take(&mut lines));
+            if let Err(e) = store.insert_logs(&merged) {
+                tracing::error!(error = %e, chunks = merged.len(), "could not store log lines");
             }
             for a in audits.drain(..) {
                 if let Err(e) = store.audit(&a) {
@@ -134,5 +139,70 @@ fn run(store: &mut Store, rx: &Receiver<Msg>) {
         if closed {
             return;
         }
+    }
+}
+
+/// Joins each run of consecutive chunks of the same step, stream and level whose sequence
+/// numbers follow on (the earliest time is kept), up to [`MERGED_BYTES`] of text per chunk.
+fn merge(chunks: Vec<LogChunk>) -> Vec<LogChunk> {
+    let mut out: Vec<LogChunk> = Vec::with_capacity(chunks.len());
+    for c in chunks {
+        match out.last_mut() {
+            Some(last)
+                if last.step_id == c.step_id
+                    && last.stream == c.stream
+                    && last.level == c.level
+                    && last.first_seq + last.count == c.first_seq
+                    && last.text.len() + c.text.len() < MERGED_BYTES =>
+            {
+                last.text.push('\n');
+                last.text.push_str(&c.text);
+                last.count += c.count;
+            }
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Stream;
+
+    fn chunk(step: i64, seq: i64, stream: Stream, text: &str) -> LogChunk {
+        LogChunk {
+            step_id: step,
+            first_seq: seq,
+            count: text.split('\n').count() as i64,
+            at: seq,
+            stream,
+            level: None,
+            text: text.into(),
+        }
+    }
+
+    #[test]
+    fn consecutive_chunks_of_one_stream_become_one_row() {
+        let merged = merge(vec![
+            chunk(1, 0, Stream::Log, "a"),
+            chunk(1, 1, Stream::Log, "b\nc"),
+            chunk(1, 3, Stream::Stdout, "d"),
+            chunk(2, 0, Stream::Stdout, "e"),
+            chunk(1, 4, Stream::Stdout, "f"),
+        ]);
+        let shape: Vec<(i64, i64, i64, &str)> = merged
+            .iter()
+            .map(|c| (c.step_id, c.first_seq, c.count, c.text.as_str()))
+            .collect();
+        assert_eq!(
+            shape,
+            vec![
+                (1, 0, 3, "a\nb\nc"),
+                (1, 3, 1, "d"),
+                (2, 0, 1, "e"),
+                (1, 4, 1, "f")
+            ]
+        );
     }
 }

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
+use crate::contain::Containment;
 use crate::git;
 use crate::manifest::{Manifest, PluginSource};
 use crate::plugin::caps::{self, Effective};
@@ -249,8 +250,17 @@ pub fn run(
         .enable_all()
         .build()
         .map_err(|e| PlanError::Selection(format!("cannot start the async runtime: {e}")))?;
+    let protected = manifest
+        .services
+        .iter()
+        .filter_map(|svc| {
+            let repo = manifest.repo(&svc.repo)?;
+            service_dir(&manifest.repo_dir(repo), &svc.path).ok()
+        })
+        .collect();
     let exec = Executor {
         manifest,
+        protected,
         run_id: run_id.clone(),
         operation: operation.to_string(),
         state_dir: state_dir.to_path_buf(),
@@ -260,6 +270,9 @@ pub fn run(
         opts: opts.clone(),
     };
     let result = runtime.block_on(exec.execute(&plan, &ids, store));
+    // A blocking task a plugin left stuck (abandoned at its deadline) must not hold the run up:
+    // the runtime is shut down without waiting for it.
+    runtime.shutdown_background();
     drop(writer_thread);
     let reports = result?;
     let status = if cancel.is_cancelled() {
@@ -300,6 +313,8 @@ impl Drop for ActiveGuard {
 
 struct Executor<'a> {
     manifest: &'a Manifest,
+    /// Every service folder of the workspace (canonical): programs are never found on PATH there.
+    protected: Vec<PathBuf>,
     run_id: String,
     operation: String,
     state_dir: PathBuf,
@@ -503,7 +518,10 @@ impl Executor<'_> {
             .unwrap_or_default();
         let caps: Effective =
             match caps::effective(&plugin.name, &plugin.info.capabilities, &grants) {
-                Ok(c) => c,
+                Ok(mut c) => {
+                    c.protected = self.protected.clone();
+                    c
+                }
                 Err(msg) => {
                     let log =
                         StepLog::new(step_id, Arc::default(), DEFAULT_OUTPUT_CAP, subscribers);
@@ -565,6 +583,8 @@ impl Executor<'_> {
         let log = StepLog::new(step_id, masker, caps.output_cap, subscribers);
         store.start_step(step_id, &plugin.digest, &caps.to_json())?;
         let audit_writer = self.writer.clone();
+        let marker = format!("{}-{step_id}", self.run_id);
+        let pids = caps.pids;
         let ctx = Arc::new(StepContext {
             run_id: self.run_id.clone(),
             step_id,
@@ -573,8 +593,10 @@ impl Executor<'_> {
             log,
             service_dir,
             cancel: self.cancel.clone(),
-            marker: format!("{}-{step_id}", self.run_id),
+            marker: marker.clone(),
             audit: Arc::new(move |e| audit_writer.audit(e)),
+            denials: Default::default(),
+            containment: Containment::new(&marker, pids),
         });
         let request = StepRequest {
             operation: self.operation.clone(),

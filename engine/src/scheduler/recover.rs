@@ -1,8 +1,8 @@
 //! Crash recovery. A run records the pid and the start time of the process executing it; when a
 //! store is opened, runs left `running` whose process is gone (no such pid, or a pid reused by a
 //! process that started at another time) become `interrupted`, with their unfinished steps, and
-//! any program such a run started that still carries its marker is killed. A run that another
-//! live process is executing is never touched.
+//! any program such a run started is killed: those in its steps' cgroups, and any that still
+//! carries its marker. A run that another live process is executing is never touched.
 
 use crate::store::{Store, StoreError};
 
@@ -42,6 +42,7 @@ pub fn recover(store: &mut Store) -> Result<Vec<String>, StoreError> {
         let id = owner.id;
         store.interrupt_run(&id)?;
         crate::plugin::kill_marked_prefix(&format!("{id}-"));
+        crate::contain::kill_run(&format!("{id}-"));
         tracing::warn!(run = %id, "run interrupted: the process executing it is gone");
         recovered.push(id);
     }
