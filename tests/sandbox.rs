@@ -11,17 +11,6 @@ use crate::api::{Server, get};
 use crate::plugins::{fixture_ws, probe, stored, wasm};
 use crate::support::{Run, Sandbox, TestResult, git, isolate, pid_alive};
 
-/// Runs `nestr ARGS` in `dir` with extra environment, colour off.
-fn nestr_env(sb: &Sandbox, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_nestr"));
-    cmd.current_dir(dir).args(["--color", "never"]).args(args);
-    isolate(&mut cmd, sb.path());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    Run::from(cmd.output().expect("nestr runs"))
-}
-
 fn metric(m: &serde_json::Value, key: &str) -> String {
     m[key].as_str().unwrap_or("missing").to_string()
 }
@@ -60,7 +49,12 @@ fn marked(prefix: &str) -> Vec<i32> {
 #[test]
 fn a_plugin_cannot_reach_a_repositorys_git_through_its_filesystem() -> TestResult {
     let sb = Sandbox::new();
-    let ws = fixture_ws(&sb, "git_tamper", "fs = \"read-write\"", "");
+    let ws = fixture_ws(
+        &sb,
+        "git_tamper",
+        "fs = \"read-write\", exec = [\"true\"], env = [\"PATH\"]",
+        "",
+    );
     let svc = ws.join("app");
     let config_before = std::fs::read(svc.join(".git/config"))?;
     // A nested repository, a folder to plant a gitdir file in, a symlink to .git.
@@ -84,6 +78,7 @@ fn a_plugin_cannot_reach_a_repositorys_git_through_its_filesystem() -> TestResul
         "rename_git",
         "upper_case",
         "remove_git",
+        "exec_in_git",
     ] {
         let v = metric(&s.metrics, p);
         assert!(v.starts_with("denied"), "{p}: {v}");
@@ -141,8 +136,7 @@ fn a_granted_program_is_never_found_through_a_relative_path_entry_or_in_a_servic
     let svc = std::fs::canonicalize(ws.join("app"))?;
     let path = std::env::var("PATH").unwrap_or_default();
     for entry in [".", "", "app", "./"] {
-        let run = nestr_env(
-            &sb,
+        let run = sb.nestr_with(
             &svc,
             &["run", "probe", "--json"],
             &[("PATH", &format!("{entry}:{path}"))],
@@ -160,8 +154,7 @@ fn a_granted_program_is_never_found_through_a_relative_path_entry_or_in_a_servic
         );
     }
     // An absolute PATH entry inside the service folder is refused, not used.
-    let run = nestr_env(
-        &sb,
+    let run = sb.nestr_with(
         &ws,
         &["run", "probe", "--json"],
         &[("PATH", &format!("{}:{path}", svc.display()))],
@@ -303,7 +296,7 @@ fn no_program_outlives_its_step_whatever_it_does_to_leave() -> TestResult {
             "exec = [\"sh\"], env = [\"PATH\"]",
             "mode = \"daemon\"",
         );
-        let run = nestr_env(&sb, &ws, &["run", "probe", "--json"], &env);
+        let run = sb.nestr_with(&ws, &["run", "probe", "--json"], &env);
         assert_eq!(run.code, 0, "{mode}: {}", run.all());
         let s = stored(&ws);
         let mut pids = Vec::new();
@@ -312,8 +305,11 @@ fn no_program_outlives_its_step_whatever_it_does_to_leave() -> TestResult {
                 .map_err(|e| format!("{mode}: {file}: {e}"))?;
             pids.push(pid.trim().to_string());
         }
-        std::thread::sleep(Duration::from_millis(100));
-        let alive: Vec<&String> = pids.iter().filter(|p| pid_alive(p)).collect();
+        // Not even a zombie is left (nestr reaps what it kills; an init may reap late).
+        let alive: Vec<&String> = pids
+            .iter()
+            .filter(|p| Path::new(&format!("/proc/{p}")).exists())
+            .collect();
         for p in &alive {
             let _ = Command::new("kill").args(["-9", p]).status();
         }
@@ -435,19 +431,14 @@ fn a_secret_a_plugin_learns_is_masked_in_every_stored_or_served_field() -> TestR
             "exec = [\"sh\"], env = [\"PATH\"], secrets = [\"SIDE_SECRET\"], fs = \"read-write\"",
             &format!("name = \"SIDE_SECRET\", mode = \"{mode}\""),
         );
-        let run = nestr_env(
-            &sb,
-            &ws,
-            &["run", "probe", "--json"],
-            &[("SIDE_SECRET", secret)],
-        );
+        let run = sb.nestr_with(&ws, &["run", "probe", "--json"], &[("SIDE_SECRET", secret)]);
         let run_id = run.json()["run_id"]
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let shown = nestr_env(&sb, &ws, &["runs", "show", &run_id], &[]);
-        let shown_json = nestr_env(&sb, &ws, &["runs", "show", &run_id, "--json"], &[]);
-        let logs = nestr_env(&sb, &ws, &["logs", &run_id], &[]);
+        let shown = sb.nestr(&ws, &["runs", "show", &run_id]);
+        let shown_json = sb.nestr(&ws, &["runs", "show", &run_id, "--json"]);
+        let logs = sb.nestr(&ws, &["logs", &run_id]);
         let mut srv = Server::start(&sb, &ws, &[])?;
         let api = get(&srv.u(&format!("/api/runs/{run_id}")))?;
         let api_logs = get(&srv.u(&format!("/api/runs/{run_id}/logs")))?;

@@ -119,9 +119,15 @@ impl Sandbox {
 
     /// Runs the nestr binary in `dir` with `args` (colour off, git isolated).
     pub fn nestr(&self, dir: &Path, args: &[&str]) -> Run {
+        self.nestr_with(dir, args, &[])
+    }
+
+    /// Like [`Sandbox::nestr`], with extra environment variables.
+    pub fn nestr_with(&self, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nestr"));
         cmd.current_dir(dir).arg("--color").arg("never").args(args);
         isolate(&mut cmd, self.path());
+        cmd.envs(env.iter().copied());
         let out = cmd.output().expect("nestr runs");
         Run::from(out)
     }

@@ -11,12 +11,15 @@
 //! - the `pids` limit (`pids` grant) in that cgroup when the v2 `pids` controller is enabled
 //!   there, else in a v1 `pids` hierarchy beside it.
 //!
+//! In both modes this process is a child subreaper (`PR_SET_CHILD_SUBREAPER`, set before the
+//! first program starts), so orphaned descendants are re-parented to it instead of to init, and it
+//! reaps them itself when it ends a step's programs: no zombie is left for an init that reaps
+//! slowly.
+//!
 //! Where no cgroup can be made (no cgroup2 mount, no permission) the step falls back, and says so
-//! in its log: this process becomes a child subreaper (`PR_SET_CHILD_SUBREAPER`), so orphaned
-//! descendants are re-parented to it instead of to init, and at the end of each `exec` call a
-//! walk of its descendants kills every process that no running step still owns (plus the
-//! `NESTR_STEP` marker sweep of `plugin::exec`). `NESTR_CONTAIN=process` forces this fallback
-//! (tests use it).
+//! in its log: at the end of each `exec` call a walk of this process's descendants kills every
+//! process that no running step still owns (plus the `NESTR_STEP` marker sweep of
+//! `plugin::exec`). `NESTR_CONTAIN=process` forces this fallback (tests use it).
 //!
 //! [`kill_run`] ends what a dead engine's run left behind (used by crash recovery).
 
@@ -73,10 +76,12 @@ impl Containment {
             return;
         };
         if matches!(*state, State::Unmade) {
+            // Orphans of the step's programs are re-parented to this process, which reaps them
+            // when it ends the step's programs (an init that reaps slowly would leave zombies).
+            become_subreaper();
             *state = match make(&self.marker, self.pids, note) {
                 Ok(c) => State::Cgroup(c),
                 Err(why) => {
-                    become_subreaper();
                     note(format!(
                         "[nestr: no cgroup could be made for this step ({why}); its programs are \
                          contained by a subreaper and a walk of descendants instead, without a \
@@ -102,6 +107,11 @@ impl Containment {
                 kill_cgroup(&c.v2);
                 if let Some(v1) = &c.pids_v1 {
                     kill_listed(v1);
+                }
+                // This process is a subreaper: what the kill left behind are its zombie
+                // children now (re-parented as their parents die).
+                if SUBREAPER.load(std::sync::atomic::Ordering::Relaxed) {
+                    reap_zombies();
                 }
             }
             State::Fallback => reap_orphans(&self.marker),
@@ -396,17 +406,41 @@ fn marker_of(pid: i32) -> Option<String> {
         .map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
+/// Set once this process is a child subreaper.
+static SUBREAPER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 fn become_subreaper() {
     static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
-            tracing::warn!(error = %e, "could not become a child subreaper");
-        }
+    ONCE.call_once(|| match nix::sys::prctl::set_child_subreaper(true) {
+        Ok(()) => SUBREAPER.store(true, std::sync::atomic::Ordering::Relaxed),
+        Err(e) => tracing::warn!(error = %e, "could not become a child subreaper"),
     });
 }
 
-/// Every process's parent, from `/proc`.
-fn parents() -> Vec<(i32, i32)> {
+/// Reaps this process's zombie children that no step waits for (orphans re-parented to it), until
+/// none has appeared for a few milliseconds (re-parenting follows the kill by a moment).
+fn reap_zombies() {
+    let me = i32::try_from(std::process::id()).unwrap_or(0);
+    let mut quiet = 0;
+    for _ in 0..100 {
+        let owned: HashSet<i32> = live().lock().map(|l| l.clone()).unwrap_or_default();
+        let mut reaped = 0;
+        for (pid, ppid, zombie) in parents() {
+            if ppid == me && zombie && !owned.contains(&pid) {
+                let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
+                reaped += 1;
+            }
+        }
+        quiet = if reaped == 0 { quiet + 1 } else { 0 };
+        if quiet >= 3 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Every process as `(pid, parent pid, zombie)`, from `/proc/PID/stat`.
+fn parents() -> Vec<(i32, i32, bool)> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
         return vec![];
     };
@@ -415,9 +449,12 @@ fn parents() -> Vec<(i32, i32)> {
         .filter_map(|e| {
             let pid: i32 = e.file_name().to_str()?.parse().ok()?;
             let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            let rest = &stat[stat.rfind(')')? + 1..];
-            let ppid: i32 = rest.split_whitespace().nth(1)?.parse().ok()?;
-            Some((pid, ppid))
+            // The command name (field 2) may hold spaces and parentheses: fields resume after
+            // the last `)`, with the state (field 3) and the parent (field 4).
+            let mut rest = stat[stat.rfind(')')? + 1..].split_whitespace();
+            let zombie = rest.next()? == "Z";
+            let ppid: i32 = rest.next()?.parse().ok()?;
+            Some((pid, ppid, zombie))
         })
         .collect()
 }
@@ -439,7 +476,7 @@ fn reap_orphans(marker: &str) {
         let mut doomed: Vec<i32> = Vec::new();
         let mut frontier = vec![me];
         while let Some(p) = frontier.pop() {
-            for &(child, parent) in &tree {
+            for &(child, parent, _) in &tree {
                 if parent == p
                     && child != me
                     && !owned.contains(&child)
@@ -458,10 +495,36 @@ fn reap_orphans(marker: &str) {
         }
         std::thread::sleep(Duration::from_millis(10));
         // Orphans are this process's children now: reap them (never a program a step waits for).
-        for &(child, parent) in &tree {
+        for &(child, parent, _) in &tree {
             if parent == me && doomed.contains(&child) {
                 let _ = waitpid(Pid::from_raw(child), Some(WaitPidFlag::WNOHANG));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mount_fields_are_unescaped() {
+        assert_eq!(
+            unescape("/sys/fs/cgroup/uni\\040fied"),
+            "/sys/fs/cgroup/uni fied"
+        );
+        assert_eq!(unescape("/plain"), "/plain");
+    }
+
+    #[test]
+    fn cgroup_paths_join_below_the_mount() {
+        assert_eq!(
+            join_cgroup(Path::new("/sys/fs/cgroup/unified"), "/"),
+            PathBuf::from("/sys/fs/cgroup/unified/")
+        );
+        assert_eq!(
+            join_cgroup(Path::new("/sys/fs/cgroup"), "/user.slice/a.scope"),
+            PathBuf::from("/sys/fs/cgroup/user.slice/a.scope")
+        );
     }
 }

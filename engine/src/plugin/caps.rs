@@ -636,4 +636,32 @@ mod tests {
         );
         assert!(eff.check_exec("cargo", &["publish".into()]).is_err());
     }
+
+    #[test]
+    fn a_pattern_that_does_not_compile_refuses_the_step_instead_of_allowing_any_argument() {
+        let g = Grants {
+            exec: vec![ExecGrant {
+                program: "make".into(),
+                args: vec!["build".into(), "{build,test".into()],
+            }],
+            ..Grants::default()
+        };
+        let declared = Declared {
+            exec: vec!["make".into()],
+            ..Declared::default()
+        };
+        let err = effective("command", &declared, &g).expect_err("refused");
+        assert!(err.contains("does not compile"), "{err}");
+    }
+
+    #[test]
+    fn echoed_requests_are_clipped() {
+        let eff = effective("p", &Declared::default(), &grants(&["sh"])).expect("ok");
+        let huge = "x".repeat(4 * 1024 * 1024);
+        let d = eff.check_exec(&huge, &[]).expect_err("denied");
+        assert!(d.requested.len() < MAX_ECHO + 32, "{}", d.requested.len());
+        assert!(d.grant.len() < 2 * MAX_ECHO, "{}", d.grant.len());
+        assert!(d.requested.ends_with("bytes)"));
+        assert_eq!(clip("héllo", 2), "h…(+5 bytes)");
+    }
 }

@@ -258,7 +258,7 @@ fn resolve_cwd(
     };
     let outside = |what: &str| Denial {
         capability: "fs".into(),
-        requested: format!("cwd {what}"),
+        requested: format!("cwd {}", clip(what, MAX_ECHO)),
         grant: "no grant allows a working folder outside the service folder".into(),
     };
     if Path::new(rel).is_absolute() {
@@ -279,6 +279,18 @@ fn resolve_cwd(
     })?;
     if !real.starts_with(service_dir) {
         return Err(Ok(outside(rel)));
+    }
+    // Not inside a repository's `.git` either (its hooks and config run code), as the plugin's
+    // own filesystem view refuses it.
+    if real.strip_prefix(service_dir).is_ok_and(|r| {
+        r.components()
+            .any(|c| c.as_os_str().eq_ignore_ascii_case(".git"))
+    }) {
+        return Err(Ok(Denial {
+            capability: "fs".into(),
+            requested: format!("cwd {}", clip(rel, MAX_ECHO)),
+            grant: "no grant allows a working folder inside a repository's `.git`".into(),
+        }));
     }
     if !real.is_dir() {
         return Err(Err(format!("working folder `{rel}` is not a folder")));
