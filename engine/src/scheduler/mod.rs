@@ -247,6 +247,9 @@ pub fn run(
     let writer_thread = logs::LogWriterThread::start(state_dir)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        // Check timers and I/O after every task poll: plugin code yields every 10 ms, and a
+        // worker that runs it must not leave other steps' deadlines waiting for 61 polls.
+        .event_interval(1)
         .enable_all()
         .build()
         .map_err(|e| PlanError::Selection(format!("cannot start the async runtime: {e}")))?;
