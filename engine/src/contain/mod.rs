@@ -5,9 +5,11 @@
 //! The primary mechanism is a cgroup per step, made at the step's first `exec`:
 //! - a cgroup v2 folder `nestr-<marker>` below this process's own cgroup, on the cgroup2 mount
 //!   found in `/proc/mounts` (a hybrid hierarchy mounts it beside the v1 controllers, e.g. at
-//!   `/sys/fs/cgroup/unified`); each program is moved into it between `fork` and `exec`, before it
-//!   can start anything, so every descendant is born inside; at the end of each `exec` call the
-//!   whole cgroup is killed at once with `cgroup.kill`;
+//!   `/sys/fs/cgroup/unified`); each program enters it before it runs a single instruction of
+//!   its own, so every descendant is born inside: a trampoline shell (dash, spawned with
+//!   `posix_spawn`) enters the cgroups and `exec`s the program, or where there is no dash, the
+//!   child enters them between `fork` and `exec`; at the end of each `exec` call the whole cgroup
+//!   is killed at once with `cgroup.kill`;
 //! - the `pids` limit (`pids` grant) in that cgroup when the v2 `pids` controller is enabled
 //!   there, else in a v1 `pids` hierarchy beside it.
 //!
@@ -30,7 +32,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
-use nix::sys::wait::{WaitPidFlag, waitpid};
+use nix::sys::wait::{Id, WaitPidFlag, waitid, waitpid};
 use nix::unistd::Pid;
 
 /// How long the end of a step waits for its killed processes to be gone.
@@ -69,11 +71,54 @@ impl Containment {
         }
     }
 
-    /// Arranges for the program `cmd` will start to be born inside the step's containment,
-    /// making it first if needed. `note` receives what the step log should say about it (once).
-    pub fn place(&self, cmd: &mut std::process::Command, note: &dyn Fn(String)) {
+    /// The command that starts `program` with `args` inside the step's containment, making the
+    /// containment first if needed. `note` receives what the step log should say about it
+    /// (once). `keep_pwd`: `PWD` or `OLDPWD` are among the variables the program is given.
+    ///
+    /// The program enters the step's cgroups before it runs an instruction of its own: through
+    /// the trampoline shell (spawned with `posix_spawn`, cheap), or where there is none, in the
+    /// child between `fork` and `exec` (a `fork` of the engine costs milliseconds).
+    pub fn command(
+        &self,
+        program: &Path,
+        args: &[String],
+        keep_pwd: bool,
+        note: &dyn Fn(String),
+    ) -> tokio::process::Command {
+        let procs = self.prepare(note);
+        match (procs, trampoline()) {
+            (Some(procs), Some(shell)) => {
+                let mut cmd = tokio::process::Command::new(shell);
+                let unset = if keep_pwd { "" } else { "unset PWD OLDPWD; " };
+                cmd.arg("-c")
+                    .arg(format!("{ENTER}{unset}exec \"$@\""))
+                    .arg("nestr-enter");
+                for p in &procs {
+                    use std::os::unix::ffi::OsStrExt;
+                    cmd.arg(std::ffi::OsStr::from_bytes(p.as_bytes()));
+                }
+                cmd.arg("--").arg(program).args(args);
+                cmd
+            }
+            (Some(procs), None) => {
+                let mut cmd = tokio::process::Command::new(program);
+                cmd.args(args);
+                enter_before_exec(cmd.as_std_mut(), procs);
+                cmd
+            }
+            (None, _) => {
+                let mut cmd = tokio::process::Command::new(program);
+                cmd.args(args);
+                cmd
+            }
+        }
+    }
+
+    /// Makes the containment at first use; the `cgroup.procs` files a program must enter, or
+    /// none in the fallback.
+    fn prepare(&self, note: &dyn Fn(String)) -> Option<Vec<CString>> {
         let Ok(mut state) = self.state.lock() else {
-            return;
+            return None;
         };
         if matches!(*state, State::Unmade) {
             // Orphans of the step's programs are re-parented to this process, which reaps them
@@ -91,8 +136,9 @@ impl Containment {
                 }
             };
         }
-        if let State::Cgroup(c) = &*state {
-            enter_before_exec(cmd, c.procs.clone());
+        match &*state {
+            State::Cgroup(c) => Some(c.procs.clone()),
+            _ => None,
         }
     }
 
@@ -104,14 +150,14 @@ impl Containment {
         match &*state {
             State::Unmade => {}
             State::Cgroup(c) => {
-                kill_cgroup(&c.v2);
+                let mut killed = kill_cgroup(&c.v2);
                 if let Some(v1) = &c.pids_v1 {
-                    kill_listed(v1);
+                    killed |= kill_listed(v1);
                 }
-                // This process is a subreaper: what the kill left behind are its zombie
-                // children now (re-parented as their parents die).
+                // This process is a subreaper: orphans of the step are its zombie children now
+                // (re-parented as their parents die; after a kill, that takes a moment).
                 if SUBREAPER.load(std::sync::atomic::Ordering::Relaxed) {
-                    reap_zombies();
+                    reap_zombies(killed);
                 }
             }
             State::Fallback => reap_orphans(&self.marker),
@@ -120,14 +166,40 @@ impl Containment {
 }
 
 impl Drop for Containment {
+    /// Every `exec` call ends its programs itself; this removes the cgroups (killing what might
+    /// be left first, which costs a read when nothing is).
     fn drop(&mut self) {
-        self.kill_all();
         if let Ok(State::Cgroup(c)) = self.state.get_mut().map(|s| &*s) {
+            kill_cgroup(&c.v2);
             for dir in c.pids_v1.iter().chain(std::iter::once(&c.v2)) {
                 remove_dir(dir);
             }
         }
     }
+}
+
+/// The script of the trampoline shell: `sh -c SCRIPT nestr-enter PROCS… -- PROGRAM ARGS…` writes
+/// `0` (itself) into each `cgroup.procs`, then becomes the program. A write that fails ends it
+/// with exit code 125 before the program runs (fail closed).
+const ENTER: &str = "for f do [ \"$f\" = -- ] && break; echo 0 > \"$f\" || { echo \"[nestr: cannot enter the step's cgroup ($f); the program was not started]\" >&2; exit 125; }; done; while [ \"$1\" != -- ]; do shift; done; shift; ";
+
+/// The trampoline: `/bin/sh` when it is dash, which starts in well under a millisecond and
+/// exports nothing of its own but `PWD` and `OLDPWD` (the script unsets them unless granted).
+/// `NESTR_CONTAIN=fork` does without it (tests use it).
+fn trampoline() -> Option<&'static Path> {
+    static SHELL: OnceLock<Option<PathBuf>> = OnceLock::new();
+    SHELL
+        .get_or_init(|| {
+            if std::env::var("NESTR_CONTAIN").is_ok_and(|v| v == "fork") {
+                return None;
+            }
+            let real = std::fs::canonicalize("/bin/sh").ok()?;
+            real.file_name()?
+                .to_str()?
+                .starts_with("dash")
+                .then(|| PathBuf::from("/bin/sh"))
+        })
+        .as_deref()
 }
 
 /// How programs are contained in this process: `NESTR_CONTAIN=process` forces the fallback.
@@ -283,31 +355,47 @@ fn enter_before_exec(cmd: &mut std::process::Command, procs: Vec<CString>) {
 }
 
 /// Kills every process in the cgroup v2 folder `dir` (with `cgroup.kill` where the kernel has
-/// it) and waits until it is empty.
-fn kill_cgroup(dir: &Path) {
+/// it) and waits until it is empty; false (at once) when it was empty already.
+fn kill_cgroup(dir: &Path) -> bool {
+    if !populated(dir) {
+        return false;
+    }
     if std::fs::write(dir.join("cgroup.kill"), "1").is_err() {
-        kill_listed(dir);
-        return;
+        return kill_listed(dir);
     }
     let until = Instant::now() + KILL_WAIT;
-    while Instant::now() < until && !listed(dir).is_empty() {
-        std::thread::sleep(Duration::from_millis(5));
+    let mut pause = Duration::from_micros(200);
+    while Instant::now() < until && populated(dir) {
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(5));
+    }
+    true
+}
+
+/// Whether a cgroup v2 folder holds a live process (`cgroup.events`; its process list where the
+/// file cannot be read).
+fn populated(dir: &Path) -> bool {
+    match std::fs::read_to_string(dir.join("cgroup.events")) {
+        Ok(events) => events.lines().any(|l| l.trim() == "populated 1"),
+        Err(_) => !listed(dir).is_empty(),
     }
 }
 
 /// Kills the processes listed in `dir/cgroup.procs` until none is left (they may fork while it
-/// runs; the pids limit bounds how often).
-fn kill_listed(dir: &Path) {
+/// runs; the pids limit bounds how often). True when there were some.
+fn kill_listed(dir: &Path) -> bool {
     let until = Instant::now() + KILL_WAIT;
+    let mut any = false;
     loop {
         let pids = listed(dir);
         if pids.is_empty() || Instant::now() >= until {
-            return;
+            return any;
         }
+        any = true;
         for pid in pids {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 
@@ -376,9 +464,27 @@ fn live_markers() -> &'static Mutex<HashSet<String>> {
     MARKERS.get_or_init(Mutex::default)
 }
 
+/// Held while a program is spawned and registered, and while zombies are reaped: a program that
+/// exits at once is a zombie child of this process before it is registered, and must not be
+/// taken for an orphan (its step's `wait` would find no child).
+static SPAWNING: Mutex<()> = Mutex::new(());
+
+/// Spawns `cmd` for the step `marker` and registers the program (see [`register`]).
+pub fn spawn(
+    cmd: &mut tokio::process::Command,
+    marker: &str,
+) -> std::io::Result<tokio::process::Child> {
+    let _held = SPAWNING.lock();
+    let child = cmd.spawn()?;
+    if let Some(pid) = child.id() {
+        register(pid, marker);
+    }
+    Ok(child)
+}
+
 /// Marks `pid` as a program the step `marker` is waiting for: the walk of other steps leaves
 /// it, its descendants, and processes carrying that marker alone.
-pub fn register(pid: u32, marker: &str) {
+fn register(pid: u32, marker: &str) {
     if let (Ok(p), Ok(mut l)) = (i32::try_from(pid), live().lock()) {
         l.insert(p);
     }
@@ -417,25 +523,43 @@ fn become_subreaper() {
     });
 }
 
-/// Reaps this process's zombie children that no step waits for (orphans re-parented to it), until
-/// none has appeared for a few milliseconds (re-parenting follows the kill by a moment).
-fn reap_zombies() {
-    let me = i32::try_from(std::process::id()).unwrap_or(0);
-    let mut quiet = 0;
-    for _ in 0..100 {
-        let owned: HashSet<i32> = live().lock().map(|l| l.clone()).unwrap_or_default();
-        let mut reaped = 0;
-        for (pid, ppid, zombie) in parents() {
-            if ppid == me && zombie && !owned.contains(&pid) {
-                let _ = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::WNOHANG));
-                reaped += 1;
-            }
+/// Reaps this process's zombie children that no step waits for (orphans re-parented to it).
+/// `settle`: something was just killed, and re-parenting follows by a moment, so look again a
+/// few times over ~10 ms.
+fn reap_zombies(settle: bool) {
+    let rounds = if settle { 6 } else { 1 };
+    for round in 0..rounds {
+        if round > 0 {
+            std::thread::sleep(Duration::from_millis(2));
         }
-        quiet = if reaped == 0 { quiet + 1 } else { 0 };
-        if quiet >= 3 {
+        reap_unowned_children();
+    }
+}
+
+/// One pass: `waitid` without reaping tells which child is waitable; an unowned one is reaped,
+/// and where a step's own program is first in line, a scan of `/proc` finds the others.
+fn reap_unowned_children() {
+    let _held = SPAWNING.lock();
+    let owned: HashSet<i32> = live().lock().map(|l| l.clone()).unwrap_or_default();
+    for _ in 0..10_000 {
+        let peek = waitid(
+            Id::All,
+            WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+        );
+        let Some(pid) = peek.ok().and_then(|s| s.pid()) else {
+            return;
+        };
+        if owned.contains(&pid.as_raw()) {
+            // Its step reaps it; look for unowned zombies behind it.
+            let me = i32::try_from(std::process::id()).unwrap_or(0);
+            for (child, ppid, zombie) in parents() {
+                if ppid == me && zombie && !owned.contains(&child) {
+                    let _ = waitpid(Pid::from_raw(child), Some(WaitPidFlag::WNOHANG));
+                }
+            }
             return;
         }
-        std::thread::sleep(Duration::from_millis(2));
+        let _ = waitpid(pid, Some(WaitPidFlag::WNOHANG));
     }
 }
 
@@ -466,6 +590,7 @@ fn parents() -> Vec<(i32, i32, bool)> {
 fn reap_orphans(marker: &str) {
     let me = i32::try_from(std::process::id()).unwrap_or(0);
     for _ in 0..20 {
+        let held = SPAWNING.lock();
         let owned: HashSet<i32> = live().lock().map(|l| l.clone()).unwrap_or_default();
         let others: HashSet<String> = live_markers()
             .lock()
@@ -493,7 +618,9 @@ fn reap_orphans(marker: &str) {
         for &pid in &doomed {
             let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
         }
+        drop(held);
         std::thread::sleep(Duration::from_millis(10));
+        let _held = SPAWNING.lock();
         // Orphans are this process's children now: reap them (never a program a step waits for).
         for &(child, parent, _) in &tree {
             if parent == me && doomed.contains(&child) {

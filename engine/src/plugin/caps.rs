@@ -6,7 +6,8 @@
 //!
 //! Everything here fails closed: an argument pattern that does not compile refuses the step (the
 //! manifest already rejects it at load), a program name is resolved only through absolute PATH
-//! entries and never to a file inside a service folder, and whatever a plugin asked for is
+//! entries and never to a file inside a repository (where service folders are), and whatever a
+//! plugin asked for is
 //! clipped before it is echoed into a denial, a log notice or an audit row.
 
 use std::path::{Path, PathBuf};
@@ -84,9 +85,9 @@ pub struct Effective {
     /// Processes (and threads) the step's programs may have at once.
     pub pids: u64,
     pub timeout: Duration,
-    /// Folders a program found on PATH may never come from (every service folder of the
-    /// workspace, canonical); the step's own service folder is always one of them.
-    pub protected: Vec<PathBuf>,
+    /// Folders a program found on PATH may never come from: every repository folder of the
+    /// workspace (canonical), which holds every service folder.
+    pub protected: std::sync::Arc<[PathBuf]>,
     /// The plugin's grants as written, to build "add this" hints.
     grants: Grants,
 }
@@ -217,7 +218,7 @@ pub fn effective(plugin: &str, declared: &Declared, grants: &Grants) -> Result<E
             .saturating_mul(1024 * 1024),
         pids: grants.pids.unwrap_or(DEFAULT_PIDS),
         timeout: grants.timeout.unwrap_or(DEFAULT_TIMEOUT),
-        protected: Vec::new(),
+        protected: std::sync::Arc::default(),
         grants: grants.clone(),
     })
 }
@@ -426,10 +427,11 @@ impl Effective {
                     capability: "exec".into(),
                     requested: program.to_string(),
                     grant: format!(
-                        "`{program}` resolved on PATH to {}, inside the service folder {}; nestr \
-                         never runs a program found on PATH inside a service folder (a plugin \
-                         could have planted it). Remove that folder from PATH, or grant the \
-                         program by its absolute path",
+                        "`{program}` resolved on PATH to {}, inside {}, a repository of the \
+                         workspace; nestr never runs a program found on PATH inside a \
+                         repository's folders, where service folders are (a plugin could have \
+                         planted it). Remove that folder from PATH, or grant the program by \
+                         its absolute path",
                         real.display(),
                         dir.display()
                     ),

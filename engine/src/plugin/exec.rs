@@ -118,29 +118,27 @@ pub async fn run(ctx: &StepContext, cmd: Command) -> Result<Output, types::Error
     };
 
     let started = Instant::now();
-    let mut child_cmd = tokio::process::Command::new(&program);
+    let mut envs = ctx.caps.environment();
+    envs.extend(cmd.env.iter().cloned());
+    let keep_pwd = envs.iter().any(|(k, _)| k == "PWD" || k == "OLDPWD");
+    // Born inside the step's containment (see `crate::contain`).
+    let mut child_cmd = ctx
+        .containment
+        .command(&program, &cmd.args, keep_pwd, &|note| ctx.log.system(note));
     child_cmd
-        .args(&cmd.args)
         .current_dir(&cwd)
         .env_clear()
-        .envs(ctx.caps.environment())
-        .envs(cmd.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .envs(envs)
         .env("NESTR_STEP", &ctx.marker)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(false);
-    ctx.containment
-        .place(child_cmd.as_std_mut(), &|note| ctx.log.system(note));
     let shown = clip(&cmd.program, MAX_ECHO);
-    let mut child = child_cmd
-        .spawn()
+    let mut child = crate::contain::spawn(&mut child_cmd, &ctx.marker)
         .map_err(|e| types::Error::Failed(format!("cannot start `{shown}`: {e}")))?;
     let pid = child.id();
-    if let Some(pid) = pid {
-        crate::contain::register(pid, &ctx.marker);
-    }
     let pgid = pid.and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
     let mut guard = GroupGuard { pgid, pid, ctx };
 

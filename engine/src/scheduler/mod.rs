@@ -253,13 +253,13 @@ pub fn run(
         .enable_all()
         .build()
         .map_err(|e| PlanError::Selection(format!("cannot start the async runtime: {e}")))?;
+    // Every service folder lies inside its repository's folder (`service_dir` makes sure), so
+    // refusing programs inside any repository folder covers them all, at one lookup per
+    // repository rather than per service.
     let protected = manifest
-        .services
+        .repos
         .iter()
-        .filter_map(|svc| {
-            let repo = manifest.repo(&svc.repo)?;
-            service_dir(&manifest.repo_dir(repo), &svc.path).ok()
-        })
+        .filter_map(|repo| std::fs::canonicalize(manifest.repo_dir(repo)).ok())
         .collect();
     let exec = Executor {
         manifest,
@@ -316,8 +316,9 @@ impl Drop for ActiveGuard {
 
 struct Executor<'a> {
     manifest: &'a Manifest,
-    /// Every service folder of the workspace (canonical): programs are never found on PATH there.
-    protected: Vec<PathBuf>,
+    /// Every repository folder of the workspace (canonical; they hold every service folder):
+    /// programs are never found on PATH there.
+    protected: Arc<[PathBuf]>,
     run_id: String,
     operation: String,
     state_dir: PathBuf,
