@@ -50,11 +50,6 @@ impl FsGuard {
         }
     }
 
-    /// Bytes the plugin wrote through its filesystem view so far.
-    pub fn written(&self) -> u64 {
-        self.written.load(Ordering::Relaxed)
-    }
-
     fn budget(&self) -> Budget {
         Budget {
             ctx: self.ctx.clone(),

@@ -47,11 +47,6 @@ pub const MAX_RESOURCES: usize = 1024;
 /// [`MAX_RESOURCES`] this bounds what header handles can make the host keep.
 pub const FIELD_SIZE_LIMIT: usize = 16 * 1024;
 
-/// Epoch ticks for a deadline `d` from now (at least one).
-pub fn ticks(d: Duration) -> u64 {
-    (d.as_millis() / EPOCH_TICK.as_millis()).max(1) as u64 + 1
-}
-
 /// The pooling allocator's configuration: slots for [`CONCURRENT_STORES`] stores of the largest
 /// allowed shape; each memory may grow to wasm32's 4 GiB (address space is reserved, not
 /// committed).
