@@ -57,7 +57,7 @@ struct Cgroups {
     v2: PathBuf,
     /// The v1 `pids` folder holding the limit, when the limit is not in `v2`.
     pids_v1: Option<PathBuf>,
-    /// `cgroup.procs` of each, written by the child before `exec`.
+    /// `cgroup.procs` of each, written by the trampoline (or the child) before the program runs.
     procs: Vec<CString>,
 }
 
@@ -117,9 +117,8 @@ impl Containment {
     /// Makes the containment at first use; the `cgroup.procs` files a program must enter, or
     /// none in the fallback.
     fn prepare(&self, note: &dyn Fn(String)) -> Option<Vec<CString>> {
-        let Ok(mut state) = self.state.lock() else {
-            return None;
-        };
+        // A poisoned lock still holds the state: never start a program uncontained for it.
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if matches!(*state, State::Unmade) {
             // Orphans of the step's programs are re-parented to this process, which reaps them
             // when it ends the step's programs (an init that reaps slowly would leave zombies).
@@ -144,9 +143,7 @@ impl Containment {
 
     /// Kills every process of the step and waits (briefly) until they are gone.
     pub fn kill_all(&self) {
-        let Ok(state) = self.state.lock() else {
-            return;
-        };
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match &*state {
             State::Unmade => {}
             State::Cgroup(c) => {
@@ -169,7 +166,8 @@ impl Drop for Containment {
     /// Every `exec` call ends its programs itself; this removes the cgroups (killing what might
     /// be left first, which costs a read when nothing is).
     fn drop(&mut self) {
-        if let Ok(State::Cgroup(c)) = self.state.get_mut().map(|s| &*s) {
+        let state = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let State::Cgroup(c) = &*state {
             kill_cgroup(&c.v2);
             for dir in c.pids_v1.iter().chain(std::iter::once(&c.v2)) {
                 remove_dir(dir);
