@@ -249,3 +249,41 @@ fn json_logs_go_to_stderr() -> TestResult {
     assert_eq!(quiet.stderr, "", "no logs by default");
     Ok(())
 }
+
+/// `nestr services --json | head -1`, `nestr logs RUN | head`: a reader that is gone before
+/// nestr writes makes every write fail with a broken pipe. nestr ends at once and quietly (the
+/// shells' 141 for a process ended by SIGPIPE), never with a panic and its backtrace (101).
+#[test]
+fn a_closed_stdout_ends_nestr_quietly_not_with_a_panic() -> TestResult {
+    let sb = Sandbox::new();
+    sb.remote("app");
+    let ws = sb.workspace(
+        "[workspace]\nname = \"pipe\"\n[repos.app]\nurl = \"{remotes}/app.git\"\n[services.svc]\nrepo = \"app\"\n\
+         [services.svc.operations]\nbuild = { plugin = \"command\", config = { run = [[\"sh\", \"-c\", \"seq 1 2000\"]] } }\n\
+         [plugins.command]\ngrants = { exec = [\"sh\"], env = [\"PATH\"] }\n",
+    );
+    sb.nestr(&ws, &["assemble", "-q"]).ok();
+    let run = sb.nestr(&ws, &["run", "build", "--json"]).ok();
+    let run_id = run.json()["run_id"].as_str().ok_or("run id")?.to_string();
+    for args in [
+        vec!["services", "--json"],
+        vec!["logs", run_id.as_str()],
+        vec!["runs", "show", run_id.as_str()],
+    ] {
+        // The reading end is closed before nestr starts: its first write fails.
+        let (read, write) = nix::unistd::pipe()?;
+        drop(read);
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nestr"));
+        cmd.current_dir(&ws)
+            .args(["--color", "never"])
+            .args(&args)
+            .stdout(std::process::Stdio::from(write))
+            .stderr(std::process::Stdio::piped());
+        crate::support::isolate(&mut cmd, sb.path());
+        let out = cmd.output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {stderr}");
+    }
+    Ok(())
+}

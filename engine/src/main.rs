@@ -9,7 +9,12 @@ use nestr::cli::render::{Tone, paint};
 use nestr::cli::{self, Cli, CliError, ColorChoice, Global, LogFormat};
 use tracing_subscriber::EnvFilter;
 
+/// The exit status of a process killed by SIGPIPE, as shells report it (what `git log | head`
+/// gives).
+const BROKEN_PIPE: i32 = 128 + 13;
+
 fn main() {
+    quiet_on_broken_pipe();
     let cli = Cli::parse();
     init_logging(&cli.global);
     let color = stderr_color(&cli.global);
@@ -21,6 +26,26 @@ fn main() {
         }
     };
     std::process::exit(code.code());
+}
+
+/// `nestr logs RUN | head`: when the reader of stdout goes away, printing fails with a broken
+/// pipe (Rust ignores SIGPIPE, so the write returns the error and `println!` panics). Exit at
+/// once and quietly then, as git and ripgrep do, instead of showing a panic; any other panic
+/// keeps its message.
+fn quiet_on_broken_pipe() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let payload = info.payload();
+        let message = payload
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| payload.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        if message.contains("Broken pipe") || message.contains("os error 32") {
+            std::process::exit(BROKEN_PIPE);
+        }
+        default(info);
+    }));
 }
 
 fn stderr_color(g: &Global) -> bool {
