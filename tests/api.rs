@@ -1236,3 +1236,59 @@ fn demo_serve_leaves_a_working_api() -> TestResult {
     assert_eq!(srv.stop(), Some(0));
     Ok(())
 }
+
+/// A mistyped operation, or one none of the selected services defines, is refused before
+/// anything is recorded: exit 2 with "did you mean" from the CLI, 400 from the API (it was a
+/// green run of skipped steps).
+#[test]
+fn an_operation_no_selected_service_defines_is_a_usage_error_with_a_suggestion() -> TestResult {
+    let sb = Sandbox::new();
+    let ws = ws(
+        &sb,
+        &[("a", &[], "true"), ("b", &[], "true")],
+        "\n[services.c]\nrepo = \"app\"\n",
+    );
+    let count = || -> rusqlite::Result<i64> {
+        rusqlite::Connection::open(ws.join(".nestr/state.db"))?.query_row(
+            "SELECT count(*) FROM runs WHERE operation NOT IN ('assemble', 'sync')",
+            [],
+            |r| r.get(0),
+        )
+    };
+    let before = count()?;
+    let typo = sb.nestr(&ws, &["run", "po", "-s", "a"]).expect(2);
+    assert!(
+        typo.stderr.contains("did you mean `op`?"),
+        "{}",
+        typo.stderr
+    );
+    let typo = sb.nestr(&ws, &["run", "po"]).expect(2);
+    assert!(
+        typo.stderr.contains("did you mean `op`?"),
+        "{}",
+        typo.stderr
+    );
+    let wrong = sb.nestr(&ws, &["run", "op", "-s", "c"]).expect(2);
+    assert!(
+        wrong.stderr.contains("none of the selected services (c)")
+            && wrong.stderr.contains("services that define it: a, b"),
+        "{}",
+        wrong.stderr
+    );
+    assert_eq!(count()?, before, "nothing was recorded");
+    // Selecting a service without the operation beside one with it still runs (and skips it).
+    sb.nestr(&ws, &["run", "op", "-s", "a", "-s", "c"]).ok();
+    let srv = Server::start(&sb, &ws, &[])?;
+    let r = post_json(
+        &srv.u("/api/operations/run"),
+        r#"{"operation":"po","services":["a"]}"#,
+    )?;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("did you mean `op`?"), "{}", r.body);
+    assert_eq!(
+        count()?,
+        before + 1,
+        "only the CLI run that ran was recorded"
+    );
+    Ok(())
+}

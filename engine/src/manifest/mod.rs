@@ -15,7 +15,7 @@ use indexmap::IndexMap;
 use serde::Serialize;
 
 pub use diagnostic::{InvalidManifest, Problem};
-pub use validate::{normalize_origin, valid_name};
+pub use validate::{did_you_mean, normalize_origin, valid_name};
 
 /// The file name nestr looks for.
 pub const FILE_NAME: &str = "nestr.toml";
@@ -274,6 +274,19 @@ impl Manifest {
             .operations
             .get(op)
             .or_else(|| self.operations.get(op))
+    }
+
+    /// Every operation name the manifest defines (services' own and workspace defaults), sorted.
+    pub fn all_operation_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .services
+            .iter()
+            .flat_map(|s| s.operations.keys().cloned())
+            .chain(self.operations.keys().cloned())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// Names of every operation `service` can run (own first, then workspace defaults).

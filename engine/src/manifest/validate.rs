@@ -122,15 +122,24 @@ fn explain_toml_error(message: &str, at: &str) -> (String, Option<String>) {
     )
 }
 
-fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+/// The candidate most like `word`: the best Jaro-Winkler match above 0.8, else one a single edit
+/// (or swap of two neighbours) away, which catches typos of short names (`po` for `op`).
+fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str> + Clone) -> Option<&'a str> {
     candidates
+        .clone()
         .map(|c| (strsim::jaro_winkler(word, c), c))
         .filter(|(score, _)| *score > 0.8)
         .max_by(|a, b| a.0.total_cmp(&b.0))
         .map(|(_, c)| c)
+        .or_else(|| {
+            candidates
+                .into_iter()
+                .find(|c| strsim::damerau_levenshtein(word, c) <= 1)
+        })
 }
 
-fn did_you_mean<'a>(word: &str, candidates: impl Iterator<Item = &'a str> + Clone) -> String {
+/// `did you mean `x`?` for the closest candidate, else the list of candidates.
+pub fn did_you_mean<'a>(word: &str, candidates: impl Iterator<Item = &'a str> + Clone) -> String {
     let all: Vec<&str> = candidates.clone().collect();
     match closest(word, candidates) {
         Some(best) => format!("did you mean `{best}`?"),

@@ -100,9 +100,7 @@ pub fn plan(m: &Manifest, operation: &str, sel: &Selection) -> Result<Plan, Sele
             .map(|s| s.name.as_str())
             .collect();
         if chosen.is_empty() {
-            return Err(SelectionError(format!(
-                "no service defines the operation `{operation}` (and there is no [operations.{operation}] default)"
-            )));
+            return Err(unknown_operation(m, operation, None));
         }
     }
     let deps: HashMap<&str, Vec<&str>> = m
@@ -179,8 +177,41 @@ pub fn plan(m: &Manifest, operation: &str, sel: &Selection) -> Result<Plan, Sele
             concurrency: spec.and_then(|o| o.concurrency),
         });
     }
+    // A selection none of whose services has the operation is a mistake (a mistyped name, the
+    // wrong service), not a run of skipped steps that would pass for a success.
+    if steps.iter().all(|s| s.skip.is_some()) {
+        let selected: Vec<&str> = steps.iter().map(|s| s.service.as_str()).collect();
+        return Err(unknown_operation(m, operation, Some(&selected)));
+    }
     Ok(Plan {
         operation: operation.to_string(),
         steps,
+    })
+}
+
+/// Why no selected service can run `operation`: a "did you mean" over every operation the
+/// manifest defines, or which services do define it.
+fn unknown_operation(m: &Manifest, operation: &str, selected: Option<&[&str]>) -> SelectionError {
+    let defining: Vec<&str> = m
+        .services
+        .iter()
+        .filter(|s| m.operation(s, operation).is_some())
+        .map(|s| s.name.as_str())
+        .collect();
+    let names = m.all_operation_names();
+    let hint = if defining.is_empty() {
+        crate::manifest::did_you_mean(operation, names.iter().map(String::as_str))
+    } else {
+        format!("services that define it: {}", defining.join(", "))
+    };
+    SelectionError(match selected {
+        Some(selected) => format!(
+            "none of the selected services ({}) defines the operation `{operation}`; {hint}",
+            selected.join(", ")
+        ),
+        None => format!(
+            "no service defines the operation `{operation}` (and there is no \
+             [operations.{operation}] default); {hint}"
+        ),
     })
 }
