@@ -287,3 +287,45 @@ fn a_closed_stdout_ends_nestr_quietly_not_with_a_panic() -> TestResult {
     }
     Ok(())
 }
+
+/// Run ids need not be typed whole: a prefix no other run shares works everywhere a run id is
+/// taken (like git's commit ids); a shared one is refused with the candidates.
+#[test]
+fn a_unique_prefix_of_a_run_id_names_the_run_and_an_ambiguous_one_lists_the_candidates()
+-> TestResult {
+    let sb = Sandbox::new();
+    let ws = crate::scheduler::ws(&sb, &[("a", &[], "echo from-a")], "");
+    let first = sb.nestr(&ws, &["run", "op", "--json"]).ok().json()["run_id"]
+        .as_str()
+        .ok_or("id")?
+        .to_string();
+    let second = sb.nestr(&ws, &["run", "op", "--json"]).ok().json()["run_id"]
+        .as_str()
+        .ok_or("id")?
+        .to_string();
+    // Ids start with the time: the two share a prefix, and differ further on.
+    let shared = first
+        .chars()
+        .zip(second.chars())
+        .take_while(|(a, b)| a == b)
+        .count();
+    assert!(shared >= 4 && shared < first.len(), "{first} {second}");
+    let unique = &second[..shared + 1];
+    let logs = sb.nestr(&ws, &["logs", unique]).ok();
+    assert!(logs.stdout.contains("from-a"), "{}", logs.stdout);
+    let shown = sb.nestr(&ws, &["runs", "show", unique, "--json"]).ok();
+    assert_eq!(shown.json()["id"], second.as_str());
+    let ambiguous = sb.nestr(&ws, &["logs", &first[..shared]]).expect(2);
+    assert!(
+        ambiguous.stderr.contains(&first) && ambiguous.stderr.contains(&second),
+        "{}",
+        ambiguous.stderr
+    );
+    let none = sb.nestr(&ws, &["runs", "show", "zzz"]).expect(2);
+    assert!(
+        none.stderr.contains("there is no run `zzz`"),
+        "{}",
+        none.stderr
+    );
+    Ok(())
+}

@@ -65,12 +65,7 @@ fn print_line(
 
 pub fn run(ws: &mut Workspace, args: LogsArgs, ui: &Ui) -> Result<ExitCode, CliError> {
     let store = ws.store()?;
-    let Some(run) = store.run(&args.run)? else {
-        return Err(CliError::usage(format!(
-            "there is no run `{}` in this workspace",
-            args.run
-        )));
-    };
+    let run = super::runs::find_run(store, &args.run)?;
     for name in &args.services {
         if !run.steps.iter().any(|s| &s.service == name) {
             return Err(CliError::usage(format!(
@@ -87,7 +82,7 @@ pub fn run(ws: &mut Workspace, args: LogsArgs, ui: &Ui) -> Result<ExitCode, CliE
     loop {
         // Read the status before the lines: a run seen finished here has all its lines committed.
         let current = store
-            .run(&args.run)?
+            .run(&run.id)?
             .ok_or_else(|| CliError::usage("the run disappeared"))?;
         let finished = current.status != RunStatus::Running;
         for step in current.steps.iter().filter(|s| wanted(&s.service)) {

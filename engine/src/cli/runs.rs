@@ -106,11 +106,7 @@ pub fn run(ws: &mut Workspace, args: RunsArgs, ui: &Ui) -> Result<ExitCode, CliE
             );
         }
         Some(RunsCommand::Show { run, json }) => {
-            let Some(r) = store.run(&run)? else {
-                return Err(CliError::usage(format!(
-                    "there is no run `{run}` in this workspace"
-                )));
-            };
+            let r = find_run(store, &run)?;
             if json {
                 return print_json(&r);
             }
@@ -173,6 +169,43 @@ pub fn run(ws: &mut Workspace, args: RunsArgs, ui: &Ui) -> Result<ExitCode, CliE
         }
     }
     Ok(ExitCode::Ok)
+}
+
+/// The run `given` names: its whole id, or any prefix of it that no other run shares (as git
+/// takes commit ids).
+pub fn find_run(
+    store: &crate::store::Store,
+    given: &str,
+) -> Result<crate::store::RunRow, CliError> {
+    if let Some(run) = store.run(given)? {
+        return Ok(run);
+    }
+    let candidates = if given.is_empty() {
+        vec![]
+    } else {
+        store.run_ids_with_prefix(given, 11)?
+    };
+    match candidates.as_slice() {
+        [one] => store
+            .run(one)?
+            .ok_or_else(|| CliError::usage(format!("run `{one}` disappeared"))),
+        [] => Err(CliError::usage(format!(
+            "there is no run `{given}` in this workspace (nestr runs lists them)"
+        ))),
+        many => {
+            let shown: Vec<&str> = many.iter().take(10).map(String::as_str).collect();
+            Err(CliError::usage(format!(
+                "`{given}` is the start of {} runs: {}{}; type more of the id",
+                if many.len() > 10 {
+                    "more than 10".to_string()
+                } else {
+                    many.len().to_string()
+                },
+                shown.join(", "),
+                if many.len() > 10 { ", …" } else { "" }
+            )))
+        }
+    }
 }
 
 fn print_json<T: serde::Serialize>(v: &T) -> Result<ExitCode, CliError> {

@@ -516,6 +516,22 @@ impl Store {
         })
     }
 
+    /// Ids of runs that start with `prefix` (at most `limit`, newest first).
+    pub fn run_ids_with_prefix(
+        &self,
+        prefix: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT id FROM runs WHERE substr(id, 1, length(?1)) = ?1 ORDER BY created_at DESC, id DESC LIMIT ?2",
+        )?;
+        let rows = stmt.query_map(
+            params![prefix, i64::try_from(limit).unwrap_or(i64::MAX)],
+            |r| r.get(0),
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
     /// A run with its steps.
     pub fn run(&self, run_id: &str) -> Result<Option<RunRow>, StoreError> {
         let run = self
