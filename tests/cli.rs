@@ -329,3 +329,37 @@ fn a_unique_prefix_of_a_run_id_names_the_run_and_an_ambiguous_one_lists_the_cand
     );
     Ok(())
 }
+
+/// `nestr completions SHELL` prints a completion script that knows every subcommand; the bash one
+/// is valid bash and completes `nestr ass` to `assemble`.
+#[test]
+fn completions_are_generated_for_each_shell() -> TestResult {
+    let sb = Sandbox::new();
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = sb.nestr(sb.path(), &["completions", shell]).ok();
+        for sub in ["assemble", "sync", "run", "logs", "serve", "completions"] {
+            assert!(out.stdout.contains(sub), "{shell}: no `{sub}`");
+        }
+    }
+    let script = sb.path().join("nestr.bash");
+    std::fs::write(
+        &script,
+        sb.nestr(sb.path(), &["completions", "bash"]).ok().stdout,
+    )?;
+    let probe = std::process::Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "source {}; COMP_WORDS=(nestr ass); COMP_CWORD=1; _nestr nestr ass nestr; echo \"${{COMPREPLY[@]}}\"",
+            script.display()
+        ))
+        .output()?;
+    let words = String::from_utf8_lossy(&probe.stdout);
+    assert!(
+        probe.status.success(),
+        "{}",
+        String::from_utf8_lossy(&probe.stderr)
+    );
+    assert_eq!(words.trim(), "assemble", "{words}");
+    sb.nestr(sb.path(), &["completions", "tcsh"]).expect(2);
+    Ok(())
+}

@@ -2,6 +2,7 @@
 //! one file per subcommand, and the mapping of errors to exit codes ([`exit`]).
 
 mod assemble;
+mod completions;
 pub mod demo;
 pub mod exit;
 mod init;
@@ -106,6 +107,8 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Create, list and revoke API tokens.
     Token(token::TokenArgs),
+    /// Print the shell completion script (e.g. `nestr completions bash > /etc/bash_completion.d/nestr`).
+    Completions(completions::CompletionsArgs),
 }
 
 /// Runs the parsed command line.
@@ -132,6 +135,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Plugin(args) => plugin::run(&location, args, &ui),
         Command::Serve(args) => serve::run(&location, args, &ui),
         Command::Token(args) => token::run(&mut load(&location)?, args, &ui),
+        Command::Completions(args) => completions::run(args),
     }
 }
 
