@@ -743,10 +743,18 @@ fn limits_and_malformed_requests_get_json_errors() -> TestResult {
     assert_eq!(r.status, 400);
     let r = get(&srv.u("/api/runs/nope"))?;
     assert_eq!((r.status, r.error_code()), (404, "not_found".into()));
+    // Probes are never rate-limited (a load balancer's probe answered 429 takes the server out),
+    // even past the limit of everything else.
+    for _ in 0..60 {
+        for probe in ["/health", "/ready"] {
+            let r = get(&srv.u(probe))?;
+            assert_eq!(r.status, 200, "{probe}: {}", r.body);
+        }
+    }
     // The rate limit: 40 a minute per client, then 429 with Retry-After.
     let mut limited = None;
     for _ in 0..60 {
-        let r = get(&srv.u("/health"))?;
+        let r = get(&srv.u("/api/workspace"))?;
         if r.status == 429 {
             limited = Some(r);
             break;

@@ -76,9 +76,16 @@ pub fn router(state: AppState) -> Router {
         .route("/api/runs/{id}/events", get(events::events))
         .route_layer(from_fn_with_state(state.clone(), layers::auth));
 
-    let open = Router::new()
+    // Load balancers' probes: never rate-limited (a probe answered 429 takes the server out).
+    let probes = Router::new()
         .route("/health", get(workspace::health))
         .route("/ready", get(workspace::ready))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            config.request_timeout,
+        ));
+
+    let open = Router::new()
         .route(
             "/metrics",
             get(workspace::metrics)
@@ -90,11 +97,10 @@ pub fn router(state: AppState) -> Router {
             config.request_timeout,
         ));
 
-    let mut app = api
+    // Everything but the probes is rate-limited per client address, unknown paths included.
+    let mut limited = api
         .merge(open)
-        .fallback(|| async { ApiError::for_status(StatusCode::NOT_FOUND) })
-        .layer(RequestBodyLimitLayer::new(config.body_limit))
-        .layer(axum::extract::DefaultBodyLimit::max(config.body_limit));
+        .fallback(|| async { ApiError::for_status(StatusCode::NOT_FOUND) });
     if config.rate_limit_per_minute > 0 {
         let per = Duration::from_secs(60) / config.rate_limit_per_minute;
         let governor = GovernorConfigBuilder::default()
@@ -115,9 +121,14 @@ pub fn router(state: AppState) -> Router {
                     }
                 });
             }
-            app = app.layer(GovernorLayer::new(governor).error_handler(layers::rate_limited));
+            limited =
+                limited.layer(GovernorLayer::new(governor).error_handler(layers::rate_limited));
         }
     }
+    let mut app = limited
+        .merge(probes)
+        .layer(RequestBodyLimitLayer::new(config.body_limit))
+        .layer(axum::extract::DefaultBodyLimit::max(config.body_limit));
     if let Some(cors) = layers::cors(&config.cors_origins) {
         app = app.layer(cors);
     }
