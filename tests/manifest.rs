@@ -49,6 +49,11 @@ fn every_manifest_error_is_reported_with_location_and_help() -> TestResult {
         if !shown.contains("help:") {
             failures.push(format!("{name}: no help in\n{shown}"));
         }
+        // Every problem in one format: each opens with `×` and its location, none is set
+        // apart with an `Error:` prefix.
+        if shown.lines().any(|l| l.trim_start().starts_with("Error:")) {
+            failures.push(format!("{name}: a problem in another format in\n{shown}"));
+        }
         if bless {
             std::fs::write(&expected_path, &shown)?;
             continue;

@@ -86,11 +86,16 @@ fn report(e: &CliError, color: bool) {
                 GraphicalTheme::unicode_nocolor()
             };
             let handler = GraphicalReportHandler::new_themed(theme).with_wrap_lines(false);
-            let mut out = String::new();
-            if handler.render_report(&mut out, m.as_ref()).is_err() {
-                out = m.to_string();
+            // Every problem in the same form, one after the other.
+            let mut shown = Vec::new();
+            for problem in m.each() {
+                let mut out = String::new();
+                if handler.render_report(&mut out, problem.as_ref()).is_err() {
+                    out = problem.to_string();
+                }
+                shown.push(out);
             }
-            eprint!("{out}");
+            eprint!("{}", shown.join("\n"));
         }
         CliError::Plain { message, help, .. } => {
             eprintln!(

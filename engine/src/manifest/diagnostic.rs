@@ -98,6 +98,15 @@ impl Diagnostic for InvalidManifest {
 }
 
 impl InvalidManifest {
+    /// Every problem as a diagnostic of its own (location, snippet, help), in source order: how
+    /// the CLI shows them, one after the other in one format.
+    pub fn each(&self) -> Vec<Box<dyn Diagnostic + Send + Sync>> {
+        self.problems
+            .iter()
+            .map(|p| Box::new(self.related_one(p)) as Box<dyn Diagnostic + Send + Sync>)
+            .collect()
+    }
+
     fn related_one(&self, p: &Problem) -> RelatedProblem {
         RelatedProblem {
             title: format!("{}: {}", self.location(p), p.message),

@@ -26,6 +26,11 @@ const MAX_PIDS: i64 = 1 << 22;
 
 pub(crate) fn validate(path: &Path, source: &str) -> Result<Manifest, InvalidManifest> {
     let mut problems = Problems::new(source);
+    // Unknown keys first, all of them: the typed parse below stops at the first.
+    unknown_keys(source, &mut problems);
+    if !problems.list.is_empty() {
+        return Err(InvalidManifest::new(path, source, problems.list));
+    }
     let raw: RawManifest = match toml::from_str(source) {
         Ok(raw) => raw,
         Err(e) => {
@@ -69,22 +74,119 @@ pub(crate) fn validate(path: &Path, source: &str) -> Result<Manifest, InvalidMan
     })
 }
 
+/// The keys each table of the manifest takes (in the order `raw.rs` declares them); `config`
+/// tables are the plugins' own and take anything.
+mod keys {
+    pub const ROOT: &[&str] = &[
+        "workspace",
+        "repos",
+        "services",
+        "operations",
+        "plugins",
+        "api",
+    ];
+    pub const WORKSPACE: &[&str] = &["name", "description"];
+    pub const REPO: &[&str] = &["url", "branch", "tag", "rev", "path"];
+    pub const SERVICE: &[&str] = &["repo", "path", "depends_on", "tags", "operations"];
+    pub const OPERATION: &[&str] = &["plugin", "config", "concurrency"];
+    pub const PLUGIN: &[&str] = &["path", "sha256", "grants"];
+    pub const GRANTS: &[&str] = &[
+        "exec",
+        "env",
+        "secrets",
+        "http",
+        "fs",
+        "memory_mb",
+        "output_mb",
+        "disk_mb",
+        "pids",
+        "timeout",
+    ];
+    pub const API: &[&str] = &["cors_origins", "rate_limit"];
+}
+
+/// Every unknown key of every table, each at its own span (a manifest that does not parse is
+/// left to the typed parse, which reports the syntax error).
+fn unknown_keys(source: &str, problems: &mut Problems<'_>) {
+    use toml::de::{DeTable, DeValue};
+    let Ok(doc) = DeTable::parse(source) else {
+        return;
+    };
+    fn check(t: &DeTable<'_>, allowed: &[&str], problems: &mut Problems<'_>) {
+        for key in t.keys() {
+            let name: &str = key.get_ref();
+            if !allowed.contains(&name) {
+                let (message, help) = unknown_key(name, allowed);
+                problems.push(key.span(), message, Some(help));
+            }
+        }
+    }
+    fn table<'a>(t: &'a DeTable<'_>, key: &str) -> Option<&'a DeTable<'a>> {
+        t.iter()
+            .find(|(k, _)| k.get_ref() == key)
+            .and_then(|(_, v)| match v.get_ref() {
+                DeValue::Table(t) => Some(t),
+                _ => None,
+            })
+    }
+    /// The tables inside a table of named entries (`[repos.NAME]`).
+    fn named<'a>(t: Option<&'a DeTable<'a>>) -> impl Iterator<Item = &'a DeTable<'a>> {
+        t.into_iter()
+            .flat_map(|t| t.values())
+            .filter_map(|v| match v.get_ref() {
+                DeValue::Table(t) => Some(t),
+                _ => None,
+            })
+    }
+    let root = doc.get_ref();
+    check(root, keys::ROOT, problems);
+    if let Some(ws) = table(root, "workspace") {
+        check(ws, keys::WORKSPACE, problems);
+    }
+    for repo in named(table(root, "repos")) {
+        check(repo, keys::REPO, problems);
+    }
+    for svc in named(table(root, "services")) {
+        check(svc, keys::SERVICE, problems);
+        for op in named(table(svc, "operations")) {
+            check(op, keys::OPERATION, problems);
+        }
+    }
+    for op in named(table(root, "operations")) {
+        check(op, keys::OPERATION, problems);
+    }
+    for plugin in named(table(root, "plugins")) {
+        check(plugin, keys::PLUGIN, problems);
+        if let Some(grants) = table(plugin, "grants") {
+            check(grants, keys::GRANTS, problems);
+        }
+    }
+    if let Some(api) = table(root, "api") {
+        check(api, keys::API, problems);
+    }
+}
+
+/// `unknown key `x``, with "did you mean" over the keys allowed there.
+fn unknown_key(field: &str, allowed: &[&str]) -> (String, String) {
+    let help = match closest(field, allowed.iter().copied()) {
+        Some(b) => format!(
+            "did you mean `{b}`? Keys allowed here: {}",
+            allowed.join(", ")
+        ),
+        None if allowed.is_empty() => "remove this key".to_string(),
+        None => format!("remove it; keys allowed here: {}", allowed.join(", ")),
+    };
+    (format!("unknown key `{field}`"), help)
+}
+
 /// Rewords the TOML parser's messages into what to do about them.
 fn explain_toml_error(message: &str, at: &str) -> (String, Option<String>) {
     let message = message.trim().to_string();
     if let Some(rest) = message.strip_prefix("unknown field `") {
         let (field, expected) = rest.split_once('`').unwrap_or((rest, ""));
         let allowed: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
-        let best = closest(field, allowed.iter().copied());
-        let help = match best {
-            Some(b) => format!(
-                "did you mean `{b}`? Keys allowed here: {}",
-                allowed.join(", ")
-            ),
-            None if allowed.is_empty() => "remove this key".to_string(),
-            None => format!("remove it; keys allowed here: {}", allowed.join(", ")),
-        };
-        return (format!("unknown key `{field}`"), Some(help));
+        let (message, help) = unknown_key(field, &allowed);
+        return (message, Some(help));
     }
     if let Some(rest) = message.strip_prefix("missing field `") {
         let field = rest.split('`').next().unwrap_or(rest);
