@@ -353,3 +353,18 @@ fn a_scaffolded_plugin_builds_and_runs() -> TestResult {
     );
     Ok(())
 }
+
+/// The command a built-in plugin shows before it runs one is quoted the way a shell would read it
+/// back: `$ sh -c 'echo a b'`, not `$ sh -c echo a b`.
+#[test]
+fn displayed_commands_are_shell_quoted() -> crate::support::TestResult {
+    let sb = crate::support::Sandbox::new();
+    let ws = crate::scheduler::ws(&sb, &[("a", &[], "echo a b")], "");
+    let run = sb.nestr(&ws, &["run", "op"]).ok();
+    assert!(
+        run.stdout.contains("a | $ sh -c 'echo a b'"),
+        "{}",
+        run.stdout
+    );
+    Ok(())
+}

@@ -366,11 +366,51 @@ impl Command {
         }
     }
 
-    /// The command line as shown in messages.
+    /// The command line as shown in messages, quoted the way a POSIX shell would read it back
+    /// (`sh -c 'echo a b'`), so that what is shown is what ran.
     pub fn display(&self) -> String {
         std::iter::once(self.inner.program.as_str())
             .chain(self.inner.args.iter().map(String::as_str))
+            .map(shell_quote)
             .collect::<Vec<_>>()
             .join(" ")
+    }
+}
+
+/// `word` as a POSIX shell word: as it is when it holds only characters no shell treats
+/// specially, else in single quotes (a `'` inside written `'\''`).
+pub fn shell_quote(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%".contains(c));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_quote;
+
+    #[test]
+    fn displayed_words_read_back_as_the_same_words() {
+        assert_eq!(shell_quote("make"), "make");
+        assert_eq!(shell_quote("--features=a,b"), "--features=a,b");
+        assert_eq!(shell_quote("echo a b"), "'echo a b'");
+        assert_eq!(shell_quote(""), "''");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote("$HOME"), "'$HOME'");
+        // A POSIX shell reads them back as the words they were.
+        for word in ["echo a b", "it's", "$HOME", "a\"b", "*", "", "x;y"] {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("printf '%s' {}", shell_quote(word)))
+                .output()
+                .expect("sh runs");
+            assert_eq!(String::from_utf8_lossy(&out.stdout), word);
+        }
     }
 }
