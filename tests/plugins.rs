@@ -512,6 +512,85 @@ fn a_component_for_another_contract_is_refused_by_name() -> TestResult {
 }
 
 #[test]
+fn plugin_config_is_checked_when_the_manifest_loads_and_by_plugin_check() -> TestResult {
+    let sb = Sandbox::new();
+    let ws = fixture_ws(
+        &sb,
+        "run_program",
+        "exec = [\"true\"]",
+        "program = \"true\"",
+    );
+    sb.nestr(&ws, &["services"]).ok();
+    let manifest = std::fs::read_to_string(ws.join("nestr.toml"))?;
+    std::fs::write(
+        ws.join("nestr.toml"),
+        manifest.replace("program = \"true\"", "progam = \"true\", args = \"-v\""),
+    )?;
+    let line = manifest
+        .lines()
+        .position(|l| l.starts_with("probe"))
+        .ok_or("probe line")?
+        + 1;
+    for args in [
+        vec!["services"],
+        vec!["run", "probe"],
+        vec![
+            "plugin",
+            "check",
+            wasm("run_program").to_str().ok_or("utf8")?,
+        ],
+    ] {
+        let run = sb.nestr(&ws, &args).expect(2);
+        for want in [
+            format!("nestr.toml:{line}:"),
+            "plugin `fx` has no config field `progam`".to_string(),
+            "did you mean `program`?".to_string(),
+            "`args` (array)".to_string(),
+            "config field `args` of plugin `fx` must be an array, not a string".to_string(),
+        ] {
+            assert!(
+                run.stderr.contains(&want),
+                "{args:?}: no {want:?} in\n{}",
+                run.stderr
+            );
+        }
+        assert!(!run.stderr.contains("lacks"), "{}", run.stderr);
+    }
+    // Nothing ran: the typo was caught before any run was recorded.
+    std::fs::write(ws.join("nestr.toml"), &manifest)?;
+    let runs = sb.nestr(&ws, &["runs", "--json"]).ok().json();
+    let ops: Vec<&serde_json::Value> = runs
+        .as_array()
+        .ok_or("a list")?
+        .iter()
+        .filter(|r| r["operation"] == "probe")
+        .collect();
+    assert!(ops.is_empty(), "{runs}");
+    // Outside the workspace the file alone is checked, and a built-in can be inspected.
+    sb.nestr(
+        sb.path(),
+        &[
+            "plugin",
+            "check",
+            wasm("run_program").to_str().ok_or("utf8")?,
+        ],
+    )
+    .ok();
+    let inspect = sb
+        .nestr(sb.path(), &["plugin", "inspect", "command", "--json"])
+        .ok();
+    assert_eq!(
+        inspect.json()["info"]["name"],
+        "command",
+        "{}",
+        inspect.stdout
+    );
+    let unknown = sb.nestr(sb.path(), &["plugin", "inspect", "fx"]);
+    assert_ne!(unknown.code, 0, "{}", unknown.stdout);
+    Ok(())
+}
+
+#[test]
 fn a_sha256_pin_that_does_not_match_refuses_to_load() -> TestResult {
     let sb = Sandbox::new();
     let ws = fixture_ws(&sb, "noop", "", "");

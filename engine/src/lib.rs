@@ -2,7 +2,7 @@
 //!
 //! The library holds the whole engine; the `nestr` binary (`main.rs`) only parses arguments and
 //! maps errors to exit codes. Dependencies point one way: `cli`, `api` → `workspace` → `scheduler`
-//! → `plugin` (→ `contain`), `git`, `store`, `manifest`; `metrics` is a leaf every layer may update (see
+//! → `plugin` (→ `contain`), `git`, `store`, `manifest`; `metrics` is a leaf every layer may update and `model` the vocabulary they all share (see
 //! docs/ARCHITECTURE.md).
 
 pub mod api;
@@ -11,6 +11,7 @@ pub mod contain;
 pub mod git;
 pub mod manifest;
 pub mod metrics;
+pub mod model;
 pub mod plugin;
 pub mod redact;
 pub mod scheduler;

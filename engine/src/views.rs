@@ -80,19 +80,15 @@ pub struct PluginView {
     pub error: Option<String>,
 }
 
-/// Every built-in and declared plugin, loaded (and compiled, cached under `state_dir/cache`) to
-/// read what it declares. Blocking: call it off any async runtime.
-pub fn plugins(
-    manifest: &Manifest,
-    state_dir: &std::path::Path,
-) -> Result<Vec<PluginView>, String> {
+/// Every built-in and declared plugin, loaded (through the process's [`Host::shared`]) to read
+/// what it declares. Blocking: call it off any async runtime.
+pub fn plugins(manifest: &Manifest) -> Result<Vec<PluginView>, String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the async runtime: {e}"))?;
-    let host = Host::new(Some(&state_dir.join("cache")))
-        .map_err(|e| format!("cannot start the plugin host: {e}"))?;
+    let host = Host::shared()?;
     let mut names: Vec<String> = BUILTIN_PLUGINS.iter().map(|s| s.to_string()).collect();
     for n in manifest.plugins.keys() {
         if !names.contains(n) {
@@ -110,7 +106,7 @@ pub fn plugins(
             let grants = decl
                 .map(|d| grants_line(&d.grants))
                 .unwrap_or_else(|| "(none)".into());
-            match crate::scheduler::load_plugin(&rt, &host, manifest, name) {
+            match crate::plugin::load_plugin(&rt, &host, manifest, name) {
                 Ok(p) => PluginView {
                     name: name.clone(),
                     source,

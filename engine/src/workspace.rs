@@ -75,6 +75,7 @@ impl Workspace {
             None => manifest::discover(&at.cwd)?,
         };
         let manifest = manifest::load(&path)?;
+        crate::plugin::check_config(&manifest).map_err(ManifestError::Invalid)?;
         tracing::info!(
             manifest = %manifest.path.display(),
             repos = manifest.repos.len(),

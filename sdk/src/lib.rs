@@ -198,7 +198,9 @@ impl PluginInfo {
         self
     }
 
-    /// Documents a config field.
+    /// Documents a config field. nestr checks every operation's `config` against the documented
+    /// fields when the manifest loads (unknown keys, missing required ones, wrong JSON types:
+    /// `string`, `bool`, `integer`, `number`, `array`, `object`), so document every field read.
     pub fn field(mut self, name: &str, ty: &str, required: bool, description: &str) -> Self {
         self.config.push(ConfigField {
             name: name.to_string(),

@@ -19,7 +19,12 @@ pub fn isolate(cmd: &mut Command, home: &Path) {
         .env_remove("SSH_AUTH_SOCK")
         .env_remove("NESTR_MANIFEST")
         .env_remove("NESTR_STATE")
-        .env_remove("NO_COLOR");
+        .env_remove("NO_COLOR")
+        // Compiled plugins are shared by every test (wasmtime's cache is safe across processes).
+        .env(
+            "NESTR_CACHE_DIR",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("nestr-cache"),
+        );
 }
 
 /// Runs git in `dir`, panicking with its output when it fails.

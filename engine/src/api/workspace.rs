@@ -282,8 +282,7 @@ pub async fn plugins(State(state): State<AppState>) -> Result<Response, ApiError
         .plugins_cache
         .get_or_try_init(|| async {
             let m = state.manifest().clone();
-            let dir = state.state_dir().to_path_buf();
-            let rows = tokio::task::spawn_blocking(move || views::plugins(&m, &dir))
+            let rows = tokio::task::spawn_blocking(move || views::plugins(&m))
                 .await
                 .map_err(|e| ApiError::internal("the plugin task failed", e))?
                 .map_err(|e| ApiError::internal("could not load the plugins", e))?;

@@ -58,9 +58,9 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
         .map_err(|e| CliError::usage(format!("cannot start the async runtime: {e}")))
 }
 
-fn host(cache: Option<&Path>) -> Result<Host, CliError> {
-    Host::new(cache).map_err(|e| CliError::Plain {
-        message: format!("cannot start the plugin host: {e}"),
+fn host() -> Result<std::sync::Arc<Host>, CliError> {
+    Host::shared().map_err(|message| CliError::Plain {
+        message,
         help: None,
         code: ExitCode::Failed,
     })
@@ -75,8 +75,14 @@ pub fn run(at: &Location, args: PluginArgs, ui: &Ui) -> Result<ExitCode, CliErro
             list(&ws, json, ui)
         }
         PluginCommand::Inspect { name, json } => {
-            let ws = Workspace::load(at)?;
-            inspect(&ws, &name, json, ui)
+            // A built-in plugin needs no workspace; a declared one is looked up in it.
+            match Workspace::load(at) {
+                Ok(ws) => inspect(Some(&ws), &name, json, ui),
+                Err(crate::workspace::WorkspaceError::Manifest(
+                    crate::manifest::ManifestError::NotFound { .. },
+                )) if BUILTIN_PLUGINS.contains(&name.as_str()) => inspect(None, &name, json, ui),
+                Err(e) => Err(e.into()),
+            }
         }
     }
 }
@@ -87,16 +93,15 @@ fn load(
     host: &Host,
     name: &str,
 ) -> Result<LoadedPlugin, String> {
-    crate::scheduler::load_plugin(rt, host, &ws.manifest, name)
+    crate::plugin::load_plugin(rt, host, &ws.manifest, name)
 }
 
 fn list(ws: &Workspace, json: bool, ui: &Ui) -> Result<ExitCode, CliError> {
-    let rows =
-        crate::views::plugins(&ws.manifest, ws.state_dir()).map_err(|e| CliError::Plain {
-            message: e,
-            help: None,
-            code: ExitCode::Failed,
-        })?;
+    let rows = crate::views::plugins(&ws.manifest).map_err(|e| CliError::Plain {
+        message: e,
+        help: None,
+        code: ExitCode::Failed,
+    })?;
     if json {
         println!(
             "{}",
@@ -211,26 +216,38 @@ fn print_info(info: &PluginInfo, digest: &str, json: bool, ui: &Ui) -> Result<()
     Ok(())
 }
 
-fn inspect(ws: &Workspace, name: &str, json: bool, ui: &Ui) -> Result<ExitCode, CliError> {
-    if !BUILTIN_PLUGINS.contains(&name) && !ws.manifest.plugins.contains_key(name) {
+fn inspect(ws: Option<&Workspace>, name: &str, json: bool, ui: &Ui) -> Result<ExitCode, CliError> {
+    let declared = ws.is_some_and(|ws| ws.manifest.plugins.contains_key(name));
+    if !BUILTIN_PLUGINS.contains(&name) && !declared {
+        let others = ws
+            .map(|ws| ws.manifest.plugins.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default();
         return Err(CliError::usage(format!(
             "there is no plugin `{name}`; built-in: {}; declared: {}",
             BUILTIN_PLUGINS.join(", "),
-            ws.manifest
-                .plugins
-                .keys()
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(", ")
+            if others.is_empty() {
+                "none".to_string()
+            } else {
+                others.join(", ")
+            }
         )));
     }
     let rt = runtime()?;
-    let host = host(Some(&ws.state_dir().join("cache")))?;
-    let plugin = load(ws, &rt, &host, name).map_err(|e| CliError::Plain {
-        message: e,
+    let host = host()?;
+    let failed = |message: String| CliError::Plain {
+        message,
         help: None,
         code: ExitCode::Failed,
-    })?;
+    };
+    let plugin = match ws {
+        Some(ws) => load(ws, &rt, &host, name).map_err(failed)?,
+        None => {
+            let bytes =
+                Host::builtin(name).ok_or_else(|| failed(format!("`{name}` is not built in")))?;
+            rt.block_on(host.load(name, "builtin", bytes))
+                .map_err(|e| failed(e.to_string()))?
+        }
+    };
     print_info(&plugin.info, &plugin.digest, json, ui)?;
     Ok(ExitCode::Ok)
 }
@@ -242,7 +259,7 @@ fn check(at: &Location, file: &Path, json: bool, ui: &Ui) -> Result<ExitCode, Cl
         |s| s.to_string_lossy().into_owned(),
     );
     let rt = runtime()?;
-    let host = host(None)?;
+    let host = host()?;
     let fail = |message: String| CliError::Plain {
         message,
         help: Some(
@@ -255,6 +272,7 @@ fn check(at: &Location, file: &Path, json: bool, ui: &Ui) -> Result<ExitCode, Cl
     let plugin = rt
         .block_on(host.load(&name, &path.display().to_string(), &bytes))
         .map_err(|e| fail(e.to_string()))?;
+    check_workspace_config(at, &path, &plugin)?;
     print_info(&plugin.info, &plugin.digest, json, ui)?;
     if !json {
         let d = &plugin.info.capabilities;
@@ -284,6 +302,39 @@ fn check(at: &Location, file: &Path, json: bool, ui: &Ui) -> Result<ExitCode, Cl
         ));
     }
     Ok(ExitCode::Ok)
+}
+
+/// Inside a workspace whose manifest declares this file as a plugin, checks the `config` of
+/// every operation that uses it against the fields the file documents.
+fn check_workspace_config(
+    at: &Location,
+    file: &Path,
+    plugin: &LoadedPlugin,
+) -> Result<(), CliError> {
+    let Ok(path) = (match &at.manifest {
+        Some(p) => Ok(at.cwd.join(p)),
+        None => crate::manifest::discover(&at.cwd),
+    }) else {
+        return Ok(());
+    };
+    let Ok(manifest) = crate::manifest::load(&path) else {
+        return Ok(());
+    };
+    let same = |p: &Path| {
+        let a = std::fs::canonicalize(manifest.root.join(p)).ok();
+        a.is_some() && a == std::fs::canonicalize(file).ok()
+    };
+    let names: Vec<&str> = manifest
+        .plugins
+        .values()
+        .filter(
+            |d| matches!(&d.source, crate::manifest::PluginSource::File { path, .. } if same(path)),
+        )
+        .map(|d| d.name.as_str())
+        .collect();
+    manifest
+        .check_config(&|name| names.contains(&name).then(|| plugin.info.config.clone()))
+        .map_err(|e| CliError::Manifest(Box::new(e)))
 }
 
 fn new(

@@ -4,6 +4,7 @@
 //! Every problem is reported with the file, line and column at fault and what to write instead
 //! (see [`diagnostic`]). The format is documented in `docs/manifest.md`.
 
+mod config;
 pub mod diagnostic;
 mod raw;
 mod validate;
@@ -42,6 +43,8 @@ pub struct Manifest {
     pub plugins: IndexMap<String, PluginDecl>,
     /// `[api]`: settings of `nestr serve`.
     pub api: ApiSettings,
+    /// The text it was read from, for problems found after validation (plugin config).
+    source: std::sync::Arc<str>,
 }
 
 /// The `[api]` table.
@@ -113,6 +116,25 @@ pub struct OperationSpec {
     pub config: serde_json::Value,
     /// At most this many steps of the operation run at once, when set.
     pub concurrency: Option<u32>,
+    /// Where the operation's `config` is written.
+    #[serde(skip)]
+    pub site: ConfigSite,
+}
+
+/// Where an operation's `config` is written in the manifest, for problems found in it later.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConfigSite {
+    /// The `config` table, or the `plugin` value when there is none.
+    pub table: std::ops::Range<usize>,
+    pub keys: Vec<ConfigKey>,
+}
+
+/// One key of an operation's `config`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigKey {
+    pub name: String,
+    pub key: std::ops::Range<usize>,
+    pub value: std::ops::Range<usize>,
 }
 
 /// A `[plugins.NAME]` entry.

@@ -65,7 +65,7 @@ pub(crate) struct RawService {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawOperation {
     pub plugin: Spanned<String>,
-    pub config: Option<Spanned<toml::Table>>,
+    pub config: Option<Spanned<Named<toml::Value>>>,
     pub concurrency: Option<Spanned<i64>>,
 }
 

@@ -11,8 +11,8 @@ use toml::Spanned;
 use super::diagnostic::{InvalidManifest, Problems};
 use super::raw::{Named, RawApi, RawGrants, RawManifest, RawOperation, RawPlugin, RawRepo};
 use super::{
-    ApiSettings, BUILTIN_PLUGINS, ExecGrant, FsGrant, Grants, Manifest, OperationSpec, Pin,
-    PluginDecl, PluginSource, Repo, Service,
+    ApiSettings, BUILTIN_PLUGINS, ConfigKey, ConfigSite, ExecGrant, FsGrant, Grants, Manifest,
+    OperationSpec, Pin, PluginDecl, PluginSource, Repo, Service,
 };
 
 const NAME_HELP: &str = "names use lower-case letters, digits, `-` and `_`, start with a letter or \
@@ -71,6 +71,7 @@ pub(crate) fn validate(path: &Path, source: &str) -> Result<Manifest, InvalidMan
         operations,
         plugins,
         api,
+        source: std::sync::Arc::from(source),
     })
 }
 
@@ -226,7 +227,10 @@ fn explain_toml_error(message: &str, at: &str) -> (String, Option<String>) {
 
 /// The candidate most like `word`: the best Jaro-Winkler match above 0.8, else one a single edit
 /// (or swap of two neighbours) away, which catches typos of short names (`po` for `op`).
-fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str> + Clone) -> Option<&'a str> {
+pub(crate) fn closest<'a>(
+    word: &str,
+    candidates: impl Iterator<Item = &'a str> + Clone,
+) -> Option<&'a str> {
     candidates
         .clone()
         .map(|c| (strsim::jaro_winkler(word, c), c))
@@ -635,15 +639,27 @@ impl Validator<'_> {
             Some(c) => u32::try_from(*c.get_ref()).ok(),
             None => None,
         };
-        let config = op
-            .config
-            .as_ref()
-            .map(|c| toml_to_json(&toml::Value::Table(c.get_ref().clone())))
-            .unwrap_or_else(|| serde_json::Value::Object(Default::default()));
+        let mut config = serde_json::Map::new();
+        let mut site = ConfigSite {
+            table: op.plugin.span(),
+            keys: Vec::new(),
+        };
+        if let Some(c) = &op.config {
+            site.table = c.span();
+            for (k, v) in c.get_ref() {
+                config.insert(k.get_ref().clone(), toml_to_json(v.get_ref()));
+                site.keys.push(ConfigKey {
+                    name: k.get_ref().clone(),
+                    key: k.span(),
+                    value: v.span(),
+                });
+            }
+        }
         Some(OperationSpec {
             plugin: plugin.clone(),
-            config,
+            config: serde_json::Value::Object(config),
             concurrency,
+            site,
         })
     }
 

@@ -1,9 +1,10 @@
 //! The wasmtime host for operation plugins.
 //!
-//! One [`Host`] holds one `Engine` (component model, async, epoch interruption) and one `Linker`
-//! (WASI p2, wasi:http through checking hooks, and the nestr imports), built once. Loading a
-//! plugin compiles it (through wasmtime's on-disk cache under `.nestr/cache/`), checks it against
-//! the contract, keeps an `InstancePre`, and calls `describe()`. Every step gets a fresh `Store`
+//! One [`Host`] per process ([`Host::shared`]) holds one `Engine` (component model, async, epoch
+//! interruption) and one `Linker` (WASI p2, wasi:http through checking hooks, and the nestr
+//! imports), built once. Loading a plugin compiles it (through wasmtime's on-disk cache in
+//! [`compile_cache_dir`]), checks it against the contract, keeps an `InstancePre`, calls
+//! `describe()`, and keeps both by digest for the next load. Every step gets a fresh `Store`
 //! with its own limits and capabilities ([`Host::run_step`]). Submodules: `bindings` (the one
 //! `bindgen!`), `caps` (grants), `limits`, `sink` (step log and the redaction boundary), `state`
 //! (store data, `log`), `exec`, `fs` (the filtered `wasi:filesystem`), `http`.
@@ -39,7 +40,7 @@ use limits::{Limiter, Ticker};
 use sink::StepLog;
 use state::{Cancel, Denials, GuestOutput, StepContext, StepState};
 
-use crate::manifest::FsGrant;
+use crate::manifest::{FsGrant, Manifest, PluginSource};
 use crate::store::{StepStatus, Stream};
 
 pub use bindings::{Operation, OperationPre};
@@ -79,15 +80,7 @@ pub struct PluginInfo {
     pub config: Vec<ConfigField>,
 }
 
-/// A documented config field.
-#[derive(Debug, Clone, Serialize)]
-pub struct ConfigField {
-    pub name: String,
-    #[serde(rename = "type")]
-    pub ty: String,
-    pub required: bool,
-    pub description: String,
-}
+pub use crate::model::ConfigField;
 
 /// A plugin ready to run steps.
 pub struct LoadedPlugin {
@@ -172,10 +165,58 @@ pub struct Host {
     linker: Linker<StepState>,
     /// One permit per store that may hold pool slots at once (see `limits`).
     slots: Arc<tokio::sync::Semaphore>,
+    /// Plugins already compiled, checked and described, by the sha256 of their bytes.
+    compiled: std::sync::Mutex<std::collections::HashMap<String, Compiled>>,
     _ticker: Ticker,
 }
 
+/// What loading a component produced; it depends on the bytes only, not on the name used.
+#[derive(Clone)]
+struct Compiled {
+    pre: OperationPre<StepState>,
+    info: PluginInfo,
+}
+
+/// At most this many compiled plugins are kept in memory by one host (a long-running server
+/// whose plugin files keep changing must not grow without bound); past it the cache starts over.
+const MAX_COMPILED: usize = 32;
+
+/// Where compiled plugins are cached across processes: `$NESTR_CACHE_DIR`, else
+/// `$XDG_CACHE_HOME/nestr`, else `~/.cache/nestr`; none without a home folder.
+pub fn compile_cache_dir() -> Option<PathBuf> {
+    let var = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    var("NESTR_CACHE_DIR")
+        .or_else(|| var("XDG_CACHE_HOME").map(|d| d.join("nestr")))
+        .or_else(|| var("HOME").map(|d| d.join(".cache").join("nestr")))
+        .filter(|d| d.is_absolute())
+        .map(|d| d.join("wasm"))
+}
+
+static SHARED: std::sync::OnceLock<Result<Arc<Host>, String>> = std::sync::OnceLock::new();
+
 impl Host {
+    /// The process's one host: one engine, one linker, one pool, one compiled-plugin cache for
+    /// every run the process makes (the CLI's and the server's alike). Compiled code is cached
+    /// on disk in [`compile_cache_dir`]; a cache that cannot be created means no disk cache.
+    pub fn shared() -> Result<Arc<Host>, String> {
+        SHARED
+            .get_or_init(|| {
+                let dir = compile_cache_dir();
+                Host::new(dir.as_deref())
+                    .or_else(|e| {
+                        tracing::warn!(error = %e, "no compile cache; compiling in memory only");
+                        Host::new(None)
+                    })
+                    .map(Arc::new)
+                    .map_err(|e| format!("cannot start the plugin host: {e}"))
+            })
+            .clone()
+    }
+
     /// A host caching compiled components in `cache_dir` (none: no disk cache), with the
     /// pooling instance allocator (chosen by measurement, docs/PERFORMANCE.md), or on-demand
     /// allocation where the pool's address space cannot be reserved.
@@ -216,12 +257,9 @@ impl Host {
             slots: Arc::new(tokio::sync::Semaphore::new(
                 limits::CONCURRENT_STORES as usize,
             )),
+            compiled: std::sync::Mutex::default(),
             _ticker: ticker,
         })
-    }
-
-    pub fn engine(&self) -> &Engine {
-        &self.engine
     }
 
     /// The component bytes of a built-in plugin.
@@ -301,6 +339,20 @@ impl Host {
         bytes: &[u8],
     ) -> Result<LoadedPlugin, LoadError> {
         let digest = hex::encode(Sha256::digest(bytes));
+        let known = self
+            .compiled
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&digest).cloned());
+        if let Some(c) = known {
+            return Ok(LoadedPlugin {
+                name: name.to_string(),
+                digest,
+                source: source.to_string(),
+                info: c.info,
+                pre: c.pre,
+            });
+        }
         let component = Component::new(&self.engine, bytes).map_err(|e| {
             load_error(
                 name,
@@ -330,6 +382,18 @@ impl Host {
             pre,
         };
         plugin.info = self.describe(&plugin).await?;
+        if let Ok(mut m) = self.compiled.lock() {
+            if m.len() >= MAX_COMPILED {
+                m.clear();
+            }
+            m.insert(
+                plugin.digest.clone(),
+                Compiled {
+                    pre: plugin.pre.clone(),
+                    info: plugin.info.clone(),
+                },
+            );
+        }
         Ok(plugin)
     }
 
@@ -602,6 +666,90 @@ fn convert_info(i: types::PluginInfo) -> PluginInfo {
             })
             .collect(),
     }
+}
+
+/// Loads a plugin named in the manifest: built-in bytes or its file (with the sha256 pin).
+pub fn load_plugin(
+    runtime: &tokio::runtime::Runtime,
+    host: &Host,
+    manifest: &Manifest,
+    name: &str,
+) -> Result<LoadedPlugin, String> {
+    runtime.block_on(load_named(host, manifest, name))
+}
+
+/// Like [`load_plugin`], inside a runtime.
+pub async fn load_named(
+    host: &Host,
+    manifest: &Manifest,
+    name: &str,
+) -> Result<LoadedPlugin, String> {
+    let decl = manifest.plugins.get(name);
+    let (bytes, source) = match decl.map(|d| &d.source) {
+        Some(PluginSource::File { path, sha256 }) => {
+            let full = manifest.root.join(path);
+            let bytes =
+                Host::read_file(name, &full, sha256.as_deref()).map_err(|e| e.to_string())?;
+            (bytes, full.display().to_string())
+        }
+        _ => match Host::builtin(name) {
+            Some(b) => (b.to_vec(), "builtin".to_string()),
+            None => {
+                return Err(format!(
+                    "plugin `{name}` is neither built in nor declared with a path"
+                ));
+            }
+        },
+    };
+    host.load(name, &source, &bytes)
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Checks every operation's `config` against the fields its plugin documents (see
+/// [`Manifest::check_config`]), loading each plugin the manifest uses through the shared host. A
+/// plugin that cannot be loaded is not checked here: its steps say why it cannot run. Blocking,
+/// callable from anywhere (it runs on a thread of its own).
+pub fn check_config(manifest: &Manifest) -> Result<(), crate::manifest::InvalidManifest> {
+    let mut used: Vec<&str> = manifest
+        .operations
+        .values()
+        .chain(manifest.services.iter().flat_map(|s| s.operations.values()))
+        .map(|op| op.plugin.as_str())
+        .collect();
+    used.sort_unstable();
+    used.dedup();
+    if used.is_empty() {
+        return Ok(());
+    }
+    let fields: std::collections::HashMap<String, Vec<ConfigField>> = std::thread::scope(|s| {
+        s.spawn(|| {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return Default::default();
+            };
+            let Ok(host) = Host::shared() else {
+                return Default::default();
+            };
+            rt.block_on(async {
+                let mut out = std::collections::HashMap::new();
+                for name in used {
+                    match load_named(&host, manifest, name).await {
+                        Ok(p) => {
+                            out.insert(name.to_string(), p.info.config);
+                        }
+                        Err(e) => tracing::debug!(plugin = name, error = %e, "config not checked"),
+                    }
+                }
+                out
+            })
+        })
+        .join()
+        .unwrap_or_default()
+    });
+    manifest.check_config(&|name| fields.get(name).cloned())
 }
 
 /// The innermost message of an error chain.

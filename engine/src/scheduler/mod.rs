@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 
 use crate::contain::Containment;
 use crate::git;
-use crate::manifest::{Manifest, PluginSource};
+use crate::manifest::Manifest;
 use crate::plugin::caps::{self, Effective};
 use crate::plugin::sink::{DEFAULT_OUTPUT_CAP, Masker, StepLog, Subscriber};
 use crate::plugin::state::{Cancel, StepContext};
@@ -160,43 +160,6 @@ pub fn new_run_id() -> String {
     format!("{ms:013x}{:06x}", h.finish() & 0xff_ffff)
 }
 
-/// Loads a plugin named in the manifest: built-in bytes or its file (with the sha256 pin).
-pub fn load_plugin(
-    runtime: &tokio::runtime::Runtime,
-    host: &Host,
-    manifest: &Manifest,
-    name: &str,
-) -> Result<LoadedPlugin, String> {
-    runtime.block_on(load_plugin_async(host, manifest, name))
-}
-
-async fn load_plugin_async(
-    host: &Host,
-    manifest: &Manifest,
-    name: &str,
-) -> Result<LoadedPlugin, String> {
-    let decl = manifest.plugins.get(name);
-    let (bytes, source) = match decl.map(|d| &d.source) {
-        Some(PluginSource::File { path, sha256 }) => {
-            let full = manifest.root.join(path);
-            let bytes =
-                Host::read_file(name, &full, sha256.as_deref()).map_err(|e| e.to_string())?;
-            (bytes, full.display().to_string())
-        }
-        _ => match Host::builtin(name) {
-            Some(b) => (b.to_vec(), "builtin".to_string()),
-            None => {
-                return Err(format!(
-                    "plugin `{name}` is neither built in nor declared with a path"
-                ));
-            }
-        },
-    };
-    host.load(name, &source, &bytes)
-        .await
-        .map_err(|e| e.to_string())
-}
-
 /// Runs `operation` over the selection, recording everything in the store.
 pub fn run(
     rc: RunContext<'_>,
@@ -266,7 +229,6 @@ pub fn run(
         protected,
         run_id: run_id.clone(),
         operation: operation.to_string(),
-        state_dir: state_dir.to_path_buf(),
         writer: writer_thread.writer(),
         events: events.clone(),
         cancel: cancel.clone(),
@@ -321,7 +283,6 @@ struct Executor<'a> {
     protected: Arc<[PathBuf]>,
     run_id: String,
     operation: String,
-    state_dir: PathBuf,
     writer: logs::LogWriter,
     events: Events,
     cancel: Cancel,
@@ -350,9 +311,7 @@ impl Executor<'_> {
         ids: &[i64],
         store: &mut Store,
     ) -> Result<Vec<StepReport>, PlanError> {
-        let host = Host::new(Some(&self.state_dir.join("cache")))
-            .map(Arc::new)
-            .map_err(|e| e.to_string());
+        let host = Host::shared();
         let mut plugins: HashMap<String, Result<Arc<LoadedPlugin>, String>> = HashMap::new();
         let mut heads: HashMap<String, (Option<String>, Option<String>)> = HashMap::new();
         let limit = self
@@ -425,7 +384,7 @@ impl Executor<'_> {
                     Some(p) => p.clone(),
                     None => {
                         let p = match &host {
-                            Ok(h) => load_plugin_async(h, self.manifest, &plugin_name)
+                            Ok(h) => crate::plugin::load_named(h, self.manifest, &plugin_name)
                                 .await
                                 .map(Arc::new),
                             Err(e) => Err(format!("the plugin host could not start: {e}")),
