@@ -1300,3 +1300,83 @@ fn an_operation_no_selected_service_defines_is_a_usage_error_with_a_suggestion()
     );
     Ok(())
 }
+
+#[test]
+fn serve_reloads_the_manifest_and_keeps_the_last_good_one_while_an_edit_is_broken() -> TestResult {
+    let sb = Sandbox::new();
+    let ws = ws(&sb, &[("a", &[], "sleep 2")], "");
+    let manifest = std::fs::read_to_string(ws.join("nestr.toml"))?;
+    let mut srv = Server::start(&sb, &ws, &[])?;
+    let names = |srv: &Server| -> Result<Vec<String>, Box<dyn std::error::Error>> {
+        let v = get(&srv.u("/api/services"))?.json();
+        Ok(v["services"]
+            .as_array()
+            .ok_or("services")?
+            .iter()
+            .filter_map(|s| s["name"].as_str().map(String::from))
+            .collect())
+    };
+    let until = |what: &dyn Fn() -> bool| {
+        let t = Instant::now();
+        while !what() && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        what()
+    };
+    assert_eq!(names(&srv)?, ["a"]);
+    // A run started now keeps the manifest it started with, whatever happens to the file.
+    let run = start_run(&srv, r#"{"operation":"op"}"#)?;
+    let b = "\n[services.b]\nrepo = \"app\"\n[services.b.operations]\nhello = { plugin = \"command\", config = { run = [[\"sh\", \"-c\", \"true\"]] } }\n";
+    std::fs::write(ws.join("nestr.toml"), format!("{manifest}{b}"))?;
+    assert!(
+        until(&|| names(&srv).is_ok_and(|n| n == ["a", "b"])),
+        "service b appeared: {:?}",
+        names(&srv)
+    );
+    // A broken edit: the last good manifest keeps serving, /ready says what and where.
+    let broken = format!("{manifest}{b}\n[services.c]\nrepo = \"app\"\ndepnds_on = []\n");
+    std::fs::write(ws.join("nestr.toml"), &broken)?;
+    let line = broken.lines().count();
+    let ready = || get(&srv.u("/ready")).map(|r| r.json());
+    assert!(
+        until(&|| ready().is_ok_and(|r| r["manifest_problem"].is_string())),
+        "{:?}",
+        ready().ok()
+    );
+    let r = ready()?;
+    let problem = r["manifest_problem"].as_str().unwrap_or("");
+    assert!(
+        problem.contains(&format!("nestr.toml:{line}:")) && problem.contains("depnds_on"),
+        "{r}"
+    );
+    assert_eq!(r["status"], "ready", "{r}");
+    assert_eq!(names(&srv)?, ["a", "b"]);
+    let hello = start_run(&srv, r#"{"operation":"hello"}"#)?;
+    assert_eq!(
+        wait_run_status(&srv, &hello, Duration::from_secs(30))?,
+        "succeeded"
+    );
+    // The next good edit clears it.
+    std::fs::write(ws.join("nestr.toml"), &manifest)?;
+    assert!(
+        until(&|| ready().is_ok_and(|r| r["manifest_problem"].is_null())),
+        "{:?}",
+        ready().ok()
+    );
+    assert_eq!(names(&srv)?, ["a"]);
+    assert_eq!(
+        wait_run_status(&srv, &run, Duration::from_secs(30))?,
+        "succeeded"
+    );
+    assert_eq!(srv.stop(), Some(0));
+    let log = std::fs::read_to_string(sb.path().join("serve.log"))?;
+    for want in [
+        "serving the new manifest",
+        "keeping the last good manifest",
+        "shutting down",
+        "stopped",
+    ] {
+        assert!(log.contains(want), "no {want:?} in the server log:\n{log}");
+    }
+    Ok(())
+}

@@ -16,7 +16,9 @@ const BROKEN_PIPE: i32 = 128 + 13;
 fn main() {
     quiet_on_broken_pipe();
     let cli = Cli::parse();
-    init_logging(&cli.global);
+    // A server's operator wants its own life-cycle lines (start, manifest reloads, shutdown).
+    let server = matches!(cli.command, cli::Command::Serve(_));
+    init_logging(&cli.global, server);
     let color = stderr_color(&cli.global);
     let code = match cli::run(cli) {
         Ok(code) => code,
@@ -59,9 +61,10 @@ fn stderr_color(g: &Global) -> bool {
     }
 }
 
-fn init_logging(g: &Global) {
+fn init_logging(g: &Global, server: bool) {
     let default = match (g.quiet, g.verbose) {
         (true, _) => "error",
+        (false, 0) if server => "warn,nestr=info",
         (false, 0) => "warn",
         (false, 1) => "info",
         (false, 2) => "debug",

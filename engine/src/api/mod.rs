@@ -157,6 +157,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let app = router(state.clone());
     let header_timeout = state.config().header_timeout;
+    tokio::spawn(state::watch_manifest(state.clone()));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -190,9 +191,12 @@ pub async fn serve(
         });
     }
     drop(listener);
-    tracing::info!("shutting down: no new connections; ending event streams, cancelling runs");
     let _ = state.0.shutdown.send(true);
     let cancels: Vec<_> = state.runs().values().map(|r| r.cancel.clone()).collect();
+    tracing::info!(
+        runs = cancels.len(),
+        "shutting down: no new connections; ending event streams, cancelling runs"
+    );
     for c in &cancels {
         c.cancel();
     }
@@ -210,6 +214,7 @@ pub async fn serve(
     if left > 0 {
         tracing::error!(runs = left, "runs still executing after 60 s");
     }
+    tracing::info!("stopped");
     Ok(())
 }
 

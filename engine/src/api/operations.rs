@@ -133,7 +133,7 @@ async fn launch(state: &AppState, job: Job) -> Result<Response, ApiError> {
         },
     );
     let (done_tx, mut done) = tokio::sync::oneshot::channel::<Result<(), String>>();
-    let manifest = (**state.manifest()).clone();
+    let manifest = (*state.manifest()).clone();
     let dir = state.state_dir().to_path_buf();
     let id = run_id.clone();
     let spawned = std::thread::Builder::new()
@@ -238,7 +238,7 @@ pub async fn run(
         with_dependents: req.with_dependents,
     };
     // Refuse a bad selection before anything is recorded.
-    crate::scheduler::plan(state.manifest(), &req.operation, &selection)
+    crate::scheduler::plan(&state.manifest(), &req.operation, &selection)
         .map_err(|e| ApiError::bad_request(e.0))?;
     let mut opts = RunOptions {
         started_by: "api".into(),

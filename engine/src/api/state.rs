@@ -1,4 +1,5 @@
-//! What every request handler shares: the manifest the server loaded, a small pool of store
+//! What every request handler shares: the manifest the server serves (swapped whole when
+//! `nestr.toml` changes on disk and the new text is valid; see [`watch_manifest`]), a small pool of store
 //! connections (SQLite work runs on the blocking pool), the runs this process is executing (for
 //! cancel and shutdown), caches of views that only change when the run history does, and the
 //! server's settings.
@@ -68,7 +69,8 @@ const POOL_IDLE: usize = BLOCKING_THREADS;
 pub struct AppState(pub(super) Arc<Inner>);
 
 pub(super) struct Inner {
-    pub manifest: Arc<Manifest>,
+    /// The last good manifest, and why the file on disk is not it (when it is not).
+    manifest: std::sync::RwLock<(Arc<Manifest>, Option<String>)>,
     pub state_dir: PathBuf,
     pub config: ServeConfig,
     /// Bound to a loopback address (local mode is possible).
@@ -77,8 +79,10 @@ pub(super) struct Inner {
     pub runs: Mutex<HashMap<String, ActiveRun>>,
     /// `/api/services` bodies by query, valid while the run history generation is unchanged.
     pub services_cache: Mutex<(i64, HashMap<String, Bytes>)>,
-    /// `/api/plugins`, computed once (loading plugins compiles them).
-    pub plugins_cache: tokio::sync::OnceCell<Bytes>,
+    /// `/api/plugins` for the manifest of that generation (loading plugins compiles them).
+    pub plugins_cache: Mutex<Option<(u64, Bytes)>>,
+    /// Bumped each time another manifest is installed.
+    pub manifest_generation: std::sync::atomic::AtomicU64,
     /// Set when the server begins to shut down: event streams end.
     pub shutdown: watch::Sender<bool>,
 }
@@ -86,7 +90,7 @@ pub(super) struct Inner {
 impl AppState {
     pub fn new(manifest: Manifest, state_dir: &Path, config: ServeConfig) -> AppState {
         AppState(Arc::new(Inner {
-            manifest: Arc::new(manifest),
+            manifest: std::sync::RwLock::new((Arc::new(manifest), None)),
             state_dir: state_dir.to_path_buf(),
             loopback: config.bind.ip().is_loopback(),
             config,
@@ -96,13 +100,41 @@ impl AppState {
             },
             runs: Mutex::new(HashMap::new()),
             services_cache: Mutex::new((-1, HashMap::new())),
-            plugins_cache: tokio::sync::OnceCell::new(),
+            plugins_cache: Mutex::new(None),
+            manifest_generation: std::sync::atomic::AtomicU64::new(0),
             shutdown: watch::channel(false).0,
         }))
     }
 
-    pub fn manifest(&self) -> &Arc<Manifest> {
-        &self.0.manifest
+    /// The manifest requests are served from now (a run keeps the one it started with).
+    pub fn manifest(&self) -> Arc<Manifest> {
+        read(&self.0.manifest).0.clone()
+    }
+
+    /// Why `nestr.toml` on disk is not what is served (the first problem, file:line:col), if so.
+    pub fn manifest_problem(&self) -> Option<String> {
+        read(&self.0.manifest).1.clone()
+    }
+
+    /// Serves `manifest` from now on: clears every view cached for the previous one.
+    pub fn install(&self, manifest: Manifest) {
+        *write(&self.0.manifest) = (Arc::new(manifest), None);
+        self.0
+            .manifest_generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        *lock(&self.0.services_cache) = (-1, HashMap::new());
+        *lock(&self.0.plugins_cache) = None;
+    }
+
+    /// Keeps serving the last good manifest and remembers why the file is not accepted.
+    pub fn reject(&self, problem: String) {
+        write(&self.0.manifest).1 = Some(problem);
+    }
+
+    pub fn manifest_generation(&self) -> u64 {
+        self.0
+            .manifest_generation
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -141,6 +173,84 @@ impl AppState {
 
     pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
         self.0.shutdown.subscribe()
+    }
+}
+
+fn read<T>(l: &std::sync::RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write<T>(l: &std::sync::RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// How often `nestr serve` looks at `nestr.toml` for changes.
+pub const MANIFEST_POLL: Duration = Duration::from_millis(500);
+
+/// Watches the manifest file until shutdown: when its bytes change, the new text is validated
+/// exactly as `nestr` validates it on start (plugin config included) and installed; a text that
+/// fails keeps the last good manifest serving and is reported by `/ready` and the log until a
+/// good one replaces it.
+pub async fn watch_manifest(state: AppState) {
+    use sha2::Digest;
+    let path = state.manifest().path.clone();
+    let digest = |b: &[u8]| sha2::Sha256::digest(b).to_vec();
+    let mut last = std::fs::read(&path).ok().map(|b| digest(&b));
+    let mut stop = state.shutdown_signal();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(MANIFEST_POLL) => {}
+            _ = stop.changed() => return,
+        }
+        let now = match std::fs::read(&path) {
+            Ok(b) => Some(digest(&b)),
+            Err(e) => {
+                if last.is_some() {
+                    let problem = format!("cannot read {}: {e}", path.display());
+                    tracing::warn!(%problem, "keeping the last good manifest");
+                    state.reject(problem);
+                }
+                last = None;
+                continue;
+            }
+        };
+        if now == last {
+            continue;
+        }
+        last = now;
+        let p = path.clone();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let m = crate::manifest::load(&p)?;
+            crate::plugin::check_config(&m).map_err(crate::manifest::ManifestError::Invalid)?;
+            Ok::<_, crate::manifest::ManifestError>(m)
+        })
+        .await;
+        match loaded {
+            Ok(Ok(m)) => {
+                if m.api != state.manifest().api {
+                    tracing::warn!(
+                        "[api] changed in nestr.toml: it takes effect when nestr serve restarts"
+                    );
+                }
+                tracing::info!(
+                    manifest = %path.display(),
+                    services = m.services.len(),
+                    "nestr.toml changed; serving the new manifest"
+                );
+                state.install(m);
+            }
+            Ok(Err(e)) => {
+                let problem = match &e {
+                    crate::manifest::ManifestError::Invalid(inv) if inv.problems.len() > 1 => {
+                        format!("{e} (and {} more problems)", inv.problems.len() - 1)
+                    }
+                    _ => e.to_string(),
+                };
+                tracing::warn!(%problem, "nestr.toml changed but is not valid; keeping the last good manifest");
+                state.reject(crate::redact::text(&problem));
+            }
+            Err(e) => tracing::error!(error = %e, "the manifest check failed"),
+        }
     }
 }
 

@@ -35,6 +35,9 @@ pub async fn health() -> Json<Health> {
 pub struct Ready {
     pub status: String,
     pub schema_version: usize,
+    /// Set when `nestr.toml` on disk was changed into something invalid: the first problem
+    /// (file:line:col: what). The last good manifest is still served.
+    pub manifest_problem: Option<String>,
 }
 
 /// The store is reachable and migrated.
@@ -64,6 +67,7 @@ pub async fn ready(State(state): State<AppState>) -> Result<Json<Ready>, ApiErro
     Ok(Json(Ready {
         status: "ready".into(),
         schema_version: version,
+        manifest_problem: state.manifest_problem(),
     }))
 }
 
@@ -148,7 +152,7 @@ pub async fn workspace(State(state): State<AppState>) -> Result<Json<WorkspaceVi
             plugins: plugins.len(),
             runs_active: state.runs().len(),
         },
-        repos: views::repos(m, status, &stored),
+        repos: views::repos(&m, status, &stored),
     }))
 }
 
@@ -158,7 +162,7 @@ pub async fn workspace(State(state): State<AppState>) -> Result<Json<WorkspaceVi
 pub async fn repos(State(state): State<AppState>) -> Result<Json<Vec<RepoView>>, ApiError> {
     let status = statuses(&state).await?;
     let stored = state.store(|s| Ok(s.repos()?)).await?;
-    Ok(Json(views::repos(state.manifest(), status, &stored)))
+    Ok(Json(views::repos(&state.manifest(), status, &stored)))
 }
 
 /// A page of services.
@@ -277,19 +281,20 @@ pub async fn service(
 #[utoipa::path(get, path = "/api/plugins", tag = "workspace",
     responses((status = 200, body = Vec<PluginView>), (status = 401, body = ErrorBody)))]
 pub async fn plugins(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let body = state
-        .0
-        .plugins_cache
-        .get_or_try_init(|| async {
-            let m = state.manifest().clone();
-            let rows = tokio::task::spawn_blocking(move || views::plugins(&m))
-                .await
-                .map_err(|e| ApiError::internal("the plugin task failed", e))?
-                .map_err(|e| ApiError::internal("could not load the plugins", e))?;
-            serde_json::to_vec(&rows)
-                .map(Bytes::from)
-                .map_err(|e| ApiError::internal("could not encode the plugins", e))
-        })
-        .await?;
-    Ok(json_bytes(body.clone()))
+    let generation = state.manifest_generation();
+    if let Some((g, body)) = lock(&state.0.plugins_cache).as_ref()
+        && *g == generation
+    {
+        return Ok(json_bytes(body.clone()));
+    }
+    let m = state.manifest();
+    let rows = tokio::task::spawn_blocking(move || views::plugins(&m))
+        .await
+        .map_err(|e| ApiError::internal("the plugin task failed", e))?
+        .map_err(|e| ApiError::internal("could not load the plugins", e))?;
+    let body = serde_json::to_vec(&rows)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::internal("could not encode the plugins", e))?;
+    *lock(&state.0.plugins_cache) = Some((generation, body.clone()));
+    Ok(json_bytes(body))
 }
