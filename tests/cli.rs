@@ -68,7 +68,9 @@ fn services_json_lists_everything_and_discovery_walks_up() -> TestResult {
     let deep = ws.join("a/b/c");
     std::fs::create_dir_all(&deep)?;
     let run = sb.nestr(&deep, &["services", "--json"]).ok();
-    let v = run.json();
+    let page = run.json();
+    assert!(page["next_cursor"].is_null(), "{page}");
+    let v = &page["services"];
     let api = &v[1];
     assert_eq!(api["name"], "api");
     assert_eq!(api["repo"], "api");
@@ -77,9 +79,16 @@ fn services_json_lists_everything_and_discovery_walks_up() -> TestResult {
     assert_eq!(api["tags"], serde_json::json!(["backend", "http"]));
     assert_eq!(
         api["operations"],
-        serde_json::json!({"build": "command", "lint": "command"})
+        serde_json::json!([
+            {"name": "build", "plugin": "command", "last_status": null},
+            {"name": "lint", "plugin": "command", "last_status": null},
+        ])
     );
-    assert_eq!(v[0]["operations"], serde_json::json!({"lint": "command"}));
+    assert_eq!(
+        v[0]["operations"],
+        serde_json::json!([{"name": "lint", "plugin": "command", "last_status": null}])
+    );
+    assert_eq!(v[0]["opted_out"], serde_json::json!([]));
     let table = sb.nestr(&deep, &["services"]).ok();
     assert!(
         table.stdout.contains("build (command), lint (command)"),
@@ -223,6 +232,73 @@ fn demo_builds_a_workspace_and_runs_again() -> TestResult {
     sb.nestr(sb.path(), &["demo", "--dir", "d"]).ok();
     std::fs::create_dir_all(sb.path().join("notdemo"))?;
     sb.nestr(sb.path(), &["demo", "--dir", "notdemo"]).expect(2);
+    Ok(())
+}
+
+#[test]
+fn a_service_can_opt_out_of_a_workspace_default_operation() -> TestResult {
+    let sb = Sandbox::new();
+    sb.remote("app");
+    let ws = sb.workspace(
+        "[workspace]\nname = \"w\"\n[repos.app]\nurl = \"{remotes}/app.git\"\n\
+         [services.a]\nrepo = \"app\"\n\
+         [services.docs]\nrepo = \"app\"\n[services.docs.operations]\ntest = false\n\
+         [operations.test]\nplugin = \"command\"\nconfig = { run = [[\"sh\", \"-c\", \"echo tested\"]] }\n\
+         [plugins.command]\ngrants = { exec = [\"sh\"], env = [\"PATH\"] }\n",
+    );
+    sb.nestr(&ws, &["assemble", "-q"]).ok();
+    let page = sb.nestr(&ws, &["services", "--json"]).ok().json();
+    let docs = &page["services"][1];
+    assert_eq!(docs["name"], "docs");
+    assert_eq!(docs["operations"], serde_json::json!([]), "{docs}");
+    assert_eq!(docs["opted_out"], serde_json::json!(["test"]), "{docs}");
+    assert_eq!(page["services"][0]["operations"][0]["name"], "test");
+    let table = sb.nestr(&ws, &["services"]).ok();
+    assert!(
+        table.stdout.contains("test (opted out)"),
+        "{}",
+        table.stdout
+    );
+    // The whole workspace: only the services that run `test`.
+    let run = sb.nestr(&ws, &["run", "test", "--json"]).ok().json();
+    let services: Vec<&str> = run["steps"]
+        .as_array()
+        .ok_or("steps")?
+        .iter()
+        .filter_map(|s| s["service"].as_str())
+        .collect();
+    assert_eq!(services, ["a"], "{run}");
+    // Selecting only services that opted out is a deliberate no-op, not a typo: skipped, and why.
+    let only = sb.nestr(&ws, &["run", "test", "-s", "docs", "--json"]).ok().json();
+    assert_eq!(only["status"], "succeeded", "{only}");
+    assert_eq!(only["steps"][0]["status"], "skipped", "{only}");
+    assert!(
+        only["steps"][0]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("opts out of `test`")),
+        "{only}"
+    );
+    // Turning off what is not a workspace default, or `= true`, is a manifest error.
+    for (bad, want) in [
+        (
+            "tset = false",
+            "no workspace-wide `[operations.tset]` to turn off",
+        ),
+        ("test = true", "`test = true` does not define an operation"),
+    ] {
+        let m = std::fs::read_to_string(ws.join("nestr.toml"))?;
+        let text = m.replace("test = false", bad);
+        let line = text.lines().position(|l| l == bad).ok_or("line")? + 1;
+        let other = sb.workspace_at("bad", &text);
+        let r = sb.nestr(&other, &["services"]).expect(2);
+        assert!(r.stderr.contains(want), "{bad}: {}", r.stderr);
+        assert!(
+            r.stderr.contains(&format!("nestr.toml:{line}:")),
+            "{bad}: {}",
+            r.stderr
+        );
+        std::fs::remove_dir_all(&other)?;
+    }
     Ok(())
 }
 

@@ -23,6 +23,16 @@ pub struct ServiceView {
     pub tags: Vec<String>,
     /// Own operations first, then the workspace defaults.
     pub operations: Vec<OperationView>,
+    /// Workspace-wide default operations this service opts out of (`test = false`).
+    pub opted_out: Vec<String>,
+}
+
+/// A page of services: the body of `GET /api/services` and what `nestr services --json` prints.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ServicePage {
+    pub services: Vec<ServiceView>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
 }
 
 /// An operation a service can run.
@@ -59,6 +69,7 @@ pub fn service_view(
                 })
             })
             .collect(),
+        opted_out: s.opted_out.clone(),
     }
 }
 

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{ApiError, ErrorBody};
 use super::state::{AppState, lock};
 use crate::git::{self, RepoStatus};
-use crate::views::{self, PluginView, RepoView, ServiceView};
+use crate::views::{self, PluginView, RepoView, ServicePage, ServiceView};
 
 /// `{"status": "ok"}`.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -163,14 +163,6 @@ pub async fn repos(State(state): State<AppState>) -> Result<Json<Vec<RepoView>>,
     let status = statuses(&state).await?;
     let stored = state.store(|s| Ok(s.repos()?)).await?;
     Ok(Json(views::repos(&state.manifest(), status, &stored)))
-}
-
-/// A page of services.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct ServicePage {
-    pub services: Vec<ServiceView>,
-    /// Pass as `cursor` for the next page; null on the last page.
-    pub next_cursor: Option<String>,
 }
 
 /// Paging of `/api/services`.

@@ -2,33 +2,19 @@
 //! tags and operations (own and workspace defaults).
 
 use clap::Args;
-use serde::Serialize;
 
 use super::render::{self, Tone, Ui};
 use super::{CliError, ExitCode};
-use crate::store::StepStatus;
+use crate::views::ServicePage;
 use crate::workspace::Workspace;
 
 #[derive(Debug, Args)]
 pub struct ServicesArgs {
-    /// Print a JSON array of objects: name, repo, path, depends_on, tags, operations,
-    /// last_status.
+    /// Print JSON: the body `GET /api/services` answers, `{"services": [...], "next_cursor":
+    /// null}`, each service with name, repo, path, depends_on, tags, operations (name, plugin,
+    /// last_status) and opted_out.
     #[arg(long)]
     pub json: bool,
-}
-
-/// A row of `nestr services --json`.
-#[derive(Debug, Serialize)]
-pub struct ServiceRow {
-    pub name: String,
-    pub repo: String,
-    pub path: String,
-    pub depends_on: Vec<String>,
-    pub tags: Vec<String>,
-    /// Operation name → plugin.
-    pub operations: indexmap::IndexMap<String, String>,
-    /// Operation name → status of its newest step on this service (null: never run).
-    pub last_status: indexmap::IndexMap<String, Option<StepStatus>>,
 }
 
 pub fn run(ws: &mut Workspace, args: ServicesArgs, ui: &Ui) -> Result<ExitCode, CliError> {
@@ -39,32 +25,16 @@ pub fn run(ws: &mut Workspace, args: ServicesArgs, ui: &Ui) -> Result<ExitCode, 
         std::collections::HashMap::new()
     };
     let m = &ws.manifest;
-    let rows: Vec<ServiceRow> = m
-        .services
-        .iter()
-        .map(|s| {
-            let v = crate::views::service_view(m, s, &last);
-            ServiceRow {
-                name: v.name,
-                repo: v.repo,
-                path: v.path,
-                depends_on: v.depends_on,
-                tags: v.tags,
-                operations: v
-                    .operations
-                    .iter()
-                    .map(|o| (o.name.clone(), o.plugin.clone()))
-                    .collect(),
-                last_status: v
-                    .operations
-                    .into_iter()
-                    .map(|o| (o.name, o.last_status))
-                    .collect(),
-            }
-        })
-        .collect();
+    let page = ServicePage {
+        services: m
+            .services
+            .iter()
+            .map(|s| crate::views::service_view(m, s, &last))
+            .collect(),
+        next_cursor: None,
+    };
     if args.json {
-        let text = serde_json::to_string_pretty(&rows)
+        let text = serde_json::to_string_pretty(&page)
             .map_err(|e| CliError::usage(format!("cannot write JSON: {e}")))?;
         println!("{text}");
         return Ok(ExitCode::Ok);
@@ -76,16 +46,18 @@ pub fn run(ws: &mut Workspace, args: ServicesArgs, ui: &Ui) -> Result<ExitCode, 
             v.join(", ")
         }
     };
-    let cells: Vec<Vec<(String, Option<Tone>)>> = rows
+    let cells: Vec<Vec<(String, Option<Tone>)>> = page
+        .services
         .iter()
         .map(|r| {
             let ops: Vec<String> = r
                 .operations
                 .iter()
-                .map(|(o, p)| match r.last_status.get(o).copied().flatten() {
-                    Some(st) => format!("{o} ({p}, last {})", st.as_str()),
-                    None => format!("{o} ({p})"),
+                .map(|o| match o.last_status {
+                    Some(st) => format!("{} ({}, last {})", o.name, o.plugin, st.as_str()),
+                    None => format!("{} ({})", o.name, o.plugin),
                 })
+                .chain(r.opted_out.iter().map(|o| format!("{o} (opted out)")))
                 .collect();
             vec![
                 (r.name.clone(), Some(Tone::Bold)),

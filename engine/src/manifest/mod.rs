@@ -106,6 +106,8 @@ pub struct Service {
     pub tags: Vec<String>,
     /// Operations the service defines itself.
     pub operations: IndexMap<String, OperationSpec>,
+    /// Workspace defaults this service opts out of (`test = false`).
+    pub opted_out: Vec<String>,
 }
 
 /// Which plugin runs an operation, with what configuration.
@@ -292,10 +294,13 @@ impl Manifest {
 
     /// The operation `op` of `service`: its own, else the workspace default.
     pub fn operation<'a>(&'a self, service: &'a Service, op: &str) -> Option<&'a OperationSpec> {
-        service
-            .operations
-            .get(op)
-            .or_else(|| self.operations.get(op))
+        service.operations.get(op).or_else(|| {
+            if service.opted_out.iter().any(|o| o == op) {
+                None
+            } else {
+                self.operations.get(op)
+            }
+        })
     }
 
     /// Every operation name the manifest defines (services' own and workspace defaults), sorted.
@@ -315,7 +320,7 @@ impl Manifest {
     pub fn operation_names(&self, service: &Service) -> Vec<String> {
         let mut names: Vec<String> = service.operations.keys().cloned().collect();
         for k in self.operations.keys() {
-            if !names.contains(k) {
+            if !names.contains(k) && !service.opted_out.contains(k) {
                 names.push(k.clone());
             }
         }

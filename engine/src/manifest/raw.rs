@@ -58,7 +58,37 @@ pub(crate) struct RawService {
     #[serde(default)]
     pub tags: Vec<Spanned<String>>,
     #[serde(default)]
-    pub operations: Named<RawOperation>,
+    pub operations: Named<RawServiceOperation>,
+}
+
+/// A service's operation: its own definition, or `false` to turn a workspace default off.
+#[derive(Debug)]
+pub(crate) enum RawServiceOperation {
+    Own(RawOperation),
+    Switch(bool),
+}
+
+impl<'de> Deserialize<'de> for RawServiceOperation {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawServiceOperation;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an operation table `{ plugin = \"…\" }`, or `false` to turn a workspace default off")
+            }
+            fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<Self::Value, E> {
+                Ok(RawServiceOperation::Switch(b))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                RawOperation::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawServiceOperation::Own)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 #[derive(Debug, Deserialize)]

@@ -9,7 +9,9 @@ use indexmap::IndexMap;
 use toml::Spanned;
 
 use super::diagnostic::{InvalidManifest, Problems};
-use super::raw::{Named, RawApi, RawGrants, RawManifest, RawOperation, RawPlugin, RawRepo};
+use super::raw::{
+    Named, RawApi, RawGrants, RawManifest, RawOperation, RawPlugin, RawRepo, RawServiceOperation,
+};
 use super::{
     ApiSettings, BUILTIN_PLUGINS, ConfigKey, ConfigSite, ExecGrant, FsGrant, Grants, Manifest,
     OperationSpec, Pin, PluginDecl, PluginSource, Repo, Service,
@@ -722,10 +724,37 @@ impl Validator<'_> {
                 }
             }
             let mut operations = IndexMap::new();
+            let mut opted_out = Vec::new();
             for (op_name, op) in &s.operations {
                 self.name(op_name, "operation");
-                if let Some(spec) = self.operation(op.get_ref(), plugins) {
-                    operations.insert(op_name.get_ref().clone(), spec);
+                let n = op_name.get_ref();
+                match op.get_ref() {
+                    RawServiceOperation::Own(o) => {
+                        if let Some(spec) = self.operation(o, plugins) {
+                            operations.insert(n.clone(), spec);
+                        }
+                    }
+                    RawServiceOperation::Switch(false) if raw.operations.keys().any(|k| k.get_ref() == n) => {
+                        opted_out.push(n.clone());
+                    }
+                    RawServiceOperation::Switch(false) => self.p.err(
+                        op.span(),
+                        format!(
+                            "service `{}` turns off `{n}`, but there is no workspace-wide `[operations.{n}]` to turn off",
+                            name.get_ref()
+                        ),
+                        format!(
+                            "`{n} = false` opts a service out of a default; remove it, or define the default. {}",
+                            did_you_mean(n, raw.operations.keys().map(|k| k.get_ref().as_str()))
+                        ),
+                    ),
+                    RawServiceOperation::Switch(true) => self.p.err(
+                        op.span(),
+                        format!("`{n} = true` does not define an operation"),
+                        format!(
+                            "define it with `{n} = {{ plugin = \"…\" }}`, or write `{n} = false` to opt this service out of the workspace default"
+                        ),
+                    ),
                 }
             }
             services.push(Service {
@@ -735,6 +764,7 @@ impl Validator<'_> {
                 depends_on: s.depends_on.iter().map(|d| d.get_ref().clone()).collect(),
                 tags: s.tags.iter().map(|t| t.get_ref().clone()).collect(),
                 operations,
+                opted_out,
             });
         }
         services

@@ -169,9 +169,16 @@ pub fn plan(m: &Manifest, operation: &str, sel: &Selection) -> Result<Plan, Sele
         steps.push(PlannedStep {
             service: next.name.clone(),
             plugin: spec.map(|o| o.plugin.clone()),
-            skip: spec
-                .is_none()
-                .then(|| format!("service `{}` does not define `{operation}`", next.name)),
+            skip: spec.is_none().then(|| {
+                if next.opted_out.iter().any(|o| o == operation) {
+                    format!(
+                        "service `{}` opts out of `{operation}` (`{operation} = false`)",
+                        next.name
+                    )
+                } else {
+                    format!("service `{}` does not define `{operation}`", next.name)
+                }
+            }),
             depends_on: in_plan,
             level: lvl,
             concurrency: spec.and_then(|o| o.concurrency),
@@ -179,7 +186,14 @@ pub fn plan(m: &Manifest, operation: &str, sel: &Selection) -> Result<Plan, Sele
     }
     // A selection none of whose services has the operation is a mistake (a mistyped name, the
     // wrong service), not a run of skipped steps that would pass for a success.
-    if steps.iter().all(|s| s.skip.is_some()) {
+    let opted_out = |svc: &str| {
+        m.service(svc)
+            .is_some_and(|s| s.opted_out.iter().any(|o| o == operation))
+    };
+    if steps
+        .iter()
+        .all(|s| s.skip.is_some() && !opted_out(&s.service))
+    {
         let selected: Vec<&str> = steps.iter().map(|s| s.service.as_str()).collect();
         return Err(unknown_operation(m, operation, Some(&selected)));
     }
