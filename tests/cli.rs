@@ -269,7 +269,10 @@ fn a_service_can_opt_out_of_a_workspace_default_operation() -> TestResult {
         .collect();
     assert_eq!(services, ["a"], "{run}");
     // Selecting only services that opted out is a deliberate no-op, not a typo: skipped, and why.
-    let only = sb.nestr(&ws, &["run", "test", "-s", "docs", "--json"]).ok().json();
+    let only = sb
+        .nestr(&ws, &["run", "test", "-s", "docs", "--json"])
+        .ok()
+        .json();
     assert_eq!(only["status"], "succeeded", "{only}");
     assert_eq!(only["steps"][0]["status"], "skipped", "{only}");
     assert!(

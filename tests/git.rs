@@ -645,3 +645,27 @@ fn auth_failure_fails_fast_without_prompting() -> TestResult {
     drop(server);
     Ok(())
 }
+
+#[test]
+fn a_missing_local_path_remote_says_no_such_file_like_a_file_url() -> TestResult {
+    let sb = Sandbox::new();
+    let gone = sb.path().join("remotes/gone.git");
+    let ws = sb.workspace(&format!(
+        "[workspace]\nname = \"w\"\n[repos.plain]\nurl = \"{p}\"\n[repos.file]\nurl = \"file://{p}\"\n",
+        p = gone.display()
+    ));
+    let run = sb.nestr(&ws, &["assemble", "--json"]).expect(1);
+    let out = run.json();
+    let rows = out.as_array().ok_or("rows")?;
+    assert_eq!(rows.len(), 2, "{out}");
+    for row in rows {
+        let msg = row["message"].as_str().unwrap_or("");
+        assert!(
+            msg.contains("No such file or directory; check the url in nestr.toml")
+                && msg.contains(&gone.display().to_string())
+                && !msg.contains("unsupported URL protocol"),
+            "{row}"
+        );
+    }
+    Ok(())
+}

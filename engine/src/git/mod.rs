@@ -218,6 +218,12 @@ pub(crate) fn explain(e: &git2::Error, url: &str) -> String {
             "authentication failed for {shown}: {msg}; nestr never prompts: use an SSH agent \
              (SSH_AUTH_SOCK), a git credential helper, or a token in the URL"
         )
+    } else if msg.contains("unsupported URL protocol") && is_local_path(url) {
+        // libgit2 takes a path for a local repository only when it exists.
+        format!(
+            "no repository at {shown}: failed to resolve path '{shown}': No such file or \
+             directory; check the url in nestr.toml"
+        )
     } else if e.class() == ErrorClass::Net || e.class() == ErrorClass::Http {
         format!("cannot reach {shown}: {msg}")
     } else if msg.contains("could not find repository")
@@ -229,6 +235,18 @@ pub(crate) fn explain(e: &git2::Error, url: &str) -> String {
         format!("{msg} ({shown})")
     };
     redact::text(&text)
+}
+
+/// A url that is a path on this machine: no `scheme://` and not scp-like `host:path`.
+fn is_local_path(url: &str) -> bool {
+    if url.contains("://") {
+        return false;
+    }
+    match url.find(':') {
+        None => true,
+        // `git@host:repo` is ssh; `/a:b` or `./a:b` is a path with a colon in it.
+        Some(colon) => url.find('/').is_some_and(|slash| slash < colon),
+    }
 }
 
 /// Opens the repository whose work tree is exactly `dir` (never a parent's).
