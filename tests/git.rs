@@ -128,6 +128,24 @@ url = "{url}"
     );
     assert_eq!(status["r"]["state"], "clean");
     assert_eq!(status["r"]["head"], second.as_str());
+    // The pin and whether HEAD is still at it, in JSON and in the table.
+    assert_eq!(
+        status["t"]["pin"],
+        serde_json::json!({"kind": "tag", "value": "v1"})
+    );
+    assert_eq!(status["t"]["at_pin"], true);
+    assert_eq!(status["r"]["pin"]["kind"], "rev");
+    assert_eq!(status["r"]["at_pin"], true);
+    assert_eq!(status["b"]["at_pin"], serde_json::Value::Null);
+    let table = sb.nestr(&ws, &["status"]).ok().stdout;
+    assert!(table.contains("tag v1"), "{table}");
+    assert!(table.contains(&format!("rev {}", &second[..7])), "{table}");
+    assert!(!table.contains("(detached)"), "{table}");
+    git(&ws.join("t"), &["checkout", "-q", &second]);
+    let moved = status_by_name(&sb.nestr(&ws, &["status", "--json"]).ok());
+    assert_eq!(moved["t"]["at_pin"], false, "{}", moved["t"]);
+    let table = sb.nestr(&ws, &["status"]).ok().stdout;
+    assert!(table.contains("tag v1 (HEAD moved)"), "{table}");
     Ok(())
 }
 

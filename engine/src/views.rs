@@ -162,6 +162,9 @@ pub struct RepoView {
     pub staged: usize,
     pub modified: usize,
     pub untracked: usize,
+    /// What the manifest pins it to; for a tag or rev, whether HEAD is still that commit.
+    pub pin: crate::manifest::Pin,
+    pub at_pin: Option<bool>,
     /// Last assemble/sync: when (Unix ms), its result and message.
     pub last_sync_at: Option<i64>,
     pub last_sync_result: Option<String>,
@@ -196,6 +199,8 @@ pub fn repos(
                 staged: 0,
                 modified: 0,
                 untracked: 0,
+                pin: repo.pin.clone(),
+                at_pin: None,
                 last_sync_at: row.and_then(|r| r.last_sync_at),
                 last_sync_result: row
                     .and_then(|r| r.last_sync_result)
@@ -215,6 +220,7 @@ pub fn repos(
                     v.staged = s.staged;
                     v.modified = s.modified;
                     v.untracked = s.untracked;
+                    v.at_pin = s.at_pin;
                 }
                 Err(e) => v.error = Some(crate::redact::text(&e)),
             }

@@ -229,7 +229,7 @@ pub fn run(args: DemoArgs, ui: &Ui) -> Result<ExitCode, CliError> {
     )?;
 
     heading(ui, "nestr status");
-    super::status::run(&ws, super::status::StatusArgs { jobs, json: false }, ui)?;
+    super::status::run(&mut ws, super::status::StatusArgs { jobs, json: false }, ui)?;
 
     heading(ui, "nestr services");
     super::services::run(&mut ws, super::services::ServicesArgs { json: false }, ui)?;

@@ -126,7 +126,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Demo(args) => demo::run(args, &ui),
         Command::Assemble(args) => assemble::run(&mut load(&location)?, args, &ui),
         Command::Sync(args) => sync::run(&mut load(&location)?, args, &ui),
-        Command::Status(args) => status::run(&load(&location)?, args, &ui),
+        Command::Status(args) => status::run(&mut load(&location)?, args, &ui),
         Command::Lock(args) => lock::run(&load(&location)?, args, &ui),
         Command::Services(args) => services::run(&mut load(&location)?, args, &ui),
         Command::Run(args) => run::run(&mut load(&location)?, args, &ui),

@@ -1,37 +1,35 @@
-//! `nestr status`: one row per repository (branch, head, upstream, ahead/behind, uncommitted
-//! counts and a one-word state); `--json` prints the rows with their contract field names.
+//! `nestr status`: one row per repository (branch or pin, head, upstream, ahead/behind,
+//! uncommitted counts and a one-word state); `--json` prints what `GET /api/repos` answers.
 
 use clap::Args;
 
 use super::render::{self, Tone, Ui};
 use super::{CliError, ExitCode, Jobs};
-use crate::git::{RepoState, RepoStatus};
+use crate::git::RepoState;
+use crate::manifest::Pin;
+use crate::views::RepoView;
 use crate::workspace::Workspace;
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     #[command(flatten)]
     pub jobs: Jobs,
-    /// Print a JSON array of objects: name, path, branch, head, upstream, ahead, behind, dirty,
-    /// staged, modified, untracked, state.
+    /// Print JSON: the body `GET /api/repos` answers, an array of objects: name, url, path,
+    /// branch, head, upstream, state, ahead, behind, dirty, staged, modified, untracked, pin,
+    /// at_pin, last_sync_at, last_sync_result, last_sync_message, error.
     #[arg(long)]
     pub json: bool,
 }
 
-pub fn run(ws: &Workspace, args: StatusArgs, ui: &Ui) -> Result<ExitCode, CliError> {
-    let mut rows = Vec::new();
-    let mut errors = Vec::new();
-    for (repo, row) in ws
-        .manifest
-        .repos
-        .iter()
-        .zip(ws.status(usize::from(args.jobs.jobs)))
-    {
-        match row {
-            Ok(r) => rows.push(r),
-            Err(e) => errors.push(format!("{}: {e}", repo.name)),
-        }
-    }
+pub fn run(ws: &mut Workspace, args: StatusArgs, ui: &Ui) -> Result<ExitCode, CliError> {
+    let status = ws.status(usize::from(args.jobs.jobs));
+    // The last sync is read only if there is a history: status creates no state.
+    let stored = if ws.state_dir().join(crate::store::DB_FILE).exists() {
+        ws.store()?.repos()?
+    } else {
+        Vec::new()
+    };
+    let rows = crate::views::repos(&ws.manifest, status, &stored);
     if args.json {
         let text = serde_json::to_string_pretty(&rows)
             .map_err(|e| CliError::usage(format!("cannot write JSON: {e}")))?;
@@ -39,14 +37,36 @@ pub fn run(ws: &Workspace, args: StatusArgs, ui: &Ui) -> Result<ExitCode, CliErr
     } else {
         print!("{}", table(ui, &rows));
     }
-    for e in &errors {
-        eprintln!("{} {e}", ui.paint_err(Tone::Bad, "error:"));
+    let mut failed = false;
+    for r in &rows {
+        if let Some(e) = &r.error {
+            failed = true;
+            eprintln!("{} {}: {e}", ui.paint_err(Tone::Bad, "error:"), r.name);
+        }
     }
-    Ok(if errors.is_empty() {
-        ExitCode::Ok
-    } else {
+    Ok(if failed {
         ExitCode::Failed
+    } else {
+        ExitCode::Ok
     })
+}
+
+/// `branch main`, or for a pinned checkout `tag v1` / `rev 0123abc` and whether HEAD moved.
+fn checkout(r: &RepoView) -> String {
+    let short = |h: &str| h[..7.min(h.len())].to_string();
+    let pin = match &r.pin {
+        Pin::Tag(t) => Some(format!("tag {t}")),
+        Pin::Rev(h) => Some(format!("rev {}", short(h))),
+        Pin::Branch(_) | Pin::Default => None,
+    };
+    match (&r.branch, pin, r.at_pin) {
+        (Some(b), None, _) => b.clone(),
+        (Some(b), Some(p), _) => format!("{b} (pinned {p})"),
+        (None, Some(p), Some(true)) => p,
+        (None, Some(p), Some(false)) => format!("{p} (HEAD moved)"),
+        (None, Some(p), None) => format!("{p} (not found)"),
+        (None, None, _) => "(detached)".to_string(),
+    }
 }
 
 fn state_tone(s: RepoState) -> Tone {
@@ -58,7 +78,7 @@ fn state_tone(s: RepoState) -> Tone {
     }
 }
 
-fn table(ui: &Ui, rows: &[RepoStatus]) -> String {
+fn table(ui: &Ui, rows: &[RepoView]) -> String {
     let cells: Vec<Vec<(String, Option<Tone>)>> = rows
         .iter()
         .map(|r| {
@@ -72,11 +92,11 @@ fn table(ui: &Ui, rows: &[RepoStatus]) -> String {
             };
             vec![
                 (r.name.clone(), None),
-                (r.state.as_str().to_string(), Some(state_tone(r.state))),
-                (
-                    r.branch.clone().unwrap_or_else(|| "(detached)".into()),
-                    None,
-                ),
+                match r.state {
+                    Some(st) => (st.as_str().to_string(), Some(state_tone(st))),
+                    None => ("error".to_string(), Some(Tone::Bad)),
+                },
+                (checkout(r), None),
                 (
                     r.head
                         .as_deref()

@@ -50,6 +50,12 @@ pub struct RepoStatus {
     pub modified: usize,
     pub untracked: usize,
     pub state: RepoState,
+    /// What the manifest pins the repository to (`{"kind": "tag", "value": "v1"}`, `rev`,
+    /// `branch`, or `default`).
+    pub pin: Pin,
+    /// For a tag or rev pin: whether HEAD is still the pinned commit (null otherwise, or when
+    /// the pin cannot be resolved locally).
+    pub at_pin: Option<bool>,
 }
 
 /// The status of every repository of `manifest`, in manifest order, at most `jobs` at once.
@@ -72,6 +78,8 @@ pub fn status_of(manifest: &Manifest, repo: &Repo) -> Result<RepoStatus, String>
         modified: 0,
         untracked: 0,
         state: RepoState::Missing,
+        pin: repo.pin.clone(),
+        at_pin: None,
     };
     let Some(git) = super::open_exact(&manifest.repo_dir(repo)) else {
         return Ok(row);
@@ -85,6 +93,8 @@ pub fn status_of(manifest: &Manifest, repo: &Repo) -> Result<RepoStatus, String>
     row.head = head.map(|h| h.to_string());
     row.branch = current_branch(&git);
 
+    let pinned = pin_target(&git, &repo.pin);
+    row.at_pin = pinned.zip(head).map(|(t, h)| t == h);
     let mut detached = git.head_detached().unwrap_or(false);
     if let Some(branch) = &row.branch
         && let Ok(local) = git.find_branch(branch, git2::BranchType::Local)
@@ -100,7 +110,7 @@ pub fn status_of(manifest: &Manifest, repo: &Repo) -> Result<RepoStatus, String>
         }
     } else if detached && let Some(h) = head {
         // A pinned tag or rev is meant to be detached: compare with the pin instead.
-        if let Some(target) = pin_target(&git, &repo.pin)
+        if let Some(target) = pinned
             && let Ok((a, b)) = git.graph_ahead_behind(h, target)
         {
             row.ahead = a;

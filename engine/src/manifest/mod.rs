@@ -72,7 +72,7 @@ pub struct Repo {
 }
 
 /// What a repository is checked out at.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(tag = "kind", content = "value", rename_all = "lowercase")]
 pub enum Pin {
     /// The remote's default branch.
