@@ -805,7 +805,7 @@ fn slow_requests_time_out_but_event_streams_do_not() -> TestResult {
     let run = sb
         .nestr(&w, &["runs", "--json", "--operation", "op"])
         .ok()
-        .json()[0]["id"]
+        .json()["runs"][0]["run_id"]
         .as_str()
         .ok_or("run id")?
         .to_string();
@@ -930,11 +930,11 @@ fn graceful_shutdown_during_a_run_leaves_nothing_running() -> TestResult {
     assert!(reader.join().ok().flatten().is_some(), "the stream ended");
     assert!(!pid_alive(&pid), "the run's child {pid} survived");
     let runs = sb.nestr(&w, &["runs", "--json"]).ok().json();
-    let row = runs
+    let row = runs["runs"]
         .as_array()
         .ok_or("runs")?
         .iter()
-        .find(|r| r["id"] == run.as_str())
+        .find(|r| r["run_id"] == run.as_str())
         .ok_or("run")?
         .clone();
     assert_eq!(row["status"], "cancelled", "{row}");
@@ -991,7 +991,7 @@ fn sync_and_assemble_are_runs_with_a_step_per_repository() -> TestResult {
     );
     let page = get(&srv.u("/api/runs?operation=sync"))?.json();
     assert_eq!(page["runs"].as_array().map(Vec::len), Some(1));
-    assert_eq!(page["runs"][0]["id"], sync.as_str());
+    assert_eq!(page["runs"][0]["run_id"], sync.as_str());
     // Paging: one run per page, newest first, every run once.
     let mut seen = Vec::new();
     let mut cursor: Option<String> = None;
@@ -1378,5 +1378,50 @@ fn serve_reloads_the_manifest_and_keeps_the_last_good_one_while_an_edit_is_broke
     ] {
         assert!(log.contains(want), "no {want:?} in the server log:\n{log}");
     }
+    Ok(())
+}
+
+#[test]
+fn cli_json_and_api_json_are_one_shape_per_entity() -> TestResult {
+    let sb = Sandbox::new();
+    let w = ws(&sb, &[("a", &[], "echo from-a"), ("b", &["a"], "echo from-b")], "");
+    let run = sb.nestr(&w, &["run", "op", "--json"]).ok().json();
+    let id = run["run_id"].as_str().ok_or("run_id")?.to_string();
+    let srv = Server::start(&sb, &w, &[])?;
+    let api = |path: &str| -> Result<serde_json::Value, Box<dyn std::error::Error>> {
+        Ok(get(&srv.u(path))?.json())
+    };
+    let cli = |args: &[&str]| sb.nestr(&w, args).ok().json();
+    // A run: what `run --json` printed, `runs show --json`, and GET /api/runs/{id}.
+    let stored = api(&format!("/api/runs/{id}"))?;
+    assert_eq!(run, stored);
+    assert_eq!(cli(&["runs", "show", &id, "--json"]), stored);
+    assert!(
+        stored["created_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z') && t.contains('T')),
+        "times are RFC 3339: {stored}"
+    );
+    assert!(stored["steps"][0]["started_at"].is_string(), "{stored}");
+    // Lists: the same page bodies.
+    assert_eq!(cli(&["runs", "--json"]), api("/api/runs")?);
+    assert_eq!(cli(&["services", "--json"]), api("/api/services")?);
+    assert_eq!(cli(&["status", "--json"]), api("/api/repos")?);
+    assert_eq!(cli(&["plugin", "list", "--json"]), api("/api/plugins")?);
+    // Log lines: `logs --json` prints one API line per line.
+    let lines: Vec<serde_json::Value> = sb
+        .nestr(&w, &["logs", &id, "--json"])
+        .ok()
+        .stdout
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let page = api(&format!("/api/runs/{id}/logs"))?;
+    let mut api_lines = page["lines"].as_array().ok_or("lines")?.clone();
+    let mut lines = lines;
+    let key = |v: &serde_json::Value| (v["step_id"].as_i64(), v["seq"].as_i64());
+    api_lines.sort_by_key(key);
+    lines.sort_by_key(key);
+    assert_eq!(lines, api_lines);
     Ok(())
 }

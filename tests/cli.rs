@@ -143,17 +143,24 @@ fn status_json_has_exactly_the_contract_fields() -> TestResult {
     let rows = sb.nestr(&ws, &["status", "--json"]).ok().json();
     let want = [
         "ahead",
+        "at_pin",
         "behind",
         "branch",
         "dirty",
+        "error",
         "head",
+        "last_sync_at",
+        "last_sync_message",
+        "last_sync_result",
         "modified",
         "name",
         "path",
+        "pin",
         "staged",
         "state",
         "untracked",
         "upstream",
+        "url",
     ];
     for row in rows.as_array().ok_or("array")? {
         let mut keys: Vec<&str> = row
@@ -215,7 +222,7 @@ fn demo_builds_a_workspace_and_runs_again() -> TestResult {
     );
     let ws = sb.path().join("d/workspace");
     let runs = sb.nestr(&ws, &["runs", "--json"]).ok().json();
-    let ops: Vec<&str> = runs
+    let ops: Vec<&str> = runs["runs"]
         .as_array()
         .ok_or("runs")?
         .iter()
@@ -224,7 +231,8 @@ fn demo_builds_a_workspace_and_runs_again() -> TestResult {
     // Assemble and sync are recorded as runs too.
     assert_eq!(ops, ["deploy", "test", "build", "sync", "assemble"]);
     assert!(
-        runs.as_array()
+        runs["runs"]
+            .as_array()
             .is_some_and(|a| a.iter().all(|r| r["status"] == "succeeded")),
         "{runs}"
     );
@@ -393,7 +401,7 @@ fn a_unique_prefix_of_a_run_id_names_the_run_and_an_ambiguous_one_lists_the_cand
     let logs = sb.nestr(&ws, &["logs", unique]).ok();
     assert!(logs.stdout.contains("from-a"), "{}", logs.stdout);
     let shown = sb.nestr(&ws, &["runs", "show", unique, "--json"]).ok();
-    assert_eq!(shown.json()["id"], second.as_str());
+    assert_eq!(shown.json()["run_id"], second.as_str());
     let ambiguous = sb.nestr(&ws, &["logs", &first[..shared]]).expect(2);
     assert!(
         ambiguous.stderr.contains(&first) && ambiguous.stderr.contains(&second),

@@ -559,7 +559,7 @@ fn plugin_config_is_checked_when_the_manifest_loads_and_by_plugin_check() -> Tes
     // Nothing ran: the typo was caught before any run was recorded.
     std::fs::write(ws.join("nestr.toml"), &manifest)?;
     let runs = sb.nestr(&ws, &["runs", "--json"]).ok().json();
-    let ops: Vec<&serde_json::Value> = runs
+    let ops: Vec<&serde_json::Value> = runs["runs"]
         .as_array()
         .ok_or("a list")?
         .iter()

@@ -285,7 +285,7 @@ fn ctrl_c_cancels_the_run_and_no_process_survives() -> TestResult {
     assert_eq!(status_of(&s, "long"), "cancelled", "{s:?}");
     assert_eq!(status_of(&s, "after"), "cancelled", "{s:?}");
     let runs = sb.nestr(&ws, &["runs", "--json"]).ok().json();
-    assert_eq!(runs[0]["status"], "cancelled");
+    assert_eq!(runs["runs"][0]["status"], "cancelled");
     Ok(())
 }
 
@@ -324,7 +324,7 @@ pub fn kill_nine_rounds(rounds: usize) -> TestResult {
             "round {round}: {shown}"
         );
         let logs = sb
-            .nestr(&ws, &["logs", shown["id"].as_str().ok_or("id")?])
+            .nestr(&ws, &["logs", shown["run_id"].as_str().ok_or("id")?])
             .ok();
         let numbers: Vec<u64> = logs
             .stdout
@@ -494,16 +494,20 @@ fn grouped_output_and_pruning_old_runs() -> TestResult {
     let all = sb
         .nestr(&ws, &["runs", "--json", "--operation", "op"])
         .ok()
-        .json();
+        .json()["runs"]
+        .clone();
     assert_eq!(all.as_array().map(Vec::len), Some(5));
     // The sandbox's `nestr assemble` is a run too.
     let everything = sb.nestr(&ws, &["runs", "--json"]).ok().json();
-    assert_eq!(everything.as_array().map(Vec::len), Some(6));
-    let oldest = all[4]["id"].as_str().ok_or("id")?.to_string();
+    assert_eq!(everything["runs"].as_array().map(Vec::len), Some(6));
+    let oldest = all[4]["run_id"].as_str().ok_or("id")?.to_string();
     sb.nestr(&ws, &["runs", "prune", "--keep", "2"]).ok();
     let kept = sb.nestr(&ws, &["runs", "--json"]).ok().json();
-    assert_eq!(kept.as_array().map(Vec::len), Some(2));
-    assert_eq!(kept[0]["id"], all[0]["id"], "the newest are kept");
+    assert_eq!(kept["runs"].as_array().map(Vec::len), Some(2));
+    assert_eq!(
+        kept["runs"][0]["run_id"], all[0]["run_id"],
+        "the newest are kept"
+    );
     sb.nestr(&ws, &["logs", &oldest]).expect(2);
     let conn = rusqlite::Connection::open(ws.join(".nestr/state.db"))?;
     let orphans: i64 = conn.query_row(
@@ -514,9 +518,7 @@ fn grouped_output_and_pruning_old_runs() -> TestResult {
     assert_eq!(orphans, 0, "logs of pruned runs are gone");
     sb.nestr(&ws, &["runs", "prune", "--older-than", "1h"]).ok();
     assert_eq!(
-        sb.nestr(&ws, &["runs", "--json"])
-            .ok()
-            .json()
+        sb.nestr(&ws, &["runs", "--json"]).ok().json()["runs"]
             .as_array()
             .map(Vec::len),
         Some(2)

@@ -14,3 +14,28 @@ pub struct ConfigField {
     pub required: bool,
     pub description: String,
 }
+
+/// A time as every JSON body shows it: RFC 3339 in UTC with milliseconds
+/// (`2026-12-01T23:11:07.123Z`), from the Unix milliseconds the store keeps.
+pub fn rfc3339(ms: i64) -> String {
+    let t =
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// `#[serde(with = "crate::model::time")]` for an `i64` of Unix milliseconds.
+pub mod time {
+    pub fn serialize<S: serde::Serializer>(ms: &i64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&super::rfc3339(*ms))
+    }
+}
+
+/// `#[serde(with = "crate::model::time_opt")]` for an `Option<i64>` of Unix milliseconds.
+pub mod time_opt {
+    pub fn serialize<S: serde::Serializer>(ms: &Option<i64>, s: S) -> Result<S::Ok, S::Error> {
+        match ms {
+            Some(ms) => s.serialize_str(&super::rfc3339(*ms)),
+            None => s.serialize_none(),
+        }
+    }
+}

@@ -165,7 +165,9 @@ pub struct RepoView {
     /// What the manifest pins it to; for a tag or rev, whether HEAD is still that commit.
     pub pin: crate::manifest::Pin,
     pub at_pin: Option<bool>,
-    /// Last assemble/sync: when (Unix ms), its result and message.
+    /// Last assemble/sync: when, its result and message.
+    #[serde(with = "crate::model::time_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub last_sync_at: Option<i64>,
     pub last_sync_result: Option<String>,
     pub last_sync_message: Option<String>,

@@ -204,7 +204,9 @@ pub struct EventData {
     /// The status the transition sets (not on `log`).
     #[schema(required = false)]
     pub status: Option<String>,
-    /// When it happened (Unix ms).
+    /// When it happened.
+    #[serde(with = "crate::model::time")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: i64,
     /// `log` only: the line's sequence number in its step's log.
     #[schema(required = false)]

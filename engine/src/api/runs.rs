@@ -10,15 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ErrorBody};
 use super::state::AppState;
-use crate::store::{LogLine, RunFilter, RunRow, RunStatus, RunSummary};
-
-/// A page of runs, newest first.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct RunPage {
-    pub runs: Vec<RunSummary>,
-    /// Pass as `cursor` for the next page; null on the last page.
-    pub next_cursor: Option<String>,
-}
+use crate::store::{RunFilter, RunPage, RunRow, RunStatus, ServiceLogLine};
 
 /// Filters and paging of `/api/runs`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -75,15 +67,11 @@ pub async fn list(
         operation: q.operation,
         before,
     };
-    let mut runs = state
-        .store(move |s| Ok(s.list_runs_page(&filter, limit + 1)?))
-        .await?;
-    let more = runs.len() > limit;
-    runs.truncate(limit);
-    let next_cursor = more
-        .then(|| runs.last().map(|r| format!("{}_{}", r.created_at, r.id)))
-        .flatten();
-    Ok(Json(RunPage { runs, next_cursor }))
+    Ok(Json(
+        state
+            .store(move |s| Ok(s.runs_page(&filter, limit)?))
+            .await?,
+    ))
 }
 
 fn parse_run_cursor(c: &str) -> Option<(i64, String)> {
@@ -112,19 +100,11 @@ pub async fn get(
     Ok(Json(find_run(&state, &id).await?))
 }
 
-/// A line of a run's log, with its service.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct ApiLogLine {
-    pub service: String,
-    #[serde(flatten)]
-    pub line: LogLine,
-}
-
 /// A page of log lines.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct LogPage {
     pub run_id: String,
-    pub lines: Vec<ApiLogLine>,
+    pub lines: Vec<ServiceLogLine>,
     /// Pass as `after` to get the lines that follow (also once more lines arrive); null when
     /// the page is empty.
     pub next: Option<String>,
@@ -221,7 +201,7 @@ pub async fn logs(
         let next = lines.last().map(|l| l.seq.to_string());
         let lines = lines
             .into_iter()
-            .map(|l| ApiLogLine {
+            .map(|l| ServiceLogLine {
                 service: service.clone(),
                 line: l,
             })
@@ -277,7 +257,7 @@ pub async fn logs(
         .into_iter()
         .map(|(l, _)| {
             let service = names.get(&l.step_id).cloned().unwrap_or_default();
-            ApiLogLine { service, line: l }
+            ServiceLogLine { service, line: l }
         })
         .collect();
     Ok(Json(LogPage {

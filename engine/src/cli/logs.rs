@@ -3,7 +3,6 @@
 //! until it ends.
 
 use clap::Args;
-use serde::Serialize;
 
 use super::render::{Ui, log_line};
 use super::{CliError, ExitCode};
@@ -28,13 +27,6 @@ pub struct LogsArgs {
     pub follow: bool,
 }
 
-#[derive(Serialize)]
-struct JsonLine<'a> {
-    service: &'a str,
-    #[serde(flatten)]
-    line: &'a LogLine,
-}
-
 fn print_line(
     ui: &Ui,
     service: &str,
@@ -43,7 +35,10 @@ fn print_line(
     json: bool,
 ) -> Result<(), CliError> {
     if json {
-        let j = JsonLine { service, line };
+        let j = crate::store::ServiceLogLine {
+            service: service.to_string(),
+            line: line.clone(),
+        };
         println!(
             "{}",
             serde_json::to_string(&j).map_err(|e| CliError::usage(e.to_string()))?

@@ -141,7 +141,12 @@ pub fn run(ws: &mut Workspace, args: RunArgs, ui: &Ui) -> Result<ExitCode, CliEr
     let _ = thread.join();
     let report = result?;
     if args.json {
-        let text = serde_json::to_string_pretty(&report)
+        // The run as stored: the shape `runs show --json` and `GET /api/runs/{id}` give.
+        let row = ws
+            .store()?
+            .run(&report.run_id)?
+            .ok_or_else(|| CliError::usage(format!("run {} is not in the store", report.run_id)))?;
+        let text = serde_json::to_string_pretty(&row)
             .map_err(|e| CliError::usage(format!("cannot write JSON: {e}")))?;
         println!("{text}");
     } else if !ui.quiet || report.status != RunStatus::Succeeded {

@@ -64,10 +64,11 @@ pub fn run(ws: &mut Workspace, args: RunsArgs, ui: &Ui) -> Result<ExitCode, CliE
                 operation: args.operation,
                 before: None,
             };
-            let runs = store.list_runs_page(&filter, args.limit)?;
+            let page = store.runs_page(&filter, args.limit)?;
             if args.json {
-                return print_json(&runs);
+                return print_json(&page);
             }
+            let runs = page.runs;
             let rows: Vec<Vec<(String, Option<Tone>)>> = runs
                 .iter()
                 .map(|r| {

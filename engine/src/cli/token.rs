@@ -79,7 +79,7 @@ pub fn run(ws: &mut Workspace, args: TokenArgs, ui: &Ui) -> Result<ExitCode, Cli
                         (t.name.clone().unwrap_or_else(|| "-".into()), None),
                         (t.scope.as_str().to_string(), None),
                         (format!("{}…", t.prefix), None),
-                        (crate::scheduler::rfc3339(t.created_at), None),
+                        (crate::model::rfc3339(t.created_at), None),
                         match t.revoked_at {
                             Some(_) => ("revoked".to_string(), Some(Tone::Bad)),
                             None => ("active".to_string(), Some(Tone::Good)),

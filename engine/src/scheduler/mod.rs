@@ -13,7 +13,7 @@ pub mod repo_run;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use tokio::task::JoinSet;
@@ -143,10 +143,7 @@ pub struct RunContext<'a> {
     pub cancel: Cancel,
 }
 
-pub fn rfc3339(ms: i64) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_millis(t).to_string()
-}
+pub use crate::model::rfc3339;
 
 /// A time-ordered, unique run id.
 pub fn new_run_id() -> String {

@@ -79,6 +79,7 @@ pub struct RepoRow {
     pub path: String,
     pub branch: Option<String>,
     pub head: Option<String>,
+    #[serde(with = "crate::model::time_opt")]
     pub last_sync_at: Option<i64>,
     pub last_sync_result: Option<SyncResult>,
     pub last_sync_message: Option<String>,
@@ -89,6 +90,7 @@ pub struct RepoRow {
 pub struct SyncEvent {
     pub repo: String,
     pub action: SyncAction,
+    #[serde(with = "crate::model::time")]
     pub at: i64,
     pub result: SyncResult,
     pub old_head: Option<String>,

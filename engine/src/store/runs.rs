@@ -98,15 +98,28 @@ impl RunStatus {
 /// A line of `nestr runs`.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RunSummary {
+    #[serde(rename = "run_id")]
     pub id: String,
     pub operation: String,
     pub status: RunStatus,
     pub started_by: String,
+    #[serde(with = "crate::model::time")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
+    #[serde(with = "crate::model::time_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<i64>,
     pub steps: i64,
     pub succeeded: i64,
     pub failed: i64,
+}
+
+/// A page of runs, newest first: the body of `GET /api/runs` and what `nestr runs --json` prints.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct RunPage {
+    pub runs: Vec<RunSummary>,
+    /// Pass as `cursor` for the next page; null on the last page.
+    pub next_cursor: Option<String>,
 }
 
 /// Which runs to list, and where a page starts.
@@ -127,6 +140,7 @@ pub struct JournalEntry {
     /// `run_started`, `step_queued`, `step_started`, `step_finished`, `run_finished`.
     pub kind: String,
     pub status: Option<String>,
+    #[serde(with = "crate::model::time")]
     pub at: i64,
 }
 
@@ -198,12 +212,22 @@ pub struct LogLine {
     pub step_id: i64,
     /// Position of the line in its step's log (from 0).
     pub seq: i64,
-    /// When it was received (Unix ms).
+    /// When it was received.
+    #[serde(with = "crate::model::time")]
+    #[schema(value_type = String, format = DateTime)]
     pub at: i64,
     pub stream: Stream,
     /// The level of a plugin log line.
     pub level: Option<String>,
     pub text: String,
+}
+
+/// A line of a run's log with its service: how the API and `nestr logs --json` show one.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ServiceLogLine {
+    pub service: String,
+    #[serde(flatten)]
+    pub line: LogLine,
 }
 
 /// Consecutive lines of one stream of a step that arrived together: the unit that is stored and
@@ -213,6 +237,7 @@ pub struct LogChunk {
     pub step_id: i64,
     pub first_seq: i64,
     pub count: i64,
+    #[serde(with = "crate::model::time")]
     pub at: i64,
     pub stream: Stream,
     pub level: Option<String>,
@@ -248,11 +273,16 @@ pub struct AuditEntry {
 /// A run as stored.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RunRow {
+    #[serde(rename = "run_id")]
     pub id: String,
     pub operation: String,
     pub status: RunStatus,
     pub started_by: String,
+    #[serde(with = "crate::model::time")]
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
+    #[serde(with = "crate::model::time_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<i64>,
     pub steps: Vec<StepRow>,
 }
@@ -265,7 +295,11 @@ pub struct StepRow {
     pub plugin: String,
     pub plugin_digest: Option<String>,
     pub status: StepStatus,
+    #[serde(with = "crate::model::time_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub started_at: Option<i64>,
+    #[serde(with = "crate::model::time_opt")]
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<i64>,
     pub duration_ms: Option<i64>,
     pub summary: Option<String>,
@@ -630,6 +664,18 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// A page of at most `limit` runs with the cursor of the next one (`created_at_id` of the
+    /// last run shown, when there are more).
+    pub fn runs_page(&self, filter: &RunFilter, limit: usize) -> Result<RunPage, StoreError> {
+        let mut runs = self.list_runs_page(filter, limit.saturating_add(1))?;
+        let more = runs.len() > limit;
+        runs.truncate(limit);
+        let next_cursor = more
+            .then(|| runs.last().map(|r| format!("{}_{}", r.created_at, r.id)))
+            .flatten();
+        Ok(RunPage { runs, next_cursor })
     }
 
     /// Transitions of run `run_id` after journal id `after`, at most `limit`, in order.

@@ -52,7 +52,9 @@ pub struct TokenRow {
     pub scope: Scope,
     /// The first characters of the token.
     pub prefix: String,
+    #[serde(with = "crate::model::time")]
     pub created_at: i64,
+    #[serde(with = "crate::model::time_opt")]
     pub revoked_at: Option<i64>,
 }
 
