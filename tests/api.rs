@@ -1051,28 +1051,69 @@ fn tools() -> Result<HashMap<String, String>, Box<dyn std::error::Error>> {
 fn metrics_pass_promtool_and_the_spec_holds_under_schemathesis() -> TestResult {
     let tools = tools()?;
     let sb = Sandbox::new();
+    let other = sb.remote("other");
     let w = ws(
         &sb,
         &[("a", &[], "echo built a"), ("b", &["a"], "echo built b")],
-        "",
+        &format!(
+            "[repos.other]\nurl = \"{}\"\n[services.c]\nrepo = \"app\"\n\
+             [services.c.operations]\nsnoop = {{ plugin = \"command\", config = {{ run = [[\"cat\", \"/etc/hostname\"]] }} }}\n",
+            other.url()
+        ),
     );
     let srv = Server::start(&sb, &w, &["--rate-limit", "0"])?;
     let run = start_run(&srv, r#"{"operation":"op"}"#)?;
     let (_, ended) = events(&srv.u(&format!("/api/runs/{run}/events")), None, None)?;
     assert!(ended);
+    // Make every metric family have a sample: a refused exec, a repository status read, a
+    // failed sync.
+    let snoop = start_run(&srv, r#"{"operation":"snoop"}"#)?;
+    assert_eq!(
+        wait_run_status(&srv, &snoop, Duration::from_secs(30))?,
+        "failed"
+    );
+    assert_eq!(get(&srv.u("/api/repos"))?.status, 200);
+    std::fs::remove_dir_all(&other.bare)?;
+    let r = post_json(&srv.u("/api/operations/sync"), "{}")?;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let sync = r.json()["run_id"].as_str().ok_or("run_id")?.to_string();
+    wait_run_status(&srv, &sync, Duration::from_secs(30))?;
     let metrics = get(&srv.u("/metrics"))?.body;
-    for name in [
-        "http_requests_total",
-        "http_request_duration_seconds",
-        "http_requests_in_flight",
-        "nestr_runs_total",
-        "nestr_runs_active",
-        "nestr_step_duration_seconds",
-        "nestr_plugin_instantiate_seconds",
-        "process_resident_memory_bytes",
-    ] {
-        assert!(metrics.contains(name), "{name} missing");
+    // Every metric docs/api.md documents, each with a sample line.
+    let doc =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../docs/api.md"))?;
+    let table = doc
+        .split("## Metrics")
+        .nth(1)
+        .ok_or("the Metrics section")?;
+    let documented: Vec<&str> = table
+        .split('`')
+        .filter(|w| w.starts_with("http_") || w.starts_with("nestr_"))
+        .collect();
+    assert!(documented.len() >= 11, "{documented:?}");
+    for name in documented
+        .iter()
+        .copied()
+        .chain(["process_resident_memory_bytes", "process_cpu_seconds_total"])
+    {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| !l.starts_with('#') && l.starts_with(name)),
+            "{name} has no sample:\n{metrics}"
+        );
     }
+    // CPU time is not truncated to whole seconds.
+    let cpu: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("process_cpu_seconds_total "))
+        .ok_or("cpu line")?
+        .trim()
+        .parse()?;
+    assert!(
+        cpu > 0.0 && cpu.fract() != 0.0,
+        "process_cpu_seconds_total {cpu}"
+    );
     assert!(
         metrics.contains("route=\"/api/runs/{id}/events\""),
         "routes are templates"
@@ -1384,7 +1425,11 @@ fn serve_reloads_the_manifest_and_keeps_the_last_good_one_while_an_edit_is_broke
 #[test]
 fn cli_json_and_api_json_are_one_shape_per_entity() -> TestResult {
     let sb = Sandbox::new();
-    let w = ws(&sb, &[("a", &[], "echo from-a"), ("b", &["a"], "echo from-b")], "");
+    let w = ws(
+        &sb,
+        &[("a", &[], "echo from-a"), ("b", &["a"], "echo from-b")],
+        "",
+    );
     let run = sb.nestr(&w, &["run", "op", "--json"]).ok().json();
     let id = run["run_id"].as_str().ok_or("run_id")?.to_string();
     let srv = Server::start(&sb, &w, &[])?;

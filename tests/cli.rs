@@ -450,3 +450,32 @@ fn completions_are_generated_for_each_shell() -> TestResult {
     sb.nestr(sb.path(), &["completions", "tcsh"]).expect(2);
     Ok(())
 }
+
+#[test]
+fn every_flag_and_subcommand_has_help_text() {
+    use clap::CommandFactory;
+    fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+        for arg in cmd.get_arguments() {
+            let id = arg.get_id().as_str();
+            if id == "help" || id == "version" || arg.is_positional() {
+                continue;
+            }
+            if arg.get_help().is_none() {
+                missing.push(format!("{path} --{}", arg.get_long().unwrap_or(id)));
+            }
+        }
+        for sub in cmd.get_subcommands() {
+            if sub.get_name() == "help" {
+                continue;
+            }
+            let p = format!("{path} {}", sub.get_name());
+            if sub.get_about().is_none() {
+                missing.push(p.clone());
+            }
+            walk(sub, &p, missing);
+        }
+    }
+    let mut missing = Vec::new();
+    walk(&nestr::cli::Cli::command(), "nestr", &mut missing);
+    assert!(missing.is_empty(), "no help text: {missing:?}");
+}

@@ -19,7 +19,8 @@ pub struct LogsArgs {
     /// Only this service's step (repeatable).
     #[arg(short = 's', long = "service", value_name = "SERVICE")]
     pub services: Vec<String>,
-    /// One JSON object per line: service, seq, at, stream, level, text.
+    /// One JSON object per line, as `GET /api/runs/{id}/logs` lists them: service, step_id,
+    /// seq, at, stream, level, text.
     #[arg(long)]
     pub json: bool,
     /// Keep printing new lines while the run goes on; ends when it ends.

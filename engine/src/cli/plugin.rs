@@ -23,18 +23,22 @@ pub struct PluginArgs {
 pub enum PluginCommand {
     /// Built-in and declared plugins: source, digest, declared capabilities, grants.
     List {
+        /// Print the plugins as JSON: what `GET /api/plugins` answers (name, source, digest,
+        /// version, declared, grants, error).
         #[arg(long)]
         json: bool,
     },
     /// What a plugin says about itself (describe()).
     Inspect {
         name: String,
+        /// Print `{"digest", "info"}` as JSON, `info` being what describe() returned.
         #[arg(long)]
         json: bool,
     },
     /// Validates a .wasm file against the plugin contract and prints what it declares.
     Check {
         file: PathBuf,
+        /// Print `{"digest", "info"}` as JSON, `info` being what describe() returned.
         #[arg(long)]
         json: bool,
     },

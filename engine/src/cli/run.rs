@@ -50,7 +50,8 @@ pub struct RunArgs {
     /// Live output: lines prefixed with the service, or each step's output as a block when it ends.
     #[arg(long, value_enum, default_value_t = Output::Prefixed)]
     pub output: Output,
-    /// Print the run (or with --dry-run, the plan) as JSON; no live output.
+    /// Print the run as stored (what `GET /api/runs/{id}` answers), or with --dry-run the plan,
+    /// as JSON; no live output.
     #[arg(long)]
     pub json: bool,
 }

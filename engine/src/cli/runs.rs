@@ -23,6 +23,7 @@ pub struct RunsArgs {
     /// Only runs with this status.
     #[arg(long, value_parser = ["running", "succeeded", "failed", "cancelled", "interrupted"])]
     pub status: Option<String>,
+    /// Print the page as JSON: what `GET /api/runs` answers (`runs`, `next_cursor`).
     #[arg(long)]
     pub json: bool,
 }
@@ -32,6 +33,7 @@ pub enum RunsCommand {
     /// One run with its steps: statuses, timings, summaries.
     Show {
         run: String,
+        /// Print the run with its steps as JSON: what `GET /api/runs/{id}` answers.
         #[arg(long)]
         json: bool,
     },

@@ -27,6 +27,7 @@ pub enum TokenCommand {
     },
     /// List tokens (never the secret).
     List {
+        /// Print the tokens as JSON: id, name, scope, prefix, created_at, revoked_at.
         #[arg(long)]
         json: bool,
     },
