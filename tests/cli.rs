@@ -448,6 +448,15 @@ fn completions_are_generated_for_each_shell() -> TestResult {
     );
     assert_eq!(words.trim(), "assemble", "{words}");
     sb.nestr(sb.path(), &["completions", "tcsh"]).expect(2);
+    // The man page is roff with every subcommand; `man` can render it where man is installed.
+    let page = sb.nestr(sb.path(), &["man"]).ok().stdout;
+    assert!(
+        page.starts_with(".ie") || page.contains(".TH nestr"),
+        "{page}"
+    );
+    for sub in ["assemble", "sync", "run", "logs", "serve", "completions"] {
+        assert!(page.contains(sub), "man: no `{sub}`");
+    }
     Ok(())
 }
 

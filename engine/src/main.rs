@@ -23,7 +23,9 @@ fn main() {
     let code = match cli::run(cli) {
         Ok(code) => code,
         Err(e) => {
-            report(&e, color);
+            if e.exit_code() != cli::ExitCode::BrokenPipe {
+                report(&e, color);
+            }
             e.exit_code()
         }
     };

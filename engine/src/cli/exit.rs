@@ -16,6 +16,8 @@ pub enum ExitCode {
     State = 3,
     /// Interrupted (Ctrl-C).
     Interrupted = 130,
+    /// The reader of standard output went away (`nestr … | head`): ends quietly, as git does.
+    BrokenPipe = 141,
 }
 
 impl ExitCode {
@@ -40,6 +42,22 @@ pub enum CliError {
 }
 
 impl CliError {
+    /// A failed write to standard output: quiet exit 141 when the reader is gone.
+    pub fn output(e: std::io::Error) -> Self {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            return CliError::Plain {
+                message: String::new(),
+                help: None,
+                code: ExitCode::BrokenPipe,
+            };
+        }
+        CliError::Plain {
+            message: format!("cannot write the output: {e}"),
+            help: None,
+            code: ExitCode::Failed,
+        }
+    }
+
     pub fn usage(message: impl Into<String>) -> Self {
         CliError::Plain {
             message: message.into(),

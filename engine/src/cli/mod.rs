@@ -109,6 +109,8 @@ pub enum Command {
     Token(token::TokenArgs),
     /// Print the shell completion script (e.g. `nestr completions bash > /etc/bash_completion.d/nestr`).
     Completions(completions::CompletionsArgs),
+    /// Print the man page in roff (e.g. `nestr man > ~/.local/share/man/man1/nestr.1`).
+    Man,
 }
 
 /// Runs the parsed command line.
@@ -136,6 +138,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Serve(args) => serve::run(&location, args, &ui),
         Command::Token(args) => token::run(&mut load(&location)?, args, &ui),
         Command::Completions(args) => completions::run(args),
+        Command::Man => completions::man(),
     }
 }
 
