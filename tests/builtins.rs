@@ -187,6 +187,94 @@ fn npm_runs_package_scripts_and_reads_test_counts() -> TestResult {
     Ok(())
 }
 
+#[test]
+fn npm_installs_without_a_lockfile_and_counts_ava_jest_and_vitest() -> TestResult {
+    if std::process::Command::new("npm")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        return Err("npm is needed for this test (it is on the project's machines)".into());
+    }
+    let sb = Sandbox::new();
+    let say = |lines: &[&str]| {
+        lines
+            .iter()
+            .map(|l| format!("console.log({l:?});"))
+            .collect::<Vec<_>>()
+            .join(" ")
+            + "\n"
+    };
+    let ava = say(&[
+        "",
+        "  ✔ adds",
+        "  ✔ subtracts",
+        "  ✔ multiplies",
+        "  ─",
+        "",
+        "  3 tests passed",
+    ]);
+    let jest = say(&[
+        "PASS src/a.test.js",
+        "Test Suites: 1 passed, 1 total",
+        "Tests:       1 skipped, 4 passed, 5 total",
+        "Snapshots:   2 passed, 2 total",
+    ]);
+    let vitest = say(&[
+        " Test Files  1 passed (1)",
+        "      Tests  6 passed | 1 skipped (7)",
+        "   Duration  1.10s",
+    ]);
+    let ws = workspace(
+        &sb,
+        &[
+            (
+                "package.json",
+                "{\"name\":\"nolock\",\"version\":\"1.0.0\",\"private\":true,\"scripts\":{\"build\":\"node -e \\\"console.log('built')\\\"\",\"test\":\"node ava.js\",\"test:jest\":\"node jest.js\",\"test:vitest\":\"node vitest.js\"}}\n",
+            ),
+            (".npmrc", "package-lock=false\n"),
+            ("ava.js", &ava),
+            ("jest.js", &jest),
+            ("vitest.js", &vitest),
+        ],
+        "build = { plugin = \"npm\", config = { ci = true } }\ntest = { plugin = \"npm\" }\n\
+         test-jest = { plugin = \"npm\", config = { script = \"test:jest\" } }\n\
+         test-vitest = { plugin = \"npm\", config = { script = \"test:vitest\" } }",
+        "[plugins.npm]\ngrants = { exec = [\"npm\"], env = [\"PATH\", \"HOME\"], timeout = \"5m\" }",
+    );
+    let (run, step) = run_op(&sb, &ws, "build");
+    assert_eq!(run.code, 0, "{}\n{}", run.all(), stored(&ws).log);
+    let log = stored(&ws).log;
+    assert!(
+        log.contains("$ npm install --no-fund --no-audit --no-package-lock"),
+        "no lockfile: npm install, not npm ci:\n{log}"
+    );
+    assert!(
+        !ws.join("app/package-lock.json").exists(),
+        "no lockfile was written"
+    );
+    assert!(
+        step["summary"]
+            .as_str()
+            .is_some_and(|s| s.contains("npm run build succeeded")),
+        "{step}"
+    );
+    for (op, want) in [
+        ("test", (3, 0, 0)),
+        ("test-jest", (4, 0, 1)),
+        ("test-vitest", (6, 0, 1)),
+    ] {
+        let (run, step) = run_op(&sb, &ws, op);
+        assert_eq!(run.code, 0, "{op}: {}", run.all());
+        assert_eq!(
+            step["tests"],
+            serde_json::json!({"passed": want.0, "failed": want.1, "skipped": want.2}),
+            "{op}: {step}"
+        );
+    }
+    Ok(())
+}
+
 /// A webhook receiver: records each request (request line, headers, body); the deploy hook
 /// answers 202, the health URL answers 503 twice and then 200.
 fn receiver() -> std::io::Result<(u16, Arc<Mutex<Vec<String>>>)> {

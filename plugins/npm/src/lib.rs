@@ -1,8 +1,11 @@
 //! The `npm` built-in plugin: runs an npm script of the service (by default the one named like
-//! the operation), optionally after `npm ci`, and reports test counts for tests.
+//! the operation), optionally after installing its dependencies (`npm ci` with a lockfile, `npm
+//! install` without one), and reports test counts for tests (node:test, jest, vitest, ava,
+//! mocha, TAP).
 //!
 //! ```toml
-//! build = { plugin = "npm", config = { ci = true } }               # npm ci, then npm run build
+//! build = { plugin = "npm", config = { ci = true } }               # npm ci (or install), then npm run build
+//! build = { plugin = "npm", config = { install = "install" } }     # npm install, then npm run build
 //! test  = { plugin = "npm", config = { args = ["--runInBand"] } }   # npm test -- --runInBand
 //! lint  = { plugin = "npm", config = { script = "lint:ci" } }       # npm run lint:ci
 //!
@@ -23,13 +26,28 @@ const MAX_DETAIL_CHARS: usize = 200;
 struct Config {
     /// The script of package.json to run (default: the operation's name).
     script: Option<String>,
-    /// Run `npm ci` first.
+    /// Install dependencies first (`install = "auto"`).
     #[serde(default)]
     ci: bool,
+    /// How to install dependencies first: `auto` (`npm ci` when there is a lockfile, else `npm
+    /// install --no-package-lock`), `ci`, `install`, or `none` (the default unless `ci = true`).
+    install: Option<Install>,
     /// Arguments for the script, passed after `--`.
     #[serde(default)]
     args: Vec<String>,
 }
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+enum Install {
+    Auto,
+    Ci,
+    Install,
+    None,
+}
+
+/// The lockfiles `npm ci` installs from.
+const LOCKFILES: [&str; 2] = ["package-lock.json", "npm-shrinkwrap.json"];
 
 struct Npm;
 
@@ -42,14 +60,25 @@ impl Plugin for Npm {
         )
         .exec(["npm"])
         .env(["PATH", "HOME", "*"])
-        .fs(FsAccess::None)
+        .fs(FsAccess::ReadOnly)
         .field(
             "script",
             "string",
             false,
             "the package.json script to run (default: the operation's name)",
         )
-        .field("ci", "bool", false, "run `npm ci` first (default false)")
+        .field(
+            "ci",
+            "bool",
+            false,
+            "install dependencies first, as `install = \"auto\"` (default false)",
+        )
+        .field(
+            "install",
+            "string",
+            false,
+            "auto (npm ci with a lockfile, else npm install), ci, install or none",
+        )
         .field(
             "args",
             "array",
@@ -68,14 +97,33 @@ impl Plugin for Npm {
         }
 
         let mut total_ms: u64 = 0;
-        if config.ci {
-            let cmd = exec("npm").args(["ci", "--no-fund", "--no-audit"]);
+        let install = match (config.install, config.ci) {
+            (Some(i), _) => i,
+            (None, true) => Install::Auto,
+            (None, false) => Install::None,
+        };
+        let install = match install {
+            Install::Auto if has_lockfile(&request) => Install::Ci,
+            Install::Auto => Install::Install,
+            other => other,
+        };
+        let step = match install {
+            Install::Ci => Some(("npm ci", vec!["ci", "--no-fund", "--no-audit"])),
+            // Without a lockfile none is written into the service's folder.
+            Install::Install => Some((
+                "npm install",
+                vec!["install", "--no-fund", "--no-audit", "--no-package-lock"],
+            )),
+            Install::Auto | Install::None => None,
+        };
+        if let Some((label, args)) = step {
+            let cmd = exec("npm").args(args);
             info!("$ {}", cmd.display());
             let out = cmd.run()?;
             total_ms = total_ms.saturating_add(out.duration_ms);
             if !out.success() {
-                return Ok(Report::failure(failure_line(&out, "npm ci"))
-                    .metric("ci_duration_ms", out.duration_ms));
+                return Ok(Report::failure(failure_line(&out, label))
+                    .metric("install_duration_ms", out.duration_ms));
             }
         }
 
@@ -96,8 +144,9 @@ impl Plugin for Npm {
         let out = cmd.run()?;
         total_ms = total_ms.saturating_add(out.duration_ms);
 
-        let is_test = request.operation == "test" || script == "test";
-        let report = match is_test.then(|| test_counts(&out.tail)).flatten() {
+        let testish = |n: &str| n == "test" || n.starts_with("test:") || n.starts_with("test-");
+        let is_test = testish(&request.operation) || testish(script);
+        let report = match is_test.then(|| parse::js_test(&out.tail)).flatten() {
             Some(counts) => test_report(&out, &label, counts),
             None if out.success() => {
                 Report::success(format!("{label} succeeded in {} ms", out.duration_ms))
@@ -106,64 +155,6 @@ impl Plugin for Npm {
         };
         Ok(report.metric("duration_ms", total_ms))
     }
-}
-
-/// Counts from the first format that matches: node's test runner summary, mocha's, TAP, or a
-/// `N passed, N failed` line (jest, vitest and others).
-fn test_counts(tail: &str) -> Option<TestCounts> {
-    node_summary(tail)
-        .or_else(|| mocha_summary(tail))
-        .or_else(|| parse::tap(tail))
-        .or_else(|| parse::passed_failed(tail))
-}
-
-/// The closing block of `node --test` (`# pass 4` / `ℹ pass 4`, `fail`, `cancelled`, `skipped`,
-/// `todo`), which counts nested subtests once; plain TAP counting would count them with their
-/// parents. When several runs printed one, the last wins.
-fn node_summary(tail: &str) -> Option<TestCounts> {
-    let (mut pass, mut fail, mut cancelled, mut skipped, mut todo) = (None, None, 0, 0, 0);
-    for line in tail.lines() {
-        let line = line.trim();
-        let Some(rest) = line.strip_prefix("# ").or_else(|| line.strip_prefix("ℹ ")) else {
-            continue;
-        };
-        let mut words = rest.split_whitespace();
-        let (Some(key), Some(value), None) = (words.next(), words.next(), words.next()) else {
-            continue;
-        };
-        let Ok(n) = value.parse::<u32>() else {
-            continue;
-        };
-        match key {
-            "pass" => pass = Some(n),
-            "fail" => fail = Some(n),
-            "cancelled" => cancelled = n,
-            "skipped" => skipped = n,
-            "todo" => todo = n,
-            _ => {}
-        }
-    }
-    Some(TestCounts {
-        passed: pass?,
-        failed: fail?.saturating_add(cancelled),
-        skipped: skipped.saturating_add(todo),
-    })
-}
-
-/// mocha's `7 passing (12ms)`, `2 failing`, `1 pending`.
-fn mocha_summary(tail: &str) -> Option<TestCounts> {
-    let count = |word: &str| {
-        tail.lines().rev().find_map(|line| {
-            let mut words = line.split_whitespace();
-            let n = words.next()?.parse::<u32>().ok()?;
-            (words.next()? == word).then_some(n)
-        })
-    };
-    Some(TestCounts {
-        passed: count("passing")?,
-        failed: count("failing").unwrap_or(0),
-        skipped: count("pending").unwrap_or(0),
-    })
 }
 
 /// A test run with counts: failed when a test failed or npm did.
@@ -189,6 +180,13 @@ fn test_report(out: &Output, label: &str, counts: TestCounts) -> Report {
         ))
     };
     report.with_tests(counts)
+}
+
+/// Whether the service folder has a lockfile `npm ci` can use.
+fn has_lockfile(request: &Request) -> bool {
+    LOCKFILES
+        .iter()
+        .any(|f| std::path::Path::new(&request.path(f)).is_file())
 }
 
 /// `npm run build exited with code 1: Missing script: "build"`.
