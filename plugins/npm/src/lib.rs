@@ -31,7 +31,7 @@ struct Config {
     ci: bool,
     /// How to install dependencies first: `auto` (`npm ci` when there is a lockfile, else `npm
     /// install --no-package-lock`), `ci`, `install`, or `none` (the default unless `ci = true`).
-    install: Option<Install>,
+    install: Option<Mode>,
     /// Arguments for the script, passed after `--`.
     #[serde(default)]
     args: Vec<String>,
@@ -39,7 +39,7 @@ struct Config {
 
 #[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
-enum Install {
+enum Mode {
     Auto,
     Ci,
     Install,
@@ -99,22 +99,22 @@ impl Plugin for Npm {
         let mut total_ms: u64 = 0;
         let install = match (config.install, config.ci) {
             (Some(i), _) => i,
-            (None, true) => Install::Auto,
-            (None, false) => Install::None,
+            (None, true) => Mode::Auto,
+            (None, false) => Mode::None,
         };
         let install = match install {
-            Install::Auto if has_lockfile(&request) => Install::Ci,
-            Install::Auto => Install::Install,
+            Mode::Auto if has_lockfile(&request) => Mode::Ci,
+            Mode::Auto => Mode::Install,
             other => other,
         };
         let step = match install {
-            Install::Ci => Some(("npm ci", vec!["ci", "--no-fund", "--no-audit"])),
+            Mode::Ci => Some(("npm ci", vec!["ci", "--no-fund", "--no-audit"])),
             // Without a lockfile none is written into the service's folder.
-            Install::Install => Some((
+            Mode::Install => Some((
                 "npm install",
                 vec!["install", "--no-fund", "--no-audit", "--no-package-lock"],
             )),
-            Install::Auto | Install::None => None,
+            Mode::Auto | Mode::None => None,
         };
         if let Some((label, args)) = step {
             let cmd = exec("npm").args(args);
