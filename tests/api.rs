@@ -1470,3 +1470,45 @@ fn cli_json_and_api_json_are_one_shape_per_entity() -> TestResult {
     assert_eq!(lines, api_lines);
     Ok(())
 }
+
+#[test]
+fn credentials_a_child_process_prints_are_masked_in_stored_logs_and_streams() -> TestResult {
+    let sb = Sandbox::new();
+    let script = "echo remote https://deployer:pa55-w0rd-xyz@git.example.com/app.git; \
+                  echo token s3cr3t-t0ken-abc alone; echo done";
+    let w = ws(&sb, &[("a", &[], script)], "");
+    // A repository whose URL carries a credential (never cloned here): its token is masked
+    // wherever it appears, even outside a URL.
+    let manifest = std::fs::read_to_string(w.join("nestr.toml"))?;
+    std::fs::write(
+        w.join("nestr.toml"),
+        format!(
+            "{manifest}\n[repos.private]\nurl = \"https://ci:s3cr3t-t0ken-abc@git.example.com/p.git\"\n"
+        ),
+    )?;
+    let cli = sb.nestr(&w, &["run", "op", "-s", "a"]).ok();
+    let srv = Server::start(&sb, &w, &[])?;
+    let run = start_run(&srv, r#"{"operation":"op","services":["a"]}"#)?;
+    let (evs, ended) = events(&srv.u(&format!("/api/runs/{run}/events")), None, None)?;
+    assert!(ended);
+    let streamed = log_texts(&evs).join("\n");
+    let id = sb.nestr(&w, &["runs", "--json"]).ok().json()["runs"][1]["run_id"]
+        .as_str()
+        .ok_or("the CLI run")?
+        .to_string();
+    let stored = sb.nestr(&w, &["logs", &id]).ok().stdout;
+    let api_logs = get(&srv.u(&format!("/api/runs/{run}/logs")))?.body;
+    for (what, text) in [
+        ("terminal", cli.all()),
+        ("stored", stored),
+        ("streamed", streamed),
+        ("api logs", api_logs),
+    ] {
+        assert!(text.contains("done"), "{what}: {text}");
+        for secret in ["pa55-w0rd-xyz", "deployer:", "s3cr3t-t0ken-abc"] {
+            assert!(!text.contains(secret), "{what} shows {secret}: {text}");
+        }
+        assert!(text.contains("git.example.com/app.git"), "{what}: {text}");
+    }
+    Ok(())
+}

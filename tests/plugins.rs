@@ -655,7 +655,7 @@ fn after_every_fault_in_one_process_a_normal_plugin_still_runs() -> TestResult {
     use nestr::manifest::{ExecGrant, FsGrant, Grants};
     use nestr::plugin::bindings::types;
     use nestr::plugin::caps;
-    use nestr::plugin::sink::{Masker, StepLog};
+    use nestr::plugin::sink::{Redactor, StepLog};
     use nestr::plugin::state::{Cancel, StepContext};
     use nestr::plugin::{Host, StepRequest};
     use nestr::store::StepStatus;
@@ -697,7 +697,7 @@ fn after_every_fault_in_one_process_a_normal_plugin_still_runs() -> TestResult {
             run_id: "r".into(),
             step_id: 1,
             caps,
-            log: StepLog::new(1, Arc::new(Masker::default()), 1024 * 1024, vec![]),
+            log: StepLog::new(1, Arc::new(Redactor::default()), 1024 * 1024, vec![]),
             service_dir: {
                 // A fresh service folder per step (fixtures leave files behind).
                 let n = runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use nestr::manifest::Grants;
 use nestr::plugin::bindings::types;
 use nestr::plugin::caps::{self, Declared};
-use nestr::plugin::sink::{Masker, StepLog};
+use nestr::plugin::sink::{Redactor, StepLog};
 use nestr::plugin::state::{Cancel, StepContext};
 use nestr::plugin::{Host, StepRequest};
 
@@ -43,7 +43,7 @@ fn step_context(
         run_id: "bench".into(),
         step_id: 1,
         caps: caps.clone(),
-        log: StepLog::new(1, Arc::new(Masker::default()), 1024, vec![]),
+        log: StepLog::new(1, Arc::new(Redactor::default()), 1024, vec![]),
         service_dir: service_dir.to_path_buf(),
         deadline: Instant::now() + deadline,
         cancel: Cancel::default(),

@@ -759,8 +759,8 @@ fn root_cause(e: &wasmtime::Error) -> String {
 
 /// Masks every string of an outcome (summary, reason, and every key and value of its artifacts
 /// and metrics) at the step's one redaction boundary.
-fn seal(outcome: &mut StepOutcome, masker: &sink::Masker) {
-    fn walk(v: &mut serde_json::Value, masker: &sink::Masker) {
+fn seal(outcome: &mut StepOutcome, masker: &crate::redact::Redactor) {
+    fn walk(v: &mut serde_json::Value, masker: &crate::redact::Redactor) {
         match v {
             serde_json::Value::String(s) => *s = masker.mask(s),
             serde_json::Value::Array(a) => a.iter_mut().for_each(|v| walk(v, masker)),

@@ -3,26 +3,19 @@
 //! subscribers (the CLI renderer, the store writer), and so does every other string a plugin
 //! makes the engine keep (its report, its denials): this is the step's one redaction boundary.
 //!
-//! Secrets are masked ([`Masker`]): a granted secret's value and its base64 forms (standard and
-//! URL-safe, in any alignment), also when line breaks were inserted into them (`base64` wraps at
-//! 76 columns), also across chunks of one stream (the end of the previous chunk is kept as
-//! context), and any run of at least 8 characters from the start of one of those forms (a long
-//! prefix gives most of a secret away). Encodings a plugin or program chooses itself (hex,
-//! reversed, one character per line, …) cannot all be recognised; docs/plugin-authoring.md says
-//! so.
+//! Everything is masked by the step's [`Redactor`] (see `crate::redact`): URL credentials and the
+//! credentials of the manifest's repository URLs, granted secrets and their base64 forms, across
+//! line breaks and chunks of one stream.
 //!
 //! The per-step output cap counts every stored byte: the text of every stream (engine notices
 //! included), a fixed overhead per stored chunk, and the audit rows a step causes. Past the cap,
 //! lines are counted, not kept, and a truncation marker is written once.
 
 use std::collections::HashMap;
-use std::ops::Range;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use aho_corasick::AhoCorasick;
-use base64::Engine as _;
-
+pub use crate::redact::Redactor;
 use crate::store::{LogChunk, Stream};
 
 /// Default cap on the output stored per step.
@@ -35,188 +28,13 @@ pub const CHUNK_OVERHEAD: u64 = 64;
 const AUDIT_OVERHEAD: u64 = 128;
 /// Audit rows kept per step; further refusals are counted in the step log.
 pub const MAX_AUDIT_ROWS: u64 = 1000;
-const MASK: &str = "***";
-/// A run of this many characters from the start of a secret form is masked on its own.
-const PREFIX: usize = 8;
-/// Values shorter than this are not treated as secrets (masking every `ab` is only noise).
-const MIN_SECRET: usize = 4;
-
-/// Masks secret values in text.
-#[derive(Debug, Default)]
-pub struct Masker {
-    /// The first [`PREFIX`] bytes of every form (or the whole form when shorter).
-    seeds: Option<AhoCorasick>,
-    /// The forms: each secret and its base64 encodings, indexed like the seeds.
-    forms: Vec<Vec<u8>>,
-    /// Longest form, to keep enough of a split write to catch it.
-    pub longest: usize,
-}
-
-impl Masker {
-    /// A masker for these secret values (values shorter than 4 bytes are not secrets worth the
-    /// noise of masking every occurrence).
-    pub fn new<'a>(secrets: impl IntoIterator<Item = &'a str>) -> Masker {
-        let mut forms: Vec<String> = Vec::new();
-        for secret in secrets.into_iter().filter(|s| s.len() >= MIN_SECRET) {
-            forms.push(secret.to_string());
-            for engine in [
-                &base64::engine::general_purpose::STANDARD_NO_PAD,
-                &base64::engine::general_purpose::URL_SAFE_NO_PAD,
-            ] {
-                for shift in 0..3usize {
-                    // Encode with `shift` bytes before the secret; keep only the characters that
-                    // depend on the secret's bytes alone.
-                    let mut bytes = vec![0u8; shift];
-                    bytes.extend_from_slice(secret.as_bytes());
-                    let encoded = engine.encode(&bytes);
-                    let start = (shift * 8).div_ceil(6);
-                    let end = (bytes.len() * 8) / 6;
-                    if end > start && end - start >= MIN_SECRET {
-                        forms.push(encoded[start..end].to_string());
-                    }
-                }
-            }
-        }
-        forms.sort();
-        forms.dedup();
-        let longest = forms.iter().map(String::len).max().unwrap_or(0);
-        let seeds = if forms.is_empty() {
-            None
-        } else {
-            AhoCorasick::builder()
-                .match_kind(aho_corasick::MatchKind::Standard)
-                .build(forms.iter().map(|f| &f.as_bytes()[..f.len().min(PREFIX)]))
-                .ok()
-        };
-        Masker {
-            seeds,
-            forms: forms.into_iter().map(String::into_bytes).collect(),
-            longest,
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.seeds.is_none()
-    }
-
-    /// Byte ranges of `hay` to mask: each seed hit extended along its form as far as `hay`
-    /// follows it; overlapping ranges merged.
-    fn ranges(&self, hay: &[u8]) -> Vec<Range<usize>> {
-        let Some(seeds) = &self.seeds else {
-            return vec![];
-        };
-        let mut found: Vec<Range<usize>> = seeds
-            .find_overlapping_iter(hay)
-            .filter_map(|hit| {
-                let form = self.forms.get(hit.pattern().as_usize())?;
-                let start = hit.start();
-                let mut len = hit.end() - start;
-                while len < form.len() && hay.get(start + len) == form.get(len) {
-                    len += 1;
-                }
-                Some(start..start + len)
-            })
-            .collect();
-        found.sort_by_key(|r| r.start);
-        let mut merged: Vec<Range<usize>> = Vec::with_capacity(found.len());
-        for r in found {
-            match merged.last_mut() {
-                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
-                _ => merged.push(r),
-            }
-        }
-        merged
-    }
-
-    /// `cut`, or the end of a secret occurrence in `bytes` that starts before `cut` and ends
-    /// after it.
-    pub fn cut_after_straddling(&self, bytes: &[u8], cut: usize) -> usize {
-        let window = &bytes[..bytes.len().min(cut + self.longest)];
-        self.ranges(window)
-            .into_iter()
-            .filter(|r| r.start < cut && r.end > cut)
-            .map(|r| r.end)
-            .max()
-            .unwrap_or(cut)
-    }
-
-    /// `text` with every secret (and encoding of one, and long prefix of one) replaced by `***`.
-    pub fn mask(&self, text: &str) -> String {
-        self.mask_after(&[], text).0
-    }
-
-    /// Like [`Masker::mask`], with `carry` (the end of the text that came before on the same
-    /// stream, line breaks removed) as context, so that a secret that began there is masked
-    /// where it goes on. Line breaks inside `text` are ignored for matching and kept in the
-    /// output. Returns the masked text and the carry for the next call.
-    pub fn mask_after(&self, carry: &[u8], text: &str) -> (String, Vec<u8>) {
-        if self.is_empty() {
-            return (text.to_string(), vec![]);
-        }
-        let bytes = text.as_bytes();
-        // The text without line breaks, after the carry; `removed` holds, per dropped byte, its
-        // index in the squeezed text (non-decreasing), to map squeezed offsets back.
-        let mut hay = Vec::with_capacity(carry.len() + bytes.len());
-        hay.extend_from_slice(carry);
-        let mut removed: Vec<usize> = Vec::new();
-        for &b in bytes {
-            if b == b'\n' || b == b'\r' {
-                removed.push(hay.len() - carry.len());
-            } else {
-                hay.push(b);
-            }
-        }
-        let keep = self.longest.saturating_sub(1);
-        let next_carry = hay[hay.len().saturating_sub(keep)..].to_vec();
-        let ranges = self.ranges(&hay);
-        if ranges.iter().all(|r| r.end <= carry.len()) {
-            return (text.to_string(), next_carry);
-        }
-        // Squeezed offset (of a kept byte) -> offset in `text`.
-        let to_text = |sq: usize| -> usize {
-            let i = sq - carry.len();
-            i + removed.partition_point(|&at| at <= i)
-        };
-        let mut out = String::with_capacity(text.len());
-        let mut at = 0usize;
-        for r in ranges.into_iter().filter(|r| r.end > carry.len()) {
-            let mut start = to_text(r.start.max(carry.len()));
-            let mut end = to_text(r.end - 1) + 1;
-            while start > 0 && !text.is_char_boundary(start) {
-                start -= 1;
-            }
-            while end < text.len() && !text.is_char_boundary(end) {
-                end += 1;
-            }
-            if start < at {
-                start = at;
-            }
-            out.push_str(&text[at..start]);
-            // Each piece between line breaks becomes one mask; the breaks stay.
-            let mut piece = false;
-            for c in text[start..end].chars() {
-                if c == '\n' || c == '\r' {
-                    out.push(c);
-                    piece = false;
-                } else if !piece {
-                    out.push_str(MASK);
-                    piece = true;
-                }
-            }
-            at = end;
-        }
-        out.push_str(&text[at..]);
-        (out, next_carry)
-    }
-}
-
 /// Receives the log of a step, chunk by chunk.
 pub type Subscriber = Arc<dyn Fn(&LogChunk) + Send + Sync>;
 
 /// The log of one step.
 pub struct StepLog {
     pub step_id: i64,
-    masker: Arc<Masker>,
+    masker: Arc<Redactor>,
     cap: u64,
     stored: AtomicU64,
     dropped: AtomicU64,
@@ -234,7 +52,7 @@ pub struct StepLog {
 impl StepLog {
     pub fn new(
         step_id: i64,
-        masker: Arc<Masker>,
+        masker: Arc<Redactor>,
         cap: u64,
         subscribers: Vec<Subscriber>,
     ) -> Arc<StepLog> {
@@ -254,7 +72,7 @@ impl StepLog {
         })
     }
 
-    pub fn masker(&self) -> &Masker {
+    pub fn masker(&self) -> &Redactor {
         &self.masker
     }
 
@@ -475,6 +293,7 @@ impl Drop for LineBuffer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine as _;
 
     fn collect() -> (Subscriber, Arc<Mutex<Vec<String>>>) {
         let lines = Arc::new(Mutex::new(Vec::new()));
@@ -492,7 +311,7 @@ mod tests {
     #[test]
     fn secrets_are_masked_raw_base64_and_split() {
         let secret = "hunter2-very-secret-token";
-        let masker = Arc::new(Masker::new([secret]));
+        let masker = Arc::new(Redactor::new([secret]));
         let (sub, lines) = collect();
         let log = StepLog::new(1, masker, DEFAULT_OUTPUT_CAP, vec![sub]);
         let mut out = LineBuffer::new(log, Stream::Stdout);
@@ -522,7 +341,7 @@ mod tests {
         let (sub, lines) = collect();
         let log = StepLog::new(
             1,
-            Arc::new(Masker::new([secret])),
+            Arc::new(Redactor::new([secret])),
             DEFAULT_OUTPUT_CAP,
             vec![sub],
         );
@@ -543,7 +362,7 @@ mod tests {
         let (sub, lines) = collect();
         // Each 10-character line costs 11 bytes plus the chunk overhead.
         let cost = 11 + CHUNK_OVERHEAD;
-        let log = StepLog::new(1, Arc::new(Masker::default()), 9 * cost + 10, vec![sub]);
+        let log = StepLog::new(1, Arc::new(Redactor::default()), 9 * cost + 10, vec![sub]);
         for _ in 0..50 {
             log.line(Stream::Stdout, None, "0123456789");
         }

@@ -22,9 +22,10 @@ use crate::contain::Containment;
 use crate::git;
 use crate::manifest::Manifest;
 use crate::plugin::caps::{self, Effective};
-use crate::plugin::sink::{DEFAULT_OUTPUT_CAP, Masker, StepLog, Subscriber};
+use crate::plugin::sink::{DEFAULT_OUTPUT_CAP, StepLog, Subscriber};
 use crate::plugin::state::{Cancel, StepContext};
 use crate::plugin::{Host, LoadedPlugin, StepOutcome, StepRequest, bindings::types};
+use crate::redact::Redactor;
 use crate::store::{NewRun, RunStatus, StepEnd, StepStatus, Store, StoreError};
 use events::{Event, Events};
 pub use plan::{Plan, PlannedStep, Selection, SelectionError, plan};
@@ -539,7 +540,9 @@ impl Executor<'_> {
             .entry(repo.name.clone())
             .or_insert_with(|| git::head_and_branch(m, repo))
             .clone();
-        let masker = Arc::new(Masker::new(caps.secret_values().iter().map(String::as_str)));
+        let masker = Arc::new(Redactor::new(
+            caps.secret_values().iter().map(String::as_str),
+        ));
         let log = StepLog::new(step_id, masker, caps.output_cap, subscribers);
         store.start_step(step_id, &plugin.digest, &caps.to_json())?;
         let audit_writer = self.writer.clone();
