@@ -686,20 +686,44 @@ fn limits_and_malformed_requests_get_json_errors() -> TestResult {
     let mut head = String::new();
     BufReader::new(sock).read_line(&mut head)?;
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
-    // And one sent in chunks, without a length, once it grows past the limit.
-    let big = format!(r#"{{"operation":"{}"}}"#, "a".repeat(1 << 20));
-    let mut b = ureq::http::Request::builder()
-        .method("POST")
-        .uri(&run)
-        .header("content-type", "application/json");
-    b = b.header("transfer-encoding", "chunked");
-    let mut reader = big.as_bytes();
-    let r = agent().run(b.body(ureq::SendBody::from_reader(&mut reader))?);
-    if let Ok(mut r) = r {
-        assert_eq!(r.status().as_u16(), 413);
-        let body = r.body_mut().read_to_string()?;
-        assert!(body.contains("payload_too_large"), "{body}");
+    // And one sent in chunks, without a length, once it grows past the limit: a writer thread
+    // sends 2 MiB in 64 KiB chunks (stopping when the server closes), while the response is read.
+    let sock = std::net::TcpStream::connect(&addr)?;
+    sock.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut writer = sock.try_clone()?;
+    let head_line = format!(
+        "POST /api/operations/run HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    let sender = std::thread::spawn(move || {
+        use std::io::Write;
+        let chunk = vec![b'a'; 64 * 1024];
+        let mut ok = writer.write_all(head_line.as_bytes()).is_ok();
+        for _ in 0..32 {
+            if !ok {
+                break;
+            }
+            ok = writer
+                .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                .and_then(|()| writer.write_all(&chunk))
+                .and_then(|()| writer.write_all(b"\r\n"))
+                .is_ok();
+        }
+        if ok {
+            let _ = writer.write_all(b"0\r\n\r\n");
+        }
+    });
+    let mut response = BufReader::new(sock);
+    let mut head = String::new();
+    response.read_line(&mut head)?;
+    assert!(head.starts_with("HTTP/1.1 413"), "chunked: {head}");
+    let mut rest = String::new();
+    while response.read_line(&mut rest).is_ok_and(|n| n > 0) {
+        if rest.contains("payload_too_large") {
+            break;
+        }
     }
+    assert!(rest.contains("payload_too_large"), "{rest}");
+    let _ = sender.join();
     let r = post_json(&run, r#"{"operation": 5}"#)?;
     assert_eq!(
         (r.status, r.json()["error"]["field"].clone()),

@@ -190,12 +190,38 @@ fn colour_follows_flag_and_no_color() -> TestResult {
         .args(["--color", "always", "services"])
         .output()?;
     assert!(String::from_utf8_lossy(&out.stdout).contains('\x1b'));
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nestr"))
-        .current_dir(&ws)
-        .env("NO_COLOR", "1")
-        .args(["services"])
-        .output()?;
-    assert!(!String::from_utf8_lossy(&out.stdout).contains('\x1b'));
+    // `auto` on a terminal: colour unless NO_COLOR is set. A pipe would be colourless either
+    // way, so this half runs under a pseudo-terminal (util-linux `script`).
+    let on_tty = |no_color: bool| -> Result<String, Box<dyn std::error::Error>> {
+        let mut cmd = std::process::Command::new("script");
+        cmd.current_dir(&ws).args([
+            "-qec",
+            &format!("{} --color auto services", env!("CARGO_BIN_EXE_nestr")),
+            "/dev/null",
+        ]);
+        crate::support::isolate(&mut cmd, sb.path());
+        if no_color {
+            cmd.env("NO_COLOR", "1");
+        }
+        let out = cmd.output().map_err(|e| {
+            format!("`script` (Debian package bsdutils, util-linux) is needed: {e}")
+        })?;
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let coloured = on_tty(false)?;
+    assert!(coloured.contains("SERVICE"), "{coloured}");
+    assert!(
+        coloured.contains('\x1b'),
+        "a terminal gets colour: {coloured:?}"
+    );
+    let plain = on_tty(true)?;
+    assert!(plain.contains("SERVICE"), "{plain}");
+    assert!(!plain.contains('\x1b'), "NO_COLOR turns it off: {plain:?}");
     Ok(())
 }
 

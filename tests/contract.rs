@@ -46,13 +46,23 @@ fn the_current_contract_matches_the_frozen_copy_of_its_version() -> TestResult {
     } else {
         major.to_string()
     };
+    // Every released version has its frozen copy: a bump without one fails here, not silently.
     let frozen = wit().join("frozen").join(&frozen_dir).join("plugin.wit");
-    if frozen.exists() {
-        assert_eq!(
-            std::fs::read_to_string(&frozen)?,
-            current,
-            "plugin.wit differs from wit/frozen/{frozen_dir}: bump the version"
-        );
-    }
+    assert!(
+        frozen.is_file(),
+        "no wit/frozen/{frozen_dir}/plugin.wit for nestr:plugin@{version}: copy wit/plugin.wit \
+         there, record its sha256 in FROZEN and in plugin.wit.sha256"
+    );
+    assert!(
+        FROZEN
+            .iter()
+            .any(|(f, _)| *f == format!("{frozen_dir}/plugin.wit")),
+        "wit/frozen/{frozen_dir}/plugin.wit is not in FROZEN, so nothing keeps it from changing"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&frozen)?,
+        current,
+        "plugin.wit differs from wit/frozen/{frozen_dir}: bump the version"
+    );
     Ok(())
 }

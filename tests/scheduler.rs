@@ -526,3 +526,46 @@ fn grouped_output_and_pruning_old_runs() -> TestResult {
     sb.nestr(&ws, &["runs", "prune"]).expect(2);
     Ok(())
 }
+
+#[test]
+fn a_subscriber_that_never_reads_slows_nothing_and_loses_nothing() -> TestResult {
+    let sb = Sandbox::new();
+    // 400 services: well over the channel's 1024 events (queued, started, log, finished each).
+    let names: Vec<String> = (0..400).map(|i| format!("s{i}")).collect();
+    let specs: Vec<(&str, &[&str], &str)> = names
+        .iter()
+        .map(|n| (n.as_str(), &[][..], "echo line-of-this-step"))
+        .collect();
+    let w = ws(&sb, &specs, "");
+    let mut workspace = nestr::workspace::Workspace::load(&nestr::workspace::Location {
+        manifest: None,
+        state: None,
+        cwd: w.clone(),
+    })?;
+    let events = nestr::scheduler::events::Events::default();
+    // Holds its place in the channel and never reads: the run must not wait for it.
+    let mut never_read = events.subscribe();
+    let report = workspace.run_operation(
+        "op",
+        &nestr::scheduler::Selection::default(),
+        &nestr::scheduler::RunOptions::default(),
+        events,
+        nestr::plugin::state::Cancel::default(),
+    )?;
+    assert_eq!(report.status, nestr::store::RunStatus::Succeeded);
+    assert!(
+        matches!(
+            never_read.try_recv(),
+            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_))
+        ),
+        "the subscriber fell behind (else this test proves nothing)"
+    );
+    assert_eq!(report.steps.len(), 400);
+    let logs = sb.nestr(&w, &["logs", &report.run_id]).ok().stdout;
+    let lines = logs
+        .lines()
+        .filter(|l| l.ends_with("| line-of-this-step"))
+        .count();
+    assert_eq!(lines, 400, "every step's line is stored");
+    Ok(())
+}

@@ -228,9 +228,15 @@ pub fn status_by_name(run: &Run) -> std::collections::HashMap<String, serde_json
 }
 
 /// True while process `pid` exists and is not a zombie (a zombie is dead, only not yet reaped).
+/// A pid that is not a number (an empty or half-written pid file) is a broken test, not a dead
+/// process: it panics, so that a "did not survive" check can never pass vacuously.
 pub fn pid_alive(pid: &str) -> bool {
-    let status =
-        std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap_or_default();
+    let n: u32 = pid
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{pid:?} is not a pid: the pid file was empty or half-written"));
+    assert!(n > 1, "{n} is not the pid of a test's process");
+    let status = std::fs::read_to_string(format!("/proc/{n}/status")).unwrap_or_default();
     !status.is_empty()
         && !status
             .lines()

@@ -83,32 +83,3 @@ impl Events {
         self.tx.subscribe()
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::store::RunStatus;
-
-    #[test]
-    fn a_slow_subscriber_never_blocks_and_learns_what_it_missed() {
-        let events = Events::default();
-        let mut slow = events.subscribe();
-        let started = std::time::Instant::now();
-        for i in 0..CAPACITY * 3 {
-            events.send(Event::RunFinished {
-                run_id: i.to_string(),
-                status: RunStatus::Succeeded,
-            });
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(1),
-            "sending never waits"
-        );
-        match slow.try_recv() {
-            Err(broadcast::error::TryRecvError::Lagged(n)) => assert_eq!(n as usize, CAPACITY * 2),
-            other => panic!("expected a lag notice, got {other:?}"),
-        }
-        // After the notice it reads on from the oldest event still held.
-        assert!(matches!(slow.try_recv(), Ok(Event::RunFinished { .. })));
-    }
-}
