@@ -8,13 +8,13 @@
 pub mod api;
 pub mod cli;
 pub mod contain;
-pub mod git;
+pub(crate) mod git;
 pub mod manifest;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod model;
 pub mod plugin;
 pub mod redact;
 pub mod scheduler;
 pub mod store;
-pub mod views;
+pub(crate) mod views;
 pub mod workspace;

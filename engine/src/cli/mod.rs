@@ -3,7 +3,7 @@
 
 mod assemble;
 mod completions;
-pub mod demo;
+pub(crate) mod demo;
 pub mod exit;
 mod init;
 mod lock;

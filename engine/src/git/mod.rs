@@ -17,8 +17,8 @@ use git2::{CredentialType, ErrorClass, ErrorCode, FetchOptions, RemoteCallbacks,
 use serde::Serialize;
 
 pub use assemble::assemble_one;
-pub use lock::{LOCK_FILE, LockEntry, Lockfile};
-pub use status::{RepoState, RepoStatus, head_and_branch, status_all, status_of};
+pub use lock::{LockEntry, Lockfile};
+pub use status::{RepoState, RepoStatus, head_and_branch, status_all};
 pub use sync::{FetchInfo, fetch_one, update_one};
 
 use crate::manifest::{Manifest, Repo};

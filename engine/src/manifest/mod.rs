@@ -5,7 +5,7 @@
 //! (see [`diagnostic`]). The format is documented in `docs/manifest.md`.
 
 mod config;
-pub mod diagnostic;
+pub(crate) mod diagnostic;
 mod raw;
 mod validate;
 

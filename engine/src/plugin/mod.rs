@@ -17,9 +17,9 @@
 pub mod bindings;
 pub mod caps;
 mod exec;
-pub mod fs;
+pub(crate) mod fs;
 mod http;
-pub mod limits;
+pub(crate) mod limits;
 pub mod sink;
 pub mod state;
 

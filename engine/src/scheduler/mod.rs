@@ -5,10 +5,10 @@
 //! (`events.rs`). `recover.rs` marks runs of dead engines `interrupted`.
 
 pub mod events;
-pub mod logs;
-pub mod plan;
-pub mod recover;
-pub mod repo_run;
+pub(crate) mod logs;
+pub(crate) mod plan;
+pub(crate) mod recover;
+pub(crate) mod repo_run;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

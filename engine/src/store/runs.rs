@@ -836,42 +836,4 @@ impl Store {
     pub fn step_logs(&self, step_id: i64) -> Result<Vec<LogLine>, StoreError> {
         self.step_logs_after(step_id, -1, usize::MAX)
     }
-
-    /// Audit entries of a run.
-    pub fn audit_for_run(&self, run_id: &str) -> Result<Vec<AuditEntry>, StoreError> {
-        let mut stmt = self.conn().prepare_cached(
-            "SELECT run_id, step_id, plugin, capability, requested, decision, detail FROM audit
-             WHERE run_id = ?1 ORDER BY id",
-        )?;
-        let rows = stmt.query_map([run_id], |r| {
-            Ok(AuditEntry {
-                run_id: r.get(0)?,
-                step_id: r.get(1)?,
-                plugin: r.get(2)?,
-                capability: r.get(3)?,
-                requested: r.get(4)?,
-                decision: r.get(5)?,
-                detail: r.get(6)?,
-            })
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
-    }
-
-    /// The status of the newest finished step per (service, operation), for `services` views.
-    pub fn last_step_status(
-        &self,
-        service: &str,
-        operation: &str,
-    ) -> Result<Option<StepStatus>, StoreError> {
-        let s: Option<String> = self
-            .conn()
-            .query_row(
-                "SELECT s.status FROM steps s JOIN runs r ON r.id = s.run_id
-                 WHERE s.service = ?1 AND r.operation = ?2 ORDER BY s.id DESC LIMIT 1",
-                params![service, operation],
-                |r| r.get(0),
-            )
-            .optional()?;
-        Ok(s.as_deref().and_then(StepStatus::parse))
-    }
 }
