@@ -263,7 +263,7 @@ pub async fn events(
             .iter()
             .map(|s| (s.id, s.service.clone()))
             .collect(),
-        run_id: run.id,
+        run_id: run.run.id,
         cursor,
         done: false,
     };

@@ -176,7 +176,7 @@ pub async fn logs(
         .iter()
         .map(|s| (s.id, s.service.clone()))
         .collect();
-    let running = run.status == RunStatus::Running;
+    let running = run.run.status == RunStatus::Running;
     if let Some(service) = &q.service {
         let Some(step) = run.steps.iter().find(|s| &s.service == service) else {
             return Err(ApiError::not_found(format!(
@@ -207,7 +207,7 @@ pub async fn logs(
             })
             .collect();
         return Ok(Json(LogPage {
-            run_id: run.id,
+            run_id: run.run.id,
             lines,
             next,
             running,
@@ -223,7 +223,7 @@ pub async fn logs(
             .with_field("after"));
         }
     };
-    let run_id = run.id.clone();
+    let run_id = run.run.id.clone();
     let (lines, next) = state
         .store(move |s| {
             let mut out = Vec::new();
@@ -261,7 +261,7 @@ pub async fn logs(
         })
         .collect();
     Ok(Json(LogPage {
-        run_id: run.id,
+        run_id: run.run.id,
         lines,
         next,
         running,
@@ -302,15 +302,15 @@ pub async fn cancel(
         ));
     }
     let run = find_run(&state, &id).await?;
-    if run.status == RunStatus::Running {
+    if run.run.status == RunStatus::Running {
         return Err(ApiError::conflict(format!(
             "run `{id}` is executed by another nestr process (started by {}); cancel it there \
              (Ctrl-C at its terminal)",
-            run.started_by
+            run.run.started_by
         )));
     }
     Err(ApiError::conflict(format!(
         "run `{id}` has already finished ({})",
-        run.status.as_str()
+        run.run.status.as_str()
     )))
 }

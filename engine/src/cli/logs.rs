@@ -66,7 +66,7 @@ pub fn run(ws: &mut Workspace, args: LogsArgs, ui: &Ui) -> Result<ExitCode, CliE
         if !run.steps.iter().any(|s| &s.service == name) {
             return Err(CliError::usage(format!(
                 "run {} has no step for service `{name}`",
-                run.id
+                run.run.id
             )));
         }
     }
@@ -78,9 +78,9 @@ pub fn run(ws: &mut Workspace, args: LogsArgs, ui: &Ui) -> Result<ExitCode, CliE
     loop {
         // Read the status before the lines: a run seen finished here has all its lines committed.
         let current = store
-            .run(&run.id)?
+            .run(&run.run.id)?
             .ok_or_else(|| CliError::usage("the run disappeared"))?;
-        let finished = current.status != RunStatus::Running;
+        let finished = current.run.status != RunStatus::Running;
         for step in current.steps.iter().filter(|s| wanted(&s.service)) {
             loop {
                 let after = printed.get(&step.id).copied().unwrap_or(-1);

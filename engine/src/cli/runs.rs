@@ -74,20 +74,23 @@ pub fn run(ws: &mut Workspace, args: RunsArgs, ui: &Ui) -> Result<ExitCode, CliE
             let rows: Vec<Vec<(String, Option<Tone>)>> = runs
                 .iter()
                 .map(|r| {
-                    let took = r.finished_at.map_or("-".into(), |f| {
-                        duration(u64::try_from(f - r.created_at).unwrap_or(0))
+                    let took = r.run.finished_at.map_or("-".into(), |f| {
+                        duration(u64::try_from(f - r.run.created_at).unwrap_or(0))
                     });
                     vec![
-                        (r.id.clone(), None),
-                        (r.operation.clone(), Some(Tone::Bold)),
-                        (r.status.as_str().to_string(), Some(run_tone(r.status))),
-                        (rfc3339(r.created_at), Some(Tone::Dim)),
+                        (r.run.id.clone(), None),
+                        (r.run.operation.clone(), Some(Tone::Bold)),
+                        (
+                            r.run.status.as_str().to_string(),
+                            Some(run_tone(r.run.status)),
+                        ),
+                        (rfc3339(r.run.created_at), Some(Tone::Dim)),
                         (took, None),
                         (
                             format!("{}/{} ok, {} failed", r.succeeded, r.steps, r.failed),
                             None,
                         ),
-                        (r.started_by.clone(), Some(Tone::Dim)),
+                        (r.run.started_by.clone(), Some(Tone::Dim)),
                     ]
                 })
                 .collect();
@@ -115,12 +118,12 @@ pub fn run(ws: &mut Workspace, args: RunsArgs, ui: &Ui) -> Result<ExitCode, CliE
             }
             println!(
                 "run {} — {} — {}{}",
-                r.id,
-                ui.paint(Tone::Bold, &r.operation),
-                ui.paint(run_tone(r.status), r.status.as_str()),
-                r.finished_at.map_or(String::new(), |f| format!(
+                r.run.id,
+                ui.paint(Tone::Bold, &r.run.operation),
+                ui.paint(run_tone(r.run.status), r.run.status.as_str()),
+                r.run.finished_at.map_or(String::new(), |f| format!(
                     " in {}",
-                    duration(u64::try_from(f - r.created_at).unwrap_or(0))
+                    duration(u64::try_from(f - r.run.created_at).unwrap_or(0))
                 ))
             );
             let rows: Vec<Vec<(String, Option<Tone>)>> = r

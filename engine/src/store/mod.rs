@@ -16,8 +16,8 @@ use rusqlite_migration::{M, Migrations};
 
 pub use repos::{RepoRecord, RepoRow, SyncAction, SyncEvent, SyncResult};
 pub use runs::{
-    AuditEntry, JournalEntry, LogChunk, LogLine, NewRun, RunFilter, RunOwner, RunPage, RunRow,
-    RunStatus, RunSummary, ServiceLogLine, StepEnd, StepRow, StepStatus, Stream, TestsRow,
+    AuditEntry, JournalEntry, LogChunk, LogLine, NewRun, RunFilter, RunHead, RunOwner, RunPage,
+    RunRow, RunStatus, RunSummary, ServiceLogLine, StepEnd, StepRow, StepStatus, Stream, TestsRow,
 };
 pub use tokens::{ActiveToken, Scope, TokenRow, token_hash};
 

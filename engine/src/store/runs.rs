@@ -95,9 +95,9 @@ impl RunStatus {
     }
 }
 
-/// A line of `nestr runs`.
+/// What every view of a run starts with: its identity, operation, status and times.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct RunSummary {
+pub struct RunHead {
     #[serde(rename = "run_id")]
     pub id: String,
     pub operation: String,
@@ -109,6 +109,27 @@ pub struct RunSummary {
     #[serde(with = "crate::model::time_opt")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<i64>,
+}
+
+impl RunHead {
+    /// From the columns `id, operation, status, started_by, created_at, finished_at` of `runs`.
+    fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunHead> {
+        Ok(RunHead {
+            id: r.get(0)?,
+            operation: r.get(1)?,
+            status: RunStatus::parse(&r.get::<_, String>(2)?),
+            started_by: r.get(3)?,
+            created_at: r.get(4)?,
+            finished_at: r.get(5)?,
+        })
+    }
+}
+
+/// A line of `nestr runs`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct RunSummary {
+    #[serde(flatten)]
+    pub run: RunHead,
     pub steps: i64,
     pub succeeded: i64,
     pub failed: i64,
@@ -273,17 +294,8 @@ pub struct AuditEntry {
 /// A run as stored.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RunRow {
-    #[serde(rename = "run_id")]
-    pub id: String,
-    pub operation: String,
-    pub status: RunStatus,
-    pub started_by: String,
-    #[serde(with = "crate::model::time")]
-    #[schema(value_type = String, format = DateTime)]
-    pub created_at: i64,
-    #[serde(with = "crate::model::time_opt")]
-    #[schema(value_type = Option<String>, format = DateTime)]
-    pub finished_at: Option<i64>,
+    #[serde(flatten)]
+    pub run: RunHead,
     pub steps: Vec<StepRow>,
 }
 
@@ -575,12 +587,7 @@ impl Store {
                 [run_id],
                 |r| {
                     Ok(RunRow {
-                        id: r.get(0)?,
-                        operation: r.get(1)?,
-                        status: RunStatus::parse(&r.get::<_, String>(2)?),
-                        started_by: r.get(3)?,
-                        created_at: r.get(4)?,
-                        finished_at: r.get(5)?,
+                        run: RunHead::from_row(r)?,
                         steps: Vec::new(),
                     })
                 },
@@ -652,12 +659,7 @@ impl Store {
         ];
         let rows = stmt.query_map(args, |r| {
             Ok(RunSummary {
-                id: r.get(0)?,
-                operation: r.get(1)?,
-                status: RunStatus::parse(&r.get::<_, String>(2)?),
-                started_by: r.get(3)?,
-                created_at: r.get(4)?,
-                finished_at: r.get(5)?,
+                run: RunHead::from_row(r)?,
                 steps: r.get(6)?,
                 succeeded: r.get::<_, Option<i64>>(7)?.unwrap_or(0),
                 failed: r.get::<_, Option<i64>>(8)?.unwrap_or(0),
@@ -673,7 +675,10 @@ impl Store {
         let more = runs.len() > limit;
         runs.truncate(limit);
         let next_cursor = more
-            .then(|| runs.last().map(|r| format!("{}_{}", r.created_at, r.id)))
+            .then(|| {
+                runs.last()
+                    .map(|r| format!("{}_{}", r.run.created_at, r.run.id))
+            })
             .flatten();
         Ok(RunPage { runs, next_cursor })
     }
