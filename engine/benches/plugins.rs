@@ -128,15 +128,14 @@ fn main() -> Result<()> {
             .block_on(host.load("noop", "noop", &noop))
             .map_err(|e| e.to_string())?;
         let caps = caps::effective("noop", &Declared::default(), &Grants::default())?;
-        let mut raw = Vec::with_capacity(calls);
+        let mut phases: [Vec<Duration>; 4] = Default::default();
+        let mut dispatch = Vec::with_capacity(calls);
         let mut step = Vec::with_capacity(calls);
         for i in 0..calls + 100 {
             let ctx = step_context(&caps, &service_dir, Duration::from_secs(10));
-            let t = Instant::now();
-            rt.block_on(host.describe_and_run(&plugin, &request, ctx.clone()))
-                .map_err(|e| e.to_string())?
-                .map_err(|e| format!("noop run failed: {e:?}"))?;
-            let r = t.elapsed();
+            let p = rt
+                .block_on(host.dispatch_phases(&plugin, &request, ctx.clone()))
+                .map_err(|e| e.to_string())?;
             let t = Instant::now();
             let outcome = rt.block_on(host.run_step(&plugin, &request, ctx));
             let s = t.elapsed();
@@ -144,16 +143,28 @@ fn main() -> Result<()> {
                 return Err(format!("noop step ended {:?}", outcome.status).into());
             }
             if i >= 100 {
-                raw.push(r);
+                for (all, d) in phases.iter_mut().zip(p) {
+                    all.push(d);
+                }
+                // What a step does: store, instantiate, run (describe was answered at load).
+                dispatch.push(p[0] + p[1] + p[3]);
                 step.push(s);
             }
         }
         let label = if pooling { "pooling" } else { "on-demand" };
-        let raw = median(raw);
-        call_medians.push((label, raw));
+        let dispatch = median(dispatch);
+        call_medians.push((label, dispatch));
+        let [build, instantiate, describe, run] = phases.map(median);
         println!(
-            "| instantiate + describe + run, no-op, {label} allocation (median of {calls}) | {} |",
-            us(raw)
+            "| dispatch of a no-op step (store + instantiate + run), {label} allocation (median of {calls}) | {} |",
+            us(dispatch)
+        );
+        println!(
+            "| … of which: store with WASI context {} · instantiate {} · run {}; describe (not per step) {} | |",
+            us(build),
+            us(instantiate),
+            us(run),
+            us(describe)
         );
         println!(
             "| whole step via run_step (WASI ctx, log, limits), {label} (median of {calls}) | {} |",
@@ -199,7 +210,7 @@ fn main() -> Result<()> {
     );
     for (label, d) in call_medians {
         println!(
-            "| ratio instantiate+call / spawn, {label} | {:.3}× |",
+            "| ratio dispatch / spawn, {label} | {:.3}× |",
             d.as_secs_f64() / spawn.as_secs_f64()
         );
     }

@@ -504,21 +504,33 @@ impl Host {
         Ok(store)
     }
 
-    /// Instantiates `plugin` in a fresh store and calls `describe()` then `run(request)`, with the
-    /// step's limits but no timeout handling: the raw cost of a call (for the benchmark).
-    pub async fn describe_and_run(
+    /// The phases of one dispatch, timed one by one (for the benchmark): building the store
+    /// (WASI context, resource table, limits), instantiating, `describe()` (which a step never
+    /// calls: its answer is fixed per loaded plugin and kept from the load), and `run(request)`.
+    pub async fn dispatch_phases(
         &self,
         plugin: &LoadedPlugin,
         request: &StepRequest,
         ctx: Arc<StepContext>,
-    ) -> wasmtime::Result<Result<types::Report, types::Error>> {
+    ) -> wasmtime::Result<[Duration; 4]> {
         let timeout = ctx.deadline.saturating_duration_since(Instant::now());
+        let t = Instant::now();
         let mut store = self.store(ctx, caps::DEFAULT_MEMORY_MB, timeout, None)?;
+        let build = t.elapsed();
         let _slot = self.slot().await?;
+        let t = Instant::now();
         let instance = plugin.pre.instantiate_async(&mut store).await?;
+        let instantiate = t.elapsed();
+        let t = Instant::now();
         instance.call_describe(&mut store).await?;
+        let describe = t.elapsed();
         let req = request.to_wit();
-        instance.call_run(&mut store, &req).await
+        let t = Instant::now();
+        instance
+            .call_run(&mut store, &req)
+            .await?
+            .map_err(|e| wasmtime::Error::msg(format!("the no-op plugin failed: {e:?}")))?;
+        Ok([build, instantiate, describe, t.elapsed()])
     }
 
     /// Runs one step: a fresh store with the step's limits and capabilities, `run(request)`, and
