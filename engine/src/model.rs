@@ -15,6 +15,25 @@ pub struct ConfigField {
     pub description: String,
 }
 
+/// How many tests of a step passed, failed and were skipped: one type from the plugin's report
+/// to the store, the CLI and the API.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct TestCounts {
+    pub passed: u32,
+    pub failed: u32,
+    pub skipped: u32,
+}
+
+/// A file a step produced, relative to the service folder: one type from the plugin's report
+/// to the store, the CLI and the API.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Artifact {
+    pub path: String,
+    pub kind: String,
+    /// 64 hex digits, when the plugin gave a valid one.
+    pub sha256: Option<String>,
+}
+
 /// A time as every JSON body shows it: RFC 3339 in UTC with milliseconds
 /// (`2026-12-01T23:11:07.123Z`), from the Unix milliseconds the store keeps.
 pub fn rfc3339(ms: i64) -> String {

@@ -339,8 +339,11 @@ pub fn summary_cell(summary: &str, reason: Option<&str>, status: StepStatus) -> 
 }
 
 /// `9 passed, 1 failed, 2 skipped`.
-pub fn tests_cell(passed: i64, failed: i64, skipped: i64) -> String {
-    format!("{passed} passed, {failed} failed, {skipped} skipped")
+pub fn tests_cell(t: &crate::model::TestCounts) -> String {
+    format!(
+        "{} passed, {} failed, {} skipped",
+        t.passed, t.failed, t.skipped
+    )
 }
 
 /// `850ms`, `12.3s`, `4m05s`.
@@ -357,9 +360,7 @@ fn summary(ui: &Ui, report: &RunReport) -> String {
         .steps
         .iter()
         .map(|s| {
-            let tests = s.tests.map_or(String::new(), |t| {
-                tests_cell(t.passed.into(), t.failed.into(), t.skipped.into())
-            });
+            let tests = s.tests.map_or(String::new(), |t| tests_cell(&t));
             let summary = summary_cell(&s.summary, s.reason.as_deref(), s.status);
             vec![
                 (s.service.clone(), None),

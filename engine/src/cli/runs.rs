@@ -130,9 +130,7 @@ pub fn run(ws: &mut Workspace, args: RunsArgs, ui: &Ui) -> Result<ExitCode, CliE
                 .steps
                 .iter()
                 .map(|s| {
-                    let tests = s
-                        .tests
-                        .map_or(String::new(), |t| tests_cell(t.passed, t.failed, t.skipped));
+                    let tests = s.tests.map_or(String::new(), |t| tests_cell(&t));
                     let summary = summary_cell(
                         s.summary.as_deref().unwrap_or_default(),
                         s.reason.as_deref(),

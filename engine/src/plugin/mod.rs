@@ -135,8 +135,8 @@ pub struct StepOutcome {
     pub summary: String,
     /// Why it failed, was skipped or refused.
     pub reason: Option<String>,
-    pub tests: Option<(u32, u32, u32)>,
-    pub artifacts: serde_json::Value,
+    pub tests: Option<crate::model::TestCounts>,
+    pub artifacts: Vec<crate::model::Artifact>,
     pub metrics: serde_json::Value,
     pub duration: Duration,
 }
@@ -152,7 +152,7 @@ impl StepOutcome {
             summary: summary.into(),
             reason,
             tests: None,
-            artifacts: serde_json::json!([]),
+            artifacts: Vec::new(),
             metrics: serde_json::json!({}),
             duration: Duration::ZERO,
         }
@@ -788,7 +788,11 @@ fn seal(outcome: &mut StepOutcome, masker: &crate::redact::Redactor) {
     }
     outcome.summary = masker.mask(&outcome.summary);
     outcome.reason = outcome.reason.as_deref().map(|r| masker.mask(r));
-    walk(&mut outcome.artifacts, masker);
+    for a in &mut outcome.artifacts {
+        a.path = masker.mask(&a.path);
+        a.kind = masker.mask(&a.kind);
+        a.sha256 = a.sha256.as_deref().map(|h| masker.mask(h));
+    }
     walk(&mut outcome.metrics, masker);
 }
 
@@ -946,7 +950,11 @@ fn from_report(r: types::Report, cuts: &mut Vec<String>) -> StepOutcome {
     };
     let summary = capped(r.summary, cap::SUMMARY, "the summary", cuts);
     let mut o = StepOutcome::new(status, summary, reason);
-    o.tests = r.tests.map(|t| (t.passed, t.failed, t.skipped));
+    o.tests = r.tests.map(|t| crate::model::TestCounts {
+        passed: t.passed,
+        failed: t.failed,
+        skipped: t.skipped,
+    });
     if r.artifacts.len() > cap::ARTIFACTS {
         cuts.push(format!(
             "{} artifacts to {}",
@@ -955,23 +963,22 @@ fn from_report(r: types::Report, cuts: &mut Vec<String>) -> StepOutcome {
         ));
     }
     let mut long = Vec::new();
-    o.artifacts = serde_json::Value::Array(
-        r.artifacts
-            .into_iter()
-            .take(cap::ARTIFACTS)
-            .map(|a| {
-                // A digest is 64 hex digits or nothing.
-                let sha = a
-                    .sha256
-                    .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
-                serde_json::json!({
-                    "path": capped(a.path, cap::ARTIFACT_PATH, "an artifact path", &mut long),
-                    "kind": capped(a.kind, cap::ARTIFACT_KIND, "an artifact kind", &mut long),
-                    "sha256": sha,
-                })
-            })
-            .collect(),
-    );
+    o.artifacts = r
+        .artifacts
+        .into_iter()
+        .take(cap::ARTIFACTS)
+        .map(|a| {
+            // A digest is 64 hex digits or nothing.
+            let sha = a
+                .sha256
+                .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+            crate::model::Artifact {
+                path: capped(a.path, cap::ARTIFACT_PATH, "an artifact path", &mut long),
+                kind: capped(a.kind, cap::ARTIFACT_KIND, "an artifact kind", &mut long),
+                sha256: sha,
+            }
+        })
+        .collect();
     if r.metrics.len() > cap::METRICS {
         cuts.push(format!("{} metrics to {}", r.metrics.len(), cap::METRICS));
     }

@@ -111,19 +111,11 @@ pub struct StepReport {
     pub finished_at: Option<String>,
     pub duration_ms: u64,
     pub summary: String,
-    pub tests: Option<Tests>,
+    pub tests: Option<crate::model::TestCounts>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Files the step produced: `[{"path", "kind", "sha256"}]`.
-    pub artifacts: serde_json::Value,
-}
-
-/// Test counts.
-#[derive(Debug, Clone, Copy, Serialize)]
-pub struct Tests {
-    pub passed: u32,
-    pub failed: u32,
-    pub skipped: u32,
+    pub artifacts: Vec<crate::model::Artifact>,
 }
 
 /// The result of a run.
@@ -636,11 +628,7 @@ impl Executor<'_> {
             finished_at: Some(rfc3339(crate::store::now_ms())),
             duration_ms,
             summary: outcome.summary,
-            tests: outcome.tests.map(|(passed, failed, skipped)| Tests {
-                passed,
-                failed,
-                skipped,
-            }),
+            tests: outcome.tests,
             reason: outcome.reason,
             artifacts: outcome.artifacts,
         };

@@ -201,7 +201,7 @@ impl Progress for RepoRun<'_> {
             summary: o.result.as_str().replace('_', " "),
             reason: (status != StepStatus::Succeeded).then(|| o.message.clone()),
             tests: None,
-            artifacts: serde_json::json!([]),
+            artifacts: Vec::new(),
             metrics: serde_json::json!({"old_head": o.old_head, "head": o.head}),
             duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
         };
@@ -229,7 +229,7 @@ impl Progress for RepoRun<'_> {
                 summary: end.summary,
                 tests: None,
                 reason: end.reason,
-                artifacts: serde_json::json!([]),
+                artifacts: Vec::new(),
             },
         });
     }

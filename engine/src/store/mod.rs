@@ -17,7 +17,7 @@ use rusqlite_migration::{M, Migrations};
 pub use repos::{RepoRecord, RepoRow, SyncAction, SyncEvent, SyncResult};
 pub use runs::{
     AuditEntry, JournalEntry, LogChunk, LogLine, NewRun, RunFilter, RunHead, RunOwner, RunPage,
-    RunRow, RunStatus, RunSummary, ServiceLogLine, StepEnd, StepRow, StepStatus, Stream, TestsRow,
+    RunRow, RunStatus, RunSummary, ServiceLogLine, StepEnd, StepRow, StepStatus, Stream,
 };
 pub use tokens::{ActiveToken, Scope, TokenRow, token_hash};
 

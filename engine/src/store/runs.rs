@@ -4,6 +4,8 @@
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
+use crate::model::{Artifact, TestCounts};
+
 use super::{Store, StoreError, now_ms};
 
 /// How a step ended (or where it stands).
@@ -189,8 +191,8 @@ pub struct NewRun {
 pub struct StepEnd {
     pub summary: String,
     pub reason: Option<String>,
-    pub tests: Option<(u32, u32, u32)>,
-    pub artifacts: serde_json::Value,
+    pub tests: Option<TestCounts>,
+    pub artifacts: Vec<Artifact>,
     pub metrics: serde_json::Value,
     pub duration_ms: u64,
 }
@@ -316,17 +318,9 @@ pub struct StepRow {
     pub duration_ms: Option<i64>,
     pub summary: Option<String>,
     pub reason: Option<String>,
-    pub tests: Option<TestsRow>,
-    pub artifacts: serde_json::Value,
+    pub tests: Option<TestCounts>,
+    pub artifacts: Vec<Artifact>,
     pub metrics: serde_json::Value,
-}
-
-/// Test counts of a step.
-#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
-pub struct TestsRow {
-    pub passed: i64,
-    pub failed: i64,
-    pub skipped: i64,
 }
 
 /// A chunk from the columns `step_id, first_seq, last_seq, at, stream, level, text` of a row,
@@ -487,7 +481,7 @@ impl Store {
         end: &StepEnd,
     ) -> Result<(), StoreError> {
         let (p, f, s) = match end.tests {
-            Some((p, f, s)) => (Some(p), Some(f), Some(s)),
+            Some(t) => (Some(t.passed), Some(t.failed), Some(t.skipped)),
             None => (None, None, None),
         };
         let now = now_ms();
@@ -507,7 +501,7 @@ impl Store {
                     p,
                     f,
                     s,
-                    end.artifacts.to_string(),
+                    serde_json::to_string(&end.artifacts).unwrap_or_else(|_| "[]".into()),
                     end.metrics.to_string()
                 ],
             )?;
@@ -614,16 +608,18 @@ impl Store {
                 summary: r.get(8)?,
                 reason: r.get(9)?,
                 tests: match passed {
-                    Some(passed) => Some(TestsRow {
-                        passed,
-                        failed: r.get::<_, Option<i64>>(11)?.unwrap_or(0),
-                        skipped: r.get::<_, Option<i64>>(12)?.unwrap_or(0),
-                    }),
+                    Some(passed) => {
+                        let count = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
+                        Some(TestCounts {
+                            passed: count(passed),
+                            failed: count(r.get::<_, Option<i64>>(11)?.unwrap_or(0)),
+                            skipped: count(r.get::<_, Option<i64>>(12)?.unwrap_or(0)),
+                        })
+                    }
                     None => None,
                 },
                 metrics: serde_json::from_str(&metrics).unwrap_or(serde_json::Value::Null),
-                artifacts: serde_json::from_str(&r.get::<_, String>(14)?)
-                    .unwrap_or(serde_json::Value::Null),
+                artifacts: serde_json::from_str(&r.get::<_, String>(14)?).unwrap_or_default(),
             })
         })?;
         run.steps = steps.collect::<Result<_, _>>()?;
