@@ -137,13 +137,7 @@ fn cargo_builds_and_counts_tests_of_a_real_crate() -> TestResult {
 
 #[test]
 fn npm_runs_package_scripts_and_reads_test_counts() -> TestResult {
-    if std::process::Command::new("npm")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        return Err("npm is needed for this test (it is on the project's machines)".into());
-    }
+    crate::support::need_npm()?;
     let sb = Sandbox::new();
     let ws = workspace(
         &sb,
@@ -189,13 +183,7 @@ fn npm_runs_package_scripts_and_reads_test_counts() -> TestResult {
 
 #[test]
 fn npm_installs_without_a_lockfile_and_counts_ava_jest_and_vitest() -> TestResult {
-    if std::process::Command::new("npm")
-        .arg("--version")
-        .output()
-        .is_err()
-    {
-        return Err("npm is needed for this test (it is on the project's machines)".into());
-    }
+    crate::support::need_npm()?;
     let sb = Sandbox::new();
     let say = |lines: &[&str]| {
         lines

@@ -629,25 +629,11 @@ fn rss_kib() -> u64 {
 /// parallel do not disturb the memory figure.
 #[test]
 fn after_every_fault_in_one_process_a_normal_plugin_still_runs() -> TestResult {
-    const CHILD: &str = "NESTR_FAULTS_CHILD";
-    if std::env::var_os(CHILD).is_none() {
-        let out = std::process::Command::new(std::env::current_exe()?)
-            .args([
-                "--exact",
-                "plugins::after_every_fault_in_one_process_a_normal_plugin_still_runs",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
-            .env(CHILD, "1")
-            .output()?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success() && text.contains("1 passed"), "{text}");
-        return Ok(());
+    if let Some(verdict) = crate::support::in_own_process(
+        "plugins::after_every_fault_in_one_process_a_normal_plugin_still_runs",
+        "NESTR_FAULTS_CHILD",
+    ) {
+        return verdict;
     }
     use std::sync::Arc;
     use std::time::Instant;

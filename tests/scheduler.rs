@@ -531,25 +531,11 @@ fn grouped_output_and_pruning_old_runs() -> TestResult {
 fn a_subscriber_that_never_reads_slows_nothing_and_loses_nothing() -> TestResult {
     // The scheduler runs in-process here, and an engine process reaps every child it has (it is
     // their subreaper): in a process of its own, so that it never reaps another test's git.
-    const CHILD: &str = "NESTR_SUBSCRIBER_CHILD";
-    if std::env::var_os(CHILD).is_none() {
-        let out = Command::new(std::env::current_exe()?)
-            .args([
-                "--exact",
-                "scheduler::a_subscriber_that_never_reads_slows_nothing_and_loses_nothing",
-                "--nocapture",
-                "--test-threads",
-                "1",
-            ])
-            .env(CHILD, "1")
-            .output()?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success() && text.contains("1 passed"), "{text}");
-        return Ok(());
+    if let Some(verdict) = crate::support::in_own_process(
+        "scheduler::a_subscriber_that_never_reads_slows_nothing_and_loses_nothing",
+        "NESTR_SUBSCRIBER_CHILD",
+    ) {
+        return verdict;
     }
     let sb = Sandbox::new();
     // 400 services: well over the channel's 1024 events (queued, started, log, finished each).

@@ -254,3 +254,35 @@ pub fn wait_for(path: &Path, timeout: std::time::Duration) -> bool {
     }
     false
 }
+
+/// Runs the test `name` again in a process of its own (the test binary, that test only) and
+/// returns its verdict, unless this already is that process (`var` set): then `None`, and the
+/// caller goes on with the test's body. For tests that run the engine in-process: an engine is
+/// the subreaper of every child it has, so it must never share a process with other tests' git.
+pub fn in_own_process(name: &str, var: &str) -> Option<TestResult> {
+    if std::env::var_os(var).is_some() {
+        return None;
+    }
+    let verdict = (|| -> TestResult {
+        let out = Command::new(std::env::current_exe()?)
+            .args(["--exact", name, "--nocapture", "--test-threads", "1"])
+            .env(var, "1")
+            .output()?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success() && text.contains("1 passed"), "{text}");
+        Ok(())
+    })();
+    Some(verdict)
+}
+
+/// Fails the test with what to do when npm is not installed.
+pub fn need_npm() -> TestResult {
+    match Command::new("npm").arg("--version").output() {
+        Ok(_) => Ok(()),
+        Err(_) => Err("npm is needed for this test: apt-get install -y npm".into()),
+    }
+}
