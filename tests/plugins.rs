@@ -691,6 +691,7 @@ fn after_every_fault_in_one_process_a_normal_plugin_still_runs() -> TestResult {
                 std::fs::create_dir_all(&d)?;
                 d
             },
+            started: Instant::now(),
             deadline: Instant::now() + Duration::from_secs(secs),
             cancel: Cancel::default(),
             marker: format!("inproc-{name}"),

@@ -45,6 +45,7 @@ fn step_context(
         caps: caps.clone(),
         log: StepLog::new(1, Arc::new(Redactor::default()), 1024, vec![]),
         service_dir: service_dir.to_path_buf(),
+        started: Instant::now(),
         deadline: Instant::now() + deadline,
         cancel: Cancel::default(),
         marker: String::new(),

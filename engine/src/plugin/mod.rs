@@ -416,6 +416,7 @@ impl Host {
             .map_err(|e| load_error(&plugin.name, e))?,
             log,
             service_dir: PathBuf::from("/nonexistent"),
+            started: Instant::now(),
             deadline: Instant::now() + limits::DESCRIBE_TIMEOUT,
             cancel: Cancel::default(),
             marker: String::new(),
@@ -623,7 +624,7 @@ impl Host {
             ));
         }
         seal(&mut outcome, ctx.log.masker());
-        outcome.duration = started.elapsed();
+        outcome.duration = ctx.started.elapsed();
         ctx.log.finish();
         outcome
     }

@@ -37,6 +37,9 @@ pub struct StepContext {
     pub log: Arc<StepLog>,
     /// Canonical path of the service folder.
     pub service_dir: PathBuf,
+    /// When the step's clock started: its duration counts from here, and its deadline (set
+    /// after it) is never earlier than this plus its timeout.
+    pub started: Instant,
     pub deadline: Instant,
     pub cancel: Cancel,
     /// Marks every process this step starts (NESTR_STEP), so that escaped ones can be found.

@@ -543,6 +543,7 @@ impl Executor<'_> {
         let ctx = Arc::new(StepContext {
             run_id: self.run_id.clone(),
             step_id,
+            started: Instant::now(),
             deadline: Instant::now() + caps.timeout,
             caps,
             log,
