@@ -56,7 +56,25 @@ pub fn register_url(url: &str) {
 /// `text` with every URL credential and every registered credential replaced by `***` (the
 /// [`Redactor`] of no step).
 pub fn text(text: &str) -> String {
-    Redactor::new(std::iter::empty()).mask(text)
+    shared().mask(text)
+}
+
+/// The redactor of no step, built once per set of registered credentials (the registry only
+/// grows, so its length says whether the cached one is current).
+fn shared() -> std::sync::Arc<Redactor> {
+    static CACHE: OnceLock<RwLock<(usize, std::sync::Arc<Redactor>)>> = OnceLock::new();
+    let cache = CACHE.get_or_init(|| RwLock::new((usize::MAX, std::sync::Arc::default())));
+    let known = registry().read().map(|l| l.len()).unwrap_or(0);
+    if let Ok(c) = cache.read()
+        && c.0 == known
+    {
+        return c.1.clone();
+    }
+    let fresh = std::sync::Arc::new(Redactor::new(std::iter::empty()));
+    if let Ok(mut c) = cache.write() {
+        *c = (known, fresh.clone());
+    }
+    fresh
 }
 
 /// A URL as it may be shown: its credentials replaced by `***`.
