@@ -57,6 +57,16 @@ pub struct Location {
     pub cwd: PathBuf,
 }
 
+impl Location {
+    /// The manifest file: `--manifest` (relative to `cwd`), else the one found upward from `cwd`.
+    pub fn manifest_path(&self) -> Result<PathBuf, ManifestError> {
+        match &self.manifest {
+            Some(p) => Ok(self.cwd.join(p)),
+            None => manifest::discover(&self.cwd),
+        }
+    }
+}
+
 /// A loaded workspace.
 pub struct Workspace {
     pub manifest: Manifest,
@@ -70,10 +80,7 @@ pub struct Workspace {
 impl Workspace {
     /// Finds and validates the manifest. The store is opened on first use.
     pub fn load(at: &Location) -> Result<Workspace, WorkspaceError> {
-        let path = match &at.manifest {
-            Some(p) => at.cwd.join(p),
-            None => manifest::discover(&at.cwd)?,
-        };
+        let path = at.manifest_path()?;
         let manifest = manifest::load(&path)?;
         crate::plugin::check_config(&manifest).map_err(ManifestError::Invalid)?;
         tracing::info!(

@@ -315,10 +315,7 @@ fn check_workspace_config(
     file: &Path,
     plugin: &LoadedPlugin,
 ) -> Result<(), CliError> {
-    let Ok(path) = (match &at.manifest {
-        Some(p) => Ok(at.cwd.join(p)),
-        None => crate::manifest::discover(&at.cwd),
-    }) else {
+    let Ok(path) = at.manifest_path() else {
         return Ok(());
     };
     let Ok(manifest) = crate::manifest::load(&path) else {
