@@ -16,7 +16,7 @@ use indexmap::IndexMap;
 use serde::Serialize;
 
 pub use diagnostic::{InvalidManifest, Problem};
-pub use validate::{did_you_mean, normalize_origin, valid_name};
+pub use validate::{did_you_mean, normalize_origin, origin_of_url, valid_name};
 
 /// The file name nestr looks for.
 pub const FILE_NAME: &str = "nestr.toml";

@@ -1087,44 +1087,37 @@ impl Validator<'_> {
     }
 }
 
-/// `https://Host:443/` → `https://host:443`; refuses paths, queries and credentials.
+/// The origin a URL names, as the `url` crate serialises it (WHATWG rules: lower case,
+/// punycode, default port dropped): `https://Host:443/` → `https://host`. The engine compares
+/// granted and requested origins in this one form.
+pub fn origin_of_url(url: &url::Url) -> Option<String> {
+    matches!(url.scheme(), "http" | "https")
+        .then(|| url.origin().ascii_serialization())
+        .filter(|o| o != "null")
+}
+
+/// An origin granted in the manifest or on the command line, normalised like [`origin_of_url`];
+/// refuses other schemes, paths, queries, fragments, credentials and port 0.
 pub fn normalize_origin(s: &str) -> Result<String, &'static str> {
-    let (scheme, rest) = s.split_once("://").ok_or("it has no scheme")?;
-    let scheme = scheme.to_ascii_lowercase();
-    if scheme != "http" && scheme != "https" {
+    let (scheme, _) = s.split_once("://").ok_or("it has no scheme")?;
+    if !matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https") {
         return Err("only http and https origins can be granted");
     }
-    let rest = rest.strip_suffix('/').unwrap_or(rest);
-    if rest.contains(['/', '?', '#']) {
-        return Err("an origin has no path, query or fragment");
-    }
-    if rest.contains('@') {
+    let url = url::Url::parse(s).map_err(|e| match e {
+        url::ParseError::InvalidPort => "the port is not a number from 1 to 65535",
+        url::ParseError::EmptyHost => "it has no host",
+        _ => "the host is not valid",
+    })?;
+    if !url.username().is_empty() || url.password().is_some() {
         return Err("an origin carries no credentials");
     }
-    let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
-        let (h, after) = v6.split_once(']').ok_or("unclosed `[` in the host")?;
-        (format!("[{h}]"), after.strip_prefix(':'))
-    } else {
-        match rest.split_once(':') {
-            Some((h, p)) => (h.to_string(), Some(p)),
-            None => (rest.to_string(), None),
-        }
-    };
-    if host.is_empty()
-        || !host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || ".-[]:".contains(c))
-    {
-        return Err("the host is not valid");
+    if url.path() != "/" || url.query().is_some() || url.fragment().is_some() {
+        return Err("an origin has no path, query or fragment");
     }
-    let port = match port {
-        Some(p) => match p.parse::<u16>() {
-            Ok(n) if n > 0 => format!(":{n}"),
-            _ => return Err("the port is not a number from 1 to 65535"),
-        },
-        None => String::new(),
-    };
-    Ok(format!("{scheme}://{}{port}", host.to_ascii_lowercase()))
+    if url.port() == Some(0) {
+        return Err("the port is not a number from 1 to 65535");
+    }
+    origin_of_url(&url).ok_or("the host is not valid")
 }
 
 /// A TOML value as JSON (datetimes become their RFC 3339 text).
@@ -1173,5 +1166,22 @@ mod tests {
         assert!(normalize_origin("ftp://h").is_err());
         assert!(normalize_origin("https://u:p@h").is_err());
         assert!(normalize_origin("https://h:0").is_err());
+        assert!(normalize_origin("https://h:99999").is_err());
+        assert!(normalize_origin("https://h?q").is_err());
+        assert!(normalize_origin("https://h#f").is_err());
+        assert!(normalize_origin("h:80").is_err());
+        // One form: default ports dropped, IPv6 bracketed, international names in punycode.
+        assert_eq!(
+            normalize_origin("HTTPS://h:443").as_deref(),
+            Ok("https://h")
+        );
+        assert_eq!(
+            normalize_origin("http://[::1]:8080/").as_deref(),
+            Ok("http://[::1]:8080")
+        );
+        assert_eq!(
+            normalize_origin("https://bücher.example").as_deref(),
+            Ok("https://xn--bcher-kva.example")
+        );
     }
 }

@@ -33,28 +33,11 @@ type SendFuture = Box<
         > + Send,
 >;
 
-/// `scheme://host[:port]` of a URI, lower case, default ports dropped.
+/// The origin a request's URI names, in the form granted origins are normalised to
+/// ([`crate::manifest::normalize_origin`]): lower case, punycode, default ports dropped.
 pub fn origin_of(uri: &http::Uri) -> Option<String> {
-    let scheme = uri.scheme_str()?.to_ascii_lowercase();
-    let host = uri.host()?.to_ascii_lowercase();
-    let port = match (uri.port_u16(), scheme.as_str()) {
-        (Some(80), "http") | (Some(443), "https") | (None, _) => String::new(),
-        (Some(p), _) => format!(":{p}"),
-    };
-    Some(format!("{scheme}://{host}{port}"))
-}
-
-fn strip_default_port(origin: &str) -> String {
-    origin
-        .strip_suffix(":443")
-        .filter(|o| o.starts_with("https://"))
-        .or_else(|| {
-            origin
-                .strip_suffix(":80")
-                .filter(|o| o.starts_with("http://"))
-        })
-        .unwrap_or(origin)
-        .to_string()
+    let url = url::Url::parse(&uri.to_string()).ok()?;
+    crate::manifest::origin_of_url(&url)
 }
 
 impl HttpHooks {
@@ -63,11 +46,7 @@ impl HttpHooks {
         let Some(origin) = origin_of(request.uri()) else {
             return Err(Error::HttpRequestUriInvalid);
         };
-        let granted = ctx
-            .caps
-            .http
-            .iter()
-            .any(|g| strip_default_port(g) == origin);
+        let granted = ctx.caps.http.contains(&origin);
         if !granted {
             if let Err(d) = ctx.caps.check_http(&origin) {
                 ctx.denied(d);
@@ -172,6 +151,9 @@ mod tests {
             o("http://127.0.0.1:8080/x").as_deref(),
             Some("http://127.0.0.1:8080")
         );
-        assert_eq!(strip_default_port("https://h:443"), "https://h");
+        assert_eq!(
+            o("https://xn--bcher-kva.example/").as_deref(),
+            Some("https://xn--bcher-kva.example")
+        );
     }
 }

@@ -1,8 +1,8 @@
-//! The `http://` and `https://` URLs of the config (`url`, `health_url`): parsed into the parts
-//! a wasi:http request needs, the origin the engine grants, and a form safe to show in logs.
-//!
-//! Deliberately small: no credentials (they belong in a `{{secret:NAME}}` header), no
-//! internationalized host names (write them in punycode), no relative references.
+//! The `http://` and `https://` URLs of the config (`url`, `health_url`): parsed by the `url`
+//! crate (WHATWG rules: host names lower-cased and in punycode, default ports dropped, dot
+//! segments resolved) into the parts a wasi:http request needs, the origin the engine grants,
+//! and a form safe to show in logs. Credentials are refused (they belong in a
+//! `{{secret:NAME}}` header), and so is anything but an absolute http(s) URL.
 
 /// An absolute `http` or `https` URL.
 pub struct Url {
@@ -28,7 +28,7 @@ impl Url {
                 "contains {c:?}; percent-encode spaces and control characters"
             ));
         }
-        let Some((scheme, rest)) = text.split_once("://") else {
+        let Some((scheme, _)) = text.split_once("://") else {
             return Err("is not an absolute URL; write it as https://host/path".into());
         };
         let https = match scheme.to_ascii_lowercase().as_str() {
@@ -40,27 +40,39 @@ impl Url {
                 ));
             }
         };
-        let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-        let (authority, tail) = rest.split_at(end);
-        if authority.contains('@') {
+        let url = url::Url::parse(text).map_err(|e| match e {
+            url::ParseError::EmptyHost => "has no host".to_string(),
+            url::ParseError::InvalidPort => {
+                "has a port that is not a number from 1 to 65535".to_string()
+            }
+            url::ParseError::InvalidIpv6Address => {
+                "has something other than an IPv6 address inside `[…]`".to_string()
+            }
+            e => format!("is not a valid URL ({e})"),
+        })?;
+        if !url.username().is_empty() || url.password().is_some() {
             return Err(
                 "has credentials (user:password@) in it; send them in a header instead, \
                  e.g. headers = { Authorization = \"{{secret:DEPLOY_TOKEN}}\" }"
                     .into(),
             );
         }
-        let (host, port) = split_host_port(authority)?;
-        let default_port = if https { 443 } else { 80 };
-        let tail = tail.split_once('#').map_or(tail, |(before, _)| before);
-        let path_and_query = if tail.starts_with('/') {
-            tail.to_string()
-        } else {
-            format!("/{tail}")
+        let host = match url.host() {
+            Some(url::Host::Ipv6(a)) => format!("[{a}]"),
+            Some(h) => h.to_string(),
+            None => return Err("has no host".into()),
+        };
+        if url.port() == Some(0) {
+            return Err("has the port `0`, which is not a number from 1 to 65535".into());
+        }
+        let path_and_query = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_string(),
         };
         Ok(Url {
             https,
-            host: host.to_ascii_lowercase(),
-            port: port.filter(|p| *p != default_port),
+            host,
+            port: url.port(),
             path_and_query,
         })
     }
@@ -92,61 +104,35 @@ impl Url {
     }
 }
 
-/// Splits `host[:port]` or `[v6]:port` and checks both parts (errors worded like [`Url::parse`]'s).
-fn split_host_port(authority: &str) -> Result<(&str, Option<u16>), String> {
-    let (host, port) = if authority.starts_with('[') {
-        let Some(close) = authority.find(']') else {
-            return Err("has an IPv6 address without its closing `]`".into());
-        };
-        let (host, after) = authority.split_at(close + 1);
-        let inner = &host[1..close];
-        if inner.is_empty()
-            || !inner
-                .chars()
-                .all(|c| c.is_ascii_hexdigit() || c == ':' || c == '.')
-        {
-            return Err(format!("has `{host}` where an IPv6 address belongs"));
-        }
-        match after {
-            "" => (host, None),
-            _ => match after.strip_prefix(':') {
-                Some(port) => (host, Some(port)),
-                None => {
-                    return Err(format!(
-                        "has `{after}` after the IPv6 address; expected `:port`"
-                    ));
-                }
-            },
-        }
-    } else {
-        match authority.split_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        }
-    };
-    if host.is_empty() {
-        return Err("has no host".into());
+#[cfg(test)]
+mod tests {
+    use super::Url;
+
+    #[test]
+    fn parts_origin_and_display() {
+        let u = Url::parse("HTTPS://API.Example.com:443/deploy/a?key=s3cret#frag").unwrap();
+        assert_eq!(u.origin(), "https://api.example.com");
+        assert_eq!(u.path_and_query, "/deploy/a?key=s3cret");
+        assert_eq!(u.display(), "https://api.example.com/deploy/a?…");
+        let v6 = Url::parse("http://[::1]:8080").unwrap();
+        assert_eq!(v6.authority(), "[::1]:8080");
+        assert_eq!(v6.path_and_query, "/");
     }
-    if !host.starts_with('[')
-        && !host
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
-    {
-        return Err(format!(
-            "has the host `{host}`, which is not a valid host name (letters, digits, `-`, `.`; \
-             write international names in punycode)"
-        ));
+
+    #[test]
+    fn refusals_name_the_fault_without_the_url() {
+        for (bad, says) in [
+            ("", "is empty"),
+            ("ftp://h/x", "scheme `ftp`"),
+            ("h/x", "not an absolute URL"),
+            ("https://u:p@h/x?k=s3cret", "credentials"),
+            ("https://h:99999/", "port"),
+            ("https://h:0/", "port `0`"),
+            ("https://h x/", "percent-encode"),
+        ] {
+            let e = Url::parse(bad).err().unwrap_or_default();
+            assert!(e.contains(says), "{bad:?} → {e:?}");
+            assert!(!e.contains("s3cret"), "{e}");
+        }
     }
-    let port = match port {
-        None => None,
-        Some(p) => match p.parse::<u16>() {
-            Ok(n) if n > 0 && p.chars().all(|c| c.is_ascii_digit()) => Some(n),
-            _ => {
-                return Err(format!(
-                    "has the port `{p}`, which is not a number from 1 to 65535"
-                ));
-            }
-        },
-    };
-    Ok((host, port))
 }
