@@ -306,7 +306,46 @@ fn follows(flags: types::PathFlags) -> bool {
     flags.contains(types::PathFlags::SYMLINK_FOLLOW)
 }
 
+/// `*_at` calls that name one path (never following a final symlink): the path is checked
+/// against the guard, then the call passes on to the WASI implementation.
+macro_rules! path_calls {
+    ($($name:ident -> $ret:ty;)*) => {$(
+        async fn $name(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<$ret> {
+            self.guard.check(&self.fs, &fd, &path, false)?;
+            self.fs.$name(fd, path).await
+        }
+    )*};
+}
+
+/// `*_at` calls that name one path with flags (which say whether a final symlink is
+/// followed): checked against the guard, then passed on.
+macro_rules! flagged_path_calls {
+    ($($name:ident -> $ret:ty;)*) => {$(
+        async fn $name(
+            &mut self,
+            fd: Resource<Descriptor>,
+            path_flags: types::PathFlags,
+            path: String,
+        ) -> FsResult<$ret> {
+            self.guard.check(&self.fs, &fd, &path, follows(path_flags))?;
+            self.fs.$name(fd, path_flags, path).await
+        }
+    )*};
+}
+
 impl HostDescriptor for GuardedFs<'_> {
+    path_calls! {
+        create_directory_at -> ();
+        readlink_at -> String;
+        remove_directory_at -> ();
+        unlink_file_at -> ();
+    }
+
+    flagged_path_calls! {
+        stat_at -> types::DescriptorStat;
+        metadata_hash_at -> types::MetadataHashValue;
+    }
+
     async fn advise(
         &mut self,
         fd: Resource<Descriptor>,
@@ -386,28 +425,8 @@ impl HostDescriptor for GuardedFs<'_> {
         self.fs.sync(fd).await
     }
 
-    async fn create_directory_at(
-        &mut self,
-        fd: Resource<Descriptor>,
-        path: String,
-    ) -> FsResult<()> {
-        self.guard.check(&self.fs, &fd, &path, false)?;
-        self.fs.create_directory_at(fd, path).await
-    }
-
     async fn stat(&mut self, fd: Resource<Descriptor>) -> FsResult<types::DescriptorStat> {
         self.fs.stat(fd).await
-    }
-
-    async fn stat_at(
-        &mut self,
-        fd: Resource<Descriptor>,
-        path_flags: types::PathFlags,
-        path: String,
-    ) -> FsResult<types::DescriptorStat> {
-        self.guard
-            .check(&self.fs, &fd, &path, follows(path_flags))?;
-        self.fs.stat_at(fd, path_flags, path).await
     }
 
     async fn set_times_at(
@@ -479,20 +498,6 @@ impl HostDescriptor for GuardedFs<'_> {
         HostDescriptor::drop(&mut self.fs, fd)
     }
 
-    async fn readlink_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<String> {
-        self.guard.check(&self.fs, &fd, &path, false)?;
-        self.fs.readlink_at(fd, path).await
-    }
-
-    async fn remove_directory_at(
-        &mut self,
-        fd: Resource<Descriptor>,
-        path: String,
-    ) -> FsResult<()> {
-        self.guard.check(&self.fs, &fd, &path, false)?;
-        self.fs.remove_directory_at(fd, path).await
-    }
-
     async fn rename_at(
         &mut self,
         fd: Resource<Descriptor>,
@@ -516,11 +521,6 @@ impl HostDescriptor for GuardedFs<'_> {
         }
         self.guard.check(&self.fs, &fd, &dest_path, false)?;
         self.fs.symlink_at(fd, src_path, dest_path).await
-    }
-
-    async fn unlink_file_at(&mut self, fd: Resource<Descriptor>, path: String) -> FsResult<()> {
-        self.guard.check(&self.fs, &fd, &path, false)?;
-        self.fs.unlink_file_at(fd, path).await
     }
 
     fn read_via_stream(
@@ -561,17 +561,6 @@ impl HostDescriptor for GuardedFs<'_> {
         fd: Resource<Descriptor>,
     ) -> FsResult<types::MetadataHashValue> {
         self.fs.metadata_hash(fd).await
-    }
-
-    async fn metadata_hash_at(
-        &mut self,
-        fd: Resource<Descriptor>,
-        path_flags: types::PathFlags,
-        path: String,
-    ) -> FsResult<types::MetadataHashValue> {
-        self.guard
-            .check(&self.fs, &fd, &path, follows(path_flags))?;
-        self.fs.metadata_hash_at(fd, path_flags, path).await
     }
 }
 
