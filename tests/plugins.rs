@@ -639,12 +639,12 @@ fn after_every_fault_in_one_process_a_normal_plugin_still_runs() -> TestResult {
     use std::time::Instant;
 
     use nestr::manifest::{ExecGrant, FsGrant, Grants};
+    use nestr::model::StepStatus;
     use nestr::plugin::bindings::types;
     use nestr::plugin::caps;
     use nestr::plugin::sink::{Redactor, StepLog};
     use nestr::plugin::state::{Cancel, StepContext};
     use nestr::plugin::{Host, StepRequest};
-    use nestr::store::StepStatus;
 
     let dir = tempfile::tempdir()?;
     let service = std::fs::canonicalize(dir.path())?;

@@ -550,17 +550,15 @@ fn a_subscriber_that_never_reads_slows_nothing_and_loses_nothing() -> TestResult
         state: None,
         cwd: w.clone(),
     })?;
-    let events = nestr::scheduler::events::Events::default();
     // Holds its place in the channel and never reads: the run must not wait for it.
-    let mut never_read = events.subscribe();
+    let mut never_read = workspace.meta.events.subscribe();
     let report = workspace.run_operation(
         "op",
         &nestr::scheduler::Selection::default(),
         &nestr::scheduler::RunOptions::default(),
-        events,
         nestr::plugin::state::Cancel::default(),
     )?;
-    assert_eq!(report.status, nestr::store::RunStatus::Succeeded);
+    assert_eq!(report.status, nestr::model::RunStatus::Succeeded);
     assert!(
         matches!(
             never_read.try_recv(),

@@ -140,7 +140,7 @@ fn main() -> Result<()> {
             let t = Instant::now();
             let outcome = rt.block_on(host.run_step(&plugin, &request, ctx));
             let s = t.elapsed();
-            if outcome.status != nestr::store::StepStatus::Succeeded {
+            if outcome.status != nestr::model::StepStatus::Succeeded {
                 return Err(format!("noop step ended {:?}", outcome.status).into());
             }
             if i >= 100 {
@@ -186,7 +186,7 @@ fn main() -> Result<()> {
         let ctx = step_context(&caps, &service_dir, deadline);
         let t = Instant::now();
         let outcome = rt.block_on(host.run_step(&plugin, &request, ctx));
-        if outcome.status != nestr::store::StepStatus::TimedOut {
+        if outcome.status != nestr::model::StepStatus::TimedOut {
             return Err(format!("loop ended {:?}", outcome.status).into());
         }
         late.push(t.elapsed().saturating_sub(deadline));

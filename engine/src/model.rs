@@ -1,7 +1,193 @@
-//! The vocabulary every layer shares, defined once below the store, the plugin host and the
-//! manifest: the types whose values cross those boundaries.
+//! The vocabulary every layer shares, defined once below the store, the plugin host, git and
+//! the scheduler: the types whose values cross those boundaries. Each word list (statuses,
+//! streams, scopes, journal kinds, …) is an enum whose text form is derived once (strum) and
+//! used for JSON (serde), the command line (clap, where it is an option) and SQL (`ToSql` /
+//! `FromSql` from [`words!`]); an unknown word read back from the store is an error, never a
+//! silent default.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use strum::{EnumString, IntoStaticStr, VariantArray};
+
+/// Defines a word list: an enum with its one text form (strum, in `$case`) used by serde, SQL
+/// (`ToSql` / `FromSql`), `Display` and `as_str`; extra derives (e.g. `clap::ValueEnum`) go in
+/// the attributes.
+macro_rules! words {
+    ($case:tt; $(#[$meta:meta])* pub enum $name:ident { $($body:tt)* }) => {
+        $(#[$meta])*
+        #[derive(
+            Debug,
+            Clone,
+            Copy,
+            PartialEq,
+            Eq,
+            Hash,
+            Serialize,
+            Deserialize,
+            utoipa::ToSchema,
+            IntoStaticStr,
+            EnumString,
+            VariantArray,
+        )]
+        #[serde(rename_all = $case)]
+        #[strum(serialize_all = $case)]
+        pub enum $name { $($body)* }
+
+        impl $name {
+            /// The word as JSON, SQL and the command line spell it.
+            pub fn as_str(self) -> &'static str {
+                self.into()
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl rusqlite::types::ToSql for $name {
+            fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+                Ok(rusqlite::types::ToSqlOutput::from(self.as_str()))
+            }
+        }
+
+        impl rusqlite::types::FromSql for $name {
+            fn column_result(
+                v: rusqlite::types::ValueRef<'_>,
+            ) -> rusqlite::types::FromSqlResult<Self> {
+                let text = v.as_str()?;
+                text.parse().map_err(|_| {
+                    rusqlite::types::FromSqlError::Other(
+                        format!("`{text}` is not a known {}", stringify!($name)).into(),
+                    )
+                })
+            }
+        }
+    };
+}
+
+words! {
+    "snake_case";
+    /// How a step ended (or where it stands).
+    pub enum StepStatus {
+        Queued,
+        Running,
+        Succeeded,
+        Failed,
+        Skipped,
+        Denied,
+        TimedOut,
+        ResourceExhausted,
+        Cancelled,
+        Interrupted,
+    }
+}
+
+impl StepStatus {
+    /// Succeeded or skipped: nothing went wrong.
+    pub fn is_ok(self) -> bool {
+        matches!(self, StepStatus::Succeeded | StepStatus::Skipped)
+    }
+}
+
+words! {
+    "snake_case";
+    /// How a run ended (or that it is running).
+    pub enum RunStatus {
+        Running,
+        Succeeded,
+        Failed,
+        Cancelled,
+        Interrupted,
+    }
+}
+
+words! {
+    "lowercase";
+    /// Where a log line came from.
+    pub enum Stream {
+        Stdout,
+        Stderr,
+        /// The plugin's `log` import.
+        Log,
+        /// The engine (truncation markers, denials, timeouts).
+        System,
+    }
+}
+
+words! {
+    "snake_case";
+    /// A transition in a run's journal (`run_events.kind`), also the `event:` of its SSE stream.
+    pub enum JournalKind {
+        RunStarted,
+        StepQueued,
+        StepStarted,
+        StepFinished,
+        RunFinished,
+    }
+}
+
+words! {
+    "snake_case";
+    /// Which command produced a repository result.
+    pub enum SyncAction {
+        Assemble,
+        Sync,
+    }
+}
+
+words! {
+    "snake_case";
+    /// The result of assembling or syncing one repository.
+    pub enum SyncResult {
+        Cloned,
+        Updated,
+        UpToDate,
+        Skipped,
+        Failed,
+    }
+}
+
+words! {
+    "lowercase";
+    /// What an API token may do.
+    #[derive(clap::ValueEnum)]
+    pub enum Scope {
+        /// GET requests.
+        Read,
+        /// GET and POST requests.
+        Write,
+    }
+}
+
+words! {
+    "lowercase";
+    /// Where a repository's working copy stands against its upstream.
+    pub enum RepoState {
+        Clean,
+        Dirty,
+        Ahead,
+        Behind,
+        Diverged,
+        Detached,
+        Missing,
+    }
+}
+
+words! {
+    "kebab-case";
+    /// What happens after a step does not succeed.
+    #[derive(clap::ValueEnum, Default)]
+    pub enum ContinueMode {
+        /// Start nothing new after the first failure (running steps finish).
+        #[default]
+        Never,
+        /// Go on with every step whose dependencies all succeeded.
+        DependenciesOk,
+        /// Run everything regardless of failures.
+        Always,
+    }
+}
 
 /// One field of a plugin's configuration, as its `describe()` documents it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -56,5 +242,50 @@ pub mod time_opt {
             Some(ms) => s.serialize_str(&super::rfc3339(*ms)),
             None => s.serialize_none(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The text of every word is the same in JSON, in SQL and back: one spelling.
+    fn round_trips<T>()
+    where
+        T: VariantArray + Copy + PartialEq + std::fmt::Debug + Serialize + std::str::FromStr,
+        T: rusqlite::types::ToSql + rusqlite::types::FromSql,
+        &'static str: From<T>,
+    {
+        let db = rusqlite::Connection::open_in_memory().expect("db");
+        for &v in T::VARIANTS {
+            let word: &'static str = v.into();
+            assert_eq!(
+                serde_json::to_value(v).expect("json"),
+                serde_json::Value::String(word.into())
+            );
+            assert_eq!(word.parse::<T>().ok(), Some(v), "{word}");
+            let back: T = db.query_row("SELECT ?1", [&v], |r| r.get(0)).expect("sql");
+            assert_eq!(back, v);
+        }
+        let unknown: rusqlite::Result<T> = db.query_row("SELECT 'nonsense'", [], |r| r.get(0));
+        assert!(
+            unknown.is_err(),
+            "an unknown word is an error, not a default"
+        );
+    }
+
+    #[test]
+    fn every_word_has_one_spelling() {
+        round_trips::<StepStatus>();
+        round_trips::<RunStatus>();
+        round_trips::<Stream>();
+        round_trips::<JournalKind>();
+        round_trips::<SyncAction>();
+        round_trips::<SyncResult>();
+        round_trips::<Scope>();
+        round_trips::<RepoState>();
+        round_trips::<ContinueMode>();
+        assert_eq!(StepStatus::TimedOut.as_str(), "timed_out");
+        assert_eq!(ContinueMode::DependenciesOk.as_str(), "dependencies-ok");
     }
 }

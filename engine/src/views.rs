@@ -8,9 +8,10 @@ use serde::Serialize;
 
 use crate::git::RepoStatus;
 use crate::manifest::{BUILTIN_PLUGINS, Manifest, PluginSource, Service};
+use crate::model::StepStatus;
 use crate::plugin::Host;
 use crate::plugin::caps::grants_line;
-use crate::store::{RepoRow, StepStatus};
+use crate::store::RepoRow;
 
 /// A service.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -154,7 +155,7 @@ pub struct RepoView {
     /// The upstream branch (`origin/main`), for branch checkouts.
     pub upstream: Option<String>,
     /// clean, dirty, ahead, behind, diverged, detached, missing; null when unreadable.
-    pub state: Option<crate::git::RepoState>,
+    pub state: Option<crate::model::RepoState>,
     pub ahead: usize,
     pub behind: usize,
     pub dirty: bool,

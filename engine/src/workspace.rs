@@ -6,11 +6,11 @@ use std::path::{Path, PathBuf};
 
 use crate::git::{self, FetchInfo, LockEntry, Lockfile, Progress, RepoOutcome, RepoStatus};
 use crate::manifest::{self, Manifest, ManifestError};
+use crate::model::{SyncAction, SyncResult};
 use crate::plugin::state::Cancel;
-use crate::scheduler::events::Events;
-use crate::scheduler::repo_run::{RepoRun, RunMeta};
-use crate::scheduler::{self, PlanError, RunContext, RunOptions, RunReport, Selection};
-use crate::store::{RepoRecord, Store, StoreError, SyncAction, SyncResult};
+use crate::scheduler::repo_run::RepoRun;
+use crate::scheduler::{self, PlanError, RunMeta, RunOptions, RunReport, Selection};
+use crate::store::{RepoRecord, Store, StoreError};
 
 /// Name of the state folder beside the manifest.
 pub const STATE_DIR: &str = ".nestr";
@@ -102,11 +102,7 @@ impl Workspace {
             manifest,
             state_dir,
             store: None,
-            meta: RunMeta {
-                started_by: "cli".into(),
-                events: Events::default(),
-                run_id: None,
-            },
+            meta: RunMeta::default(),
         }
     }
 
@@ -143,17 +139,34 @@ impl Workspace {
         locked: bool,
         progress: &dyn Progress,
     ) -> Result<Vec<RepoOutcome>, WorkspaceError> {
+        let run = self.begin_assemble(jobs, locked, progress)?;
+        self.assemble_recorded(run, jobs)
+    }
+
+    /// Records an assemble run (its steps queued), to be carried out by
+    /// [`Workspace::assemble_recorded`].
+    pub fn begin_assemble<'p>(
+        &self,
+        jobs: usize,
+        locked: bool,
+        progress: &'p dyn Progress,
+    ) -> Result<RepoRun<'p>, WorkspaceError> {
         let commits = self.locked_commits(locked)?;
         tracing::info!(jobs, locked, "assemble");
-        let run = self.repo_run(
-            "assemble",
-            serde_json::json!({"jobs": jobs, "locked": locked}),
-            progress,
-        )?;
-        let items: Vec<_> = self.manifest.repos.iter().zip(commits).collect();
+        let options = serde_json::json!({"jobs": jobs, "locked": locked});
+        self.repo_run("assemble", options, commits, progress)
+    }
+
+    /// Carries out a recorded assemble run.
+    pub fn assemble_recorded(
+        &mut self,
+        run: RepoRun<'_>,
+        jobs: usize,
+    ) -> Result<Vec<RepoOutcome>, WorkspaceError> {
+        let items: Vec<_> = self.manifest.repos.iter().zip(&run.commits).collect();
         let manifest = &self.manifest;
         let outcomes = git::parallel(&items, jobs, |(repo, commit)| {
-            let o = git::assemble_one(manifest, repo, *commit, &run);
+            let o = git::assemble_one(manifest, repo, **commit, &run);
             run.finish(&o);
             o
         });
@@ -171,13 +184,31 @@ impl Workspace {
         locked: bool,
         progress: &dyn Progress,
     ) -> Result<Vec<RepoOutcome>, WorkspaceError> {
+        let run = self.begin_sync(jobs, atomic, locked, progress)?;
+        self.sync_recorded(run, jobs, atomic)
+    }
+
+    /// Records a sync run (its steps queued), to be carried out by [`Workspace::sync_recorded`].
+    pub fn begin_sync<'p>(
+        &self,
+        jobs: usize,
+        atomic: bool,
+        locked: bool,
+        progress: &'p dyn Progress,
+    ) -> Result<RepoRun<'p>, WorkspaceError> {
         let commits = self.locked_commits(locked)?;
         tracing::info!(jobs, atomic, locked, "sync");
-        let run = self.repo_run(
-            "sync",
-            serde_json::json!({"jobs": jobs, "atomic": atomic, "locked": locked}),
-            progress,
-        )?;
+        let options = serde_json::json!({"jobs": jobs, "atomic": atomic, "locked": locked});
+        self.repo_run("sync", options, commits, progress)
+    }
+
+    /// Carries out a recorded sync run.
+    pub fn sync_recorded(
+        &mut self,
+        run: RepoRun<'_>,
+        jobs: usize,
+        atomic: bool,
+    ) -> Result<Vec<RepoOutcome>, WorkspaceError> {
         let progress = &run;
         let last_heads: Vec<Option<git2::Oid>> = {
             let names: Vec<String> = self.manifest.repos.iter().map(|r| r.name.clone()).collect();
@@ -209,7 +240,7 @@ impl Workspace {
             .repos
             .iter()
             .zip(&fetched)
-            .zip(commits)
+            .zip(&run.commits)
             .zip(last_heads)
             .collect();
         let outcomes = git::parallel(&items, jobs, |(((repo, fetch), commit), last)| {
@@ -223,7 +254,7 @@ impl Workspace {
                         failed.join(", ")
                     ),
                 ),
-                Ok(info) => git::update_one(manifest, repo, info, *commit, *last),
+                Ok(info) => git::update_one(manifest, repo, info, **commit, *last),
             };
             progress.finish(&o);
             o
@@ -275,37 +306,28 @@ impl Workspace {
     }
 
     /// Runs `operation` over the selected services in dependency order, publishing every
-    /// transition on `events`.
+    /// transition on `self.meta.events`.
     pub fn run_operation(
         &mut self,
         operation: &str,
         selection: &Selection,
         options: &RunOptions,
-        events: Events,
         cancel: Cancel,
     ) -> Result<RunReport, WorkspaceError> {
-        let opened = match self.store.take() {
+        let plan = self.plan(operation, selection)?;
+        let store = match self.store.take() {
             Some(s) => s,
             None => open_and_recover(&self.state_dir)?,
         };
-        let Workspace {
-            manifest,
-            store,
-            state_dir,
-            ..
-        } = self;
-        let store = store.insert(opened);
-        let rc = RunContext {
-            manifest,
-            store,
-            state_dir,
-            events,
-            cancel,
-        };
-        scheduler::run(rc, operation, selection, options).map_err(|e| match e {
-            PlanError::Selection(m) => WorkspaceError::Plan(m),
-            PlanError::Store(e) => WorkspaceError::Store(e),
-        })
+        let (report, store) =
+            scheduler::record(store, &self.state_dir, &self.meta, plan, selection, options)
+                .and_then(|run| run.execute_blocking(&self.manifest, cancel))
+                .map_err(|e| match e {
+                    PlanError::Selection(m) => WorkspaceError::Plan(m),
+                    PlanError::Store(e) => WorkspaceError::Store(e),
+                })?;
+        self.store = Some(store);
+        Ok(report)
     }
 
     /// The plan of a run, without running or recording anything.
@@ -322,11 +344,22 @@ impl Workspace {
         &self,
         operation: &'static str,
         options: serde_json::Value,
+        commits: Vec<Option<git2::Oid>>,
         progress: &'p dyn Progress,
-    ) -> Result<RepoRun<'p>, StoreError> {
+    ) -> Result<RepoRun<'p>, WorkspaceError> {
         let names: Vec<String> = self.manifest.repos.iter().map(|r| r.name.clone()).collect();
         let store = open_and_recover(&self.state_dir)?;
-        RepoRun::start(store, operation, &names, options, &self.meta, progress)
+        let mut run = RepoRun::start(
+            store,
+            &self.state_dir,
+            operation,
+            &names,
+            options,
+            &self.meta,
+            progress,
+        )?;
+        run.commits = commits;
+        Ok(run)
     }
 
     fn record(&mut self, action: SyncAction, outcomes: &[RepoOutcome]) -> Result<(), StoreError> {

@@ -22,6 +22,7 @@ use serde_json::json;
 use super::error::{ApiError, ErrorBody};
 use super::runs::find_run;
 use super::state::AppState;
+use crate::model::JournalKind;
 use crate::store::{JournalEntry, LogChunk};
 
 /// Journal entries and chunks read per poll.
@@ -127,10 +128,10 @@ impl Feed {
             // end for every line): a batch that filled up may have more lines behind it.
             let take_journal = match j.peek() {
                 None => false,
-                Some(e) if e.kind == "step_finished" => {
+                Some(e) if e.kind == JournalKind::StepFinished => {
                     !chunks_full && rest.iter().all(|(_, ch)| Some(ch.step_id) != e.step_id)
                 }
-                Some(e) if e.kind == "run_finished" => !chunks_full && rest.is_empty(),
+                Some(e) if e.kind == JournalKind::RunFinished => !chunks_full && rest.is_empty(),
                 Some(_) => true,
             };
             if !take_journal && rest.is_empty() {
@@ -139,7 +140,7 @@ impl Feed {
             if take_journal {
                 let Some(e) = j.next() else { break };
                 self.cursor.journal = e.id;
-                if e.kind == "run_finished" {
+                if e.kind == JournalKind::RunFinished {
                     self.done = true;
                 }
                 out.push(Ok(self.transition(&e)));
@@ -188,7 +189,7 @@ impl Feed {
         });
         SseEvent::default()
             .id(self.cursor.id())
-            .event(e.kind.clone())
+            .event(e.kind.as_str())
             .data(data.to_string())
     }
 }

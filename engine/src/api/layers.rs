@@ -17,7 +17,8 @@ use tower_governor::key_extractor::KeyExtractor;
 
 use super::error::ApiError;
 use super::state::AppState;
-use crate::store::{ActiveToken, Scope, token_hash};
+use crate::model::Scope;
+use crate::store::{ActiveToken, token_hash};
 
 /// The request id a request carries (set by tower-http's `SetRequestId` from `x-request-id`).
 fn request_id(headers: &axum::http::HeaderMap) -> String {

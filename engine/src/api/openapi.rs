@@ -35,7 +35,7 @@ use super::{error, events, operations, runs, workspace};
         runs::cancel,
         openapi_json,
     ),
-    components(schemas(error::ErrorBody, error::ErrorDetail, events::EventData)),
+    components(schemas(error::ErrorBody, error::ErrorDetail, events::EventData, operations::RunAccepted)),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
     tags(

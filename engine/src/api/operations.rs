@@ -1,6 +1,7 @@
 //! Handlers that start work: `POST /api/operations/run`, `/sync` and `/assemble`. Each records a
-//! run, answers `202 Accepted` with its id and a `Location` at once, and executes it on a thread
-//! of its own through the same `Workspace` calls the CLI makes (`started_by = "api"`).
+//! run (`started_by = "api"`) through the same calls the CLI makes, starts carrying it out on the
+//! server's runtime (an operation run as a task, git work on the blocking pool), and answers
+//! `202 Accepted` with its id and a `Location`.
 
 use axum::Json;
 use axum::extract::State;
@@ -13,10 +14,12 @@ use serde::{Deserialize, Serialize};
 use super::error::{ApiError, ErrorBody};
 use super::state::{ActiveRun, AppState};
 use crate::git::NoProgress;
+use crate::model::ContinueMode;
 use crate::plugin::state::Cancel;
 use crate::scheduler::events::Events;
-use crate::scheduler::repo_run::RunMeta;
-use crate::scheduler::{ContinueMode, RunOptions, Selection};
+use crate::scheduler::repo_run::RepoRun;
+use crate::scheduler::{Plan, RunMeta, RunOptions, Selection, Started};
+use crate::store::Store;
 use crate::workspace::Workspace;
 
 /// `POST /api/operations/run`.
@@ -66,6 +69,33 @@ pub struct RunAccepted {
     pub run_id: String,
 }
 
+/// The answers of every endpoint that starts a run (documentation only).
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)]
+enum StartAnswers {
+    /// Recorded and started; follow /api/runs/{id}/events
+    #[response(status = 202, headers(("Location" = String, description = "/api/runs/{run_id}")))]
+    Accepted(RunAccepted),
+    /// A malformed body, or a selection that matches nothing
+    #[response(status = 400)]
+    BadRequest(ErrorBody),
+    /// No token, or an unknown one
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// The token may only read
+    #[response(status = 403)]
+    Forbidden(ErrorBody),
+    /// The body is larger than the limit
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// The body is not JSON
+    #[response(status = 415)]
+    NotJson(ErrorBody),
+    /// The server is shutting down
+    #[response(status = 503)]
+    ShuttingDown(ErrorBody),
+}
+
 /// Parses a JSON body; an empty body is the default request. Errors name the field at fault.
 fn parse<T: DeserializeOwned + Default>(
     headers: &HeaderMap,
@@ -104,16 +134,23 @@ fn parse<T: DeserializeOwned + Default>(
     })
 }
 
-/// What a launched thread runs.
+/// What a launched run does.
 enum Job {
-    Operation(String, Selection, RunOptions),
+    Operation(Plan, Selection, RunOptions),
     Sync { atomic: bool },
     Assemble,
 }
 
+/// A run recorded and ready to be carried out.
+enum Recorded {
+    Operation(Started),
+    Repos(Box<Workspace>, RepoRun<'static>, Job),
+}
+
 const GIT_JOBS: usize = 4;
 
-/// Starts `job` on its own thread as run `run_id`; answers 202 once the run is recorded.
+/// Records `job` as a run (on the blocking pool), starts carrying it out on the server's
+/// runtime, and answers 202 with its id.
 async fn launch(state: &AppState, job: Job) -> Result<Response, ApiError> {
     if state.shutting_down() {
         return Err(ApiError::new(
@@ -122,9 +159,41 @@ async fn launch(state: &AppState, job: Job) -> Result<Response, ApiError> {
             "the server is shutting down",
         ));
     }
-    let run_id = crate::scheduler::new_run_id();
-    let events = Events::default();
-    let mut rx = events.subscribe();
+    let manifest = state.manifest();
+    let meta = RunMeta {
+        started_by: "api".into(),
+        run_id: Some(crate::scheduler::new_run_id()),
+        events: Events::default(),
+    };
+    let dir = state.state_dir().to_path_buf();
+    let m = manifest.clone();
+    let recorded = tokio::task::spawn_blocking(move || -> Result<Recorded, String> {
+        match job {
+            Job::Operation(plan, sel, opts) => {
+                let store = Store::open(&dir).map_err(|e| e.to_string())?;
+                crate::scheduler::record(store, &dir, &meta, plan, &sel, &opts)
+                    .map(Recorded::Operation)
+                    .map_err(|e| e.to_string())
+            }
+            job => {
+                let mut ws = Workspace::with_manifest((*m).clone(), dir);
+                ws.meta = meta;
+                let run = match job {
+                    Job::Sync { atomic } => ws.begin_sync(GIT_JOBS, atomic, false, &NoProgress),
+                    _ => ws.begin_assemble(GIT_JOBS, false, &NoProgress),
+                }
+                .map_err(|e| e.to_string())?;
+                Ok(Recorded::Repos(Box::new(ws), run, job))
+            }
+        }
+    })
+    .await
+    .map_err(|e| ApiError::internal("a store task failed", e))?
+    .map_err(|e| ApiError::internal("the run could not start", crate::redact::text(&e)))?;
+    let run_id = match &recorded {
+        Recorded::Operation(run) => run.run_id().to_string(),
+        Recorded::Repos(_, run, _) => run.run_id().to_string(),
+    };
     let cancel = Cancel::default();
     state.runs().insert(
         run_id.clone(),
@@ -132,69 +201,34 @@ async fn launch(state: &AppState, job: Job) -> Result<Response, ApiError> {
             cancel: cancel.clone(),
         },
     );
-    let (done_tx, mut done) = tokio::sync::oneshot::channel::<Result<(), String>>();
-    let manifest = (*state.manifest()).clone();
-    let dir = state.state_dir().to_path_buf();
-    let id = run_id.clone();
-    let spawned = std::thread::Builder::new()
-        .name("nestr-api-run".into())
-        .spawn(move || {
-            let mut ws = Workspace::with_manifest(manifest, dir);
-            ws.meta = RunMeta {
-                started_by: "api".into(),
-                events: events.clone(),
-                run_id: Some(id.clone()),
-            };
-            let result = match job {
-                Job::Operation(op, sel, mut opts) => {
-                    opts.run_id = Some(id);
-                    ws.run_operation(&op, &sel, &opts, events, cancel)
-                        .map(|_| ())
-                }
-                Job::Sync { atomic } => ws.sync(GIT_JOBS, atomic, false, &NoProgress).map(|_| ()),
-                Job::Assemble => ws.assemble(GIT_JOBS, false, &NoProgress).map(|_| ()),
-            };
-            let _ = done_tx.send(result.map_err(|e| e.to_string()));
-        });
-    if let Err(e) = spawned {
-        state.runs().remove(&run_id);
-        return Err(ApiError::internal("could not start the run's thread", e));
-    }
-    // Answer once the run is recorded (its first event), or with why it could not start.
-    let started = loop {
-        tokio::select! {
-            biased;
-            ev = rx.recv() => match ev {
-                Ok(crate::scheduler::events::Event::RunStarted { .. })
-                | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => break Ok(()),
-                Ok(_) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => {
-                    break (&mut done).await.unwrap_or_else(|_| Err("the run's thread stopped".into()));
-                }
-            },
-            r = &mut done => break r.unwrap_or_else(|_| Err("the run's thread stopped".into())),
-        }
-    };
-    let forget = {
+    let done = {
         let state = state.clone();
         let run_id = run_id.clone();
-        move || {
+        move |result: Result<(), String>| {
+            if let Err(e) = result {
+                tracing::error!(run_id, error = %crate::redact::text(&e), "an API run failed to complete");
+            }
             state.runs().remove(&run_id);
         }
     };
-    if let Err(e) = started {
-        forget();
-        return Err(ApiError::internal(
-            "the run could not start",
-            crate::redact::text(&e),
-        ));
-    }
-    tokio::spawn(async move {
-        if let Ok(Err(e)) = done.await {
-            tracing::error!(error = %e, "an API run failed to complete");
+    match recorded {
+        Recorded::Operation(run) => {
+            tokio::spawn(async move {
+                let result = run.execute(&manifest, cancel).await;
+                done(result.map(|_| ()).map_err(|e| e.to_string()));
+            });
         }
-        forget();
-    });
+        Recorded::Repos(mut ws, run, job) => {
+            // git work blocks: it runs on the blocking pool.
+            tokio::task::spawn_blocking(move || {
+                let result = match job {
+                    Job::Sync { atomic } => ws.sync_recorded(run, GIT_JOBS, atomic),
+                    _ => ws.assemble_recorded(run, GIT_JOBS),
+                };
+                done(result.map(|_| ()).map_err(|e| e.to_string()));
+            });
+        }
+    }
     let location = HeaderValue::from_str(&format!("/api/runs/{run_id}"))
         .map_err(|e| ApiError::internal("bad run id", e))?;
     Ok((
@@ -207,13 +241,7 @@ async fn launch(state: &AppState, job: Job) -> Result<Response, ApiError> {
 
 /// Runs an operation over the selected services in dependency order.
 #[utoipa::path(post, path = "/api/operations/run", tag = "operations",
-    request_body = RunRequest,
-    responses(
-        (status = 202, description = "Recorded and started; follow /api/runs/{id}/events", body = RunAccepted,
-            headers(("Location" = String, description = "/api/runs/{run_id}"))),
-        (status = 400, description = "Malformed body or a selection that matches nothing", body = ErrorBody),
-        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
+    request_body = RunRequest, responses(StartAnswers))]
 pub async fn run(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -238,29 +266,23 @@ pub async fn run(
         with_dependents: req.with_dependents,
     };
     // Refuse a bad selection before anything is recorded.
-    crate::scheduler::plan(&state.manifest(), &req.operation, &selection)
+    let plan = crate::scheduler::plan(&state.manifest(), &req.operation, &selection)
         .map_err(|e| ApiError::bad_request(e.0))?;
-    let mut opts = RunOptions {
-        started_by: "api".into(),
-        ..RunOptions::default()
-    };
+    let mut opts = RunOptions::default();
     if let Some(c) = req.concurrency {
         opts.jobs = c;
     }
     if let Some(m) = req.continue_mode {
         opts.continue_mode = m;
     }
-    launch(&state, Job::Operation(req.operation, selection, opts)).await
+    launch(&state, Job::Operation(plan, selection, opts)).await
 }
 
 /// Fetches every repository, then fast-forwards what can be updated without losing local work;
 /// recorded as a run with one step per repository.
 #[utoipa::path(post, path = "/api/operations/sync", tag = "operations",
     request_body(content = Option<SyncRequest>, description = "Optional; `{}` when empty"),
-    responses(
-        (status = 202, body = RunAccepted, headers(("Location" = String, description = "/api/runs/{run_id}"))),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
+    responses(StartAnswers))]
 pub async fn sync(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -273,10 +295,7 @@ pub async fn sync(
 /// Clones every missing repository; recorded as a run with one step per repository.
 #[utoipa::path(post, path = "/api/operations/assemble", tag = "operations",
     request_body(content = Option<AssembleRequest>, description = "Optional; `{}` when empty"),
-    responses(
-        (status = 202, body = RunAccepted, headers(("Location" = String, description = "/api/runs/{run_id}"))),
-        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
-        (status = 413, body = ErrorBody), (status = 415, body = ErrorBody)))]
+    responses(StartAnswers))]
 pub async fn assemble(
     State(state): State<AppState>,
     headers: HeaderMap,

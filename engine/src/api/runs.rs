@@ -10,7 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ErrorBody};
 use super::state::AppState;
-use crate::store::{RunFilter, RunPage, RunRow, RunStatus, ServiceLogLine};
+use crate::model::RunStatus;
+use crate::store::{RunFilter, RunPage, RunRow, ServiceLogLine};
 
 /// Filters and paging of `/api/runs`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -5,7 +5,7 @@ use clap::Args;
 
 use super::render::Ui;
 use super::{CliError, ExitCode, Jobs};
-use crate::store::SyncResult;
+use crate::model::SyncResult;
 use crate::workspace::Workspace;
 
 #[derive(Debug, Args)]

@@ -301,7 +301,7 @@ fn run_args(operation: &str, tags: &[&str]) -> super::run::RunArgs {
         with_deps: false,
         with_dependents: false,
         jobs: None,
-        continue_mode: crate::scheduler::ContinueMode::Never,
+        continue_mode: crate::model::ContinueMode::Never,
         dry_run: false,
         output: super::run::Output::Prefixed,
         json: false,

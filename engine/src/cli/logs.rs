@@ -9,7 +9,8 @@ use super::{CliError, ExitCode};
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::store::{LogLine, RunStatus, Stream};
+use crate::model::{RunStatus, Stream};
+use crate::store::LogLine;
 use crate::workspace::Workspace;
 
 #[derive(Debug, Args)]

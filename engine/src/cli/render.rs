@@ -13,7 +13,7 @@ use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, Prog
 
 use super::{ColorChoice, Global};
 use crate::git::{Progress, RepoOutcome};
-use crate::store::SyncResult;
+use crate::model::SyncResult;
 
 /// A colour (or emphasis) for a piece of text.
 #[derive(Debug, Clone, Copy)]

@@ -15,10 +15,11 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::render::{self, Tone, Ui};
 use super::{CliError, ExitCode};
+use crate::model::ContinueMode;
+use crate::model::{RunStatus, StepStatus, Stream};
 use crate::plugin::state::Cancel;
 use crate::scheduler::events::{Event, Events};
-use crate::scheduler::{ContinueMode, Plan, RunOptions, RunReport, Selection};
-use crate::store::{RunStatus, StepStatus, Stream};
+use crate::scheduler::{Plan, RunOptions, RunReport, Selection};
 use crate::workspace::Workspace;
 
 #[derive(Debug, Args)]
@@ -122,6 +123,7 @@ pub fn run(ws: &mut Workspace, args: RunArgs, ui: &Ui) -> Result<ExitCode, CliEr
     watch_ctrl_c(&cancel);
     let events = Events::default();
     let rx = events.subscribe();
+    ws.meta.events = events;
     let names: Vec<String> = ws
         .manifest
         .services
@@ -138,7 +140,10 @@ pub fn run(ws: &mut Workspace, args: RunArgs, ui: &Ui) -> Result<ExitCode, CliEr
         bar: (live && std::io::stderr().is_terminal()).then(progress_bar),
     };
     let thread = std::thread::spawn(move || renderer.render(rx));
-    let result = ws.run_operation(&args.operation, &selection, &options, events, cancel);
+    let result = ws.run_operation(&args.operation, &selection, &options, cancel);
+    // The run's channel closes with its last sender, which ends the renderer even when the run
+    // never started.
+    ws.meta.events = Events::default();
     let _ = thread.join();
     let report = result?;
     if args.json {

@@ -6,8 +6,8 @@ use clap::{Args, Subcommand};
 use super::render::{self, Tone, Ui};
 use super::run::{duration, status_tone, summary_cell, tests_cell};
 use super::{CliError, ExitCode};
+use crate::model::RunStatus;
 use crate::scheduler::rfc3339;
-use crate::store::RunStatus;
 use crate::workspace::Workspace;
 
 #[derive(Debug, Args)]

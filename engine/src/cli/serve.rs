@@ -82,6 +82,10 @@ pub(super) fn serve_workspace(
         // Store and git work runs on the blocking pool; bounding it bounds memory under load
         // (requests beyond it wait their turn).
         .max_blocking_threads(api::BLOCKING_THREADS)
+        // API runs execute on this runtime: check timers and I/O after every task poll, so a
+        // worker running plugin code (which yields every 10 ms) never leaves another step's
+        // deadline waiting for 61 polls.
+        .event_interval(1)
         .enable_all()
         .build()
         .map_err(|e| CliError::usage(format!("cannot start the async runtime: {e}")))?;

@@ -5,8 +5,8 @@ use clap::Args;
 
 use super::render::{self, Tone, Ui};
 use super::{CliError, ExitCode, Jobs};
-use crate::git::RepoState;
 use crate::manifest::Pin;
+use crate::model::RepoState;
 use crate::views::RepoView;
 use crate::workspace::Workspace;
 

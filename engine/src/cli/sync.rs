@@ -47,7 +47,7 @@ pub(super) fn print_outcomes(
     } else if !ui.quiet
         || outcomes
             .iter()
-            .any(|o| o.result == crate::store::SyncResult::Failed)
+            .any(|o| o.result == crate::model::SyncResult::Failed)
     {
         print!("{}", render::outcomes(ui, outcomes));
     }

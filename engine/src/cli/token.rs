@@ -5,7 +5,7 @@ use clap::{Args, Subcommand};
 
 use super::render::{self, Tone, Ui};
 use super::{CliError, ExitCode};
-use crate::store::Scope;
+use crate::model::Scope;
 use crate::workspace::{Workspace, WorkspaceError};
 
 #[derive(Debug, Args)]

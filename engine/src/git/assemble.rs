@@ -12,7 +12,7 @@ use super::{
     Progress, RepoOutcome, explain, fetch_options, head_oid, normalize_remote, open_exact,
 };
 use crate::manifest::{Manifest, Pin, Repo};
-use crate::store::SyncResult;
+use crate::model::SyncResult;
 
 /// Clones `repo` if its folder is missing (or empty); reports an existing clone as up to date.
 pub fn assemble_one(

@@ -18,12 +18,12 @@ use serde::Serialize;
 
 pub use assemble::assemble_one;
 pub use lock::{LockEntry, Lockfile};
-pub use status::{RepoState, RepoStatus, head_and_branch, status_all};
+pub use status::{RepoStatus, head_and_branch, status_all};
 pub use sync::{FetchInfo, fetch_one, update_one};
 
 use crate::manifest::{Manifest, Repo};
+use crate::model::SyncResult;
 use crate::redact;
-pub use crate::store::SyncResult;
 
 /// What happened to one repository in an assemble or sync.
 #[derive(Debug, Clone, Serialize)]

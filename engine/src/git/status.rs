@@ -5,33 +5,7 @@ use git2::{Repository, Status, StatusOptions};
 use serde::Serialize;
 
 use crate::manifest::{Manifest, Pin, Repo};
-
-/// One word for where a repository stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum RepoState {
-    Clean,
-    Dirty,
-    Ahead,
-    Behind,
-    Diverged,
-    Detached,
-    Missing,
-}
-
-impl RepoState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RepoState::Clean => "clean",
-            RepoState::Dirty => "dirty",
-            RepoState::Ahead => "ahead",
-            RepoState::Behind => "behind",
-            RepoState::Diverged => "diverged",
-            RepoState::Detached => "detached",
-            RepoState::Missing => "missing",
-        }
-    }
-}
+use crate::model::RepoState;
 
 /// A row of `nestr status`. The JSON field names are a public contract.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]

@@ -11,7 +11,7 @@ use git2::{AutotagOption, Oid, Repository};
 use super::status::{current_branch, pin_target, work_tree_counts};
 use super::{Progress, RepoOutcome, explain, fetch_options, head_oid, open_exact, short};
 use crate::manifest::{Manifest, Pin, Repo};
-use crate::store::SyncResult;
+use crate::model::SyncResult;
 
 /// What the fetch phase learnt about a repository.
 #[derive(Debug, Clone, Default)]

@@ -28,7 +28,7 @@ use super::caps::{Denial, MAX_ECHO, clip};
 use super::limits::KILL_GRACE;
 use super::sink::{LineBuffer, StepLog};
 use super::state::{StepContext, StepState};
-use crate::store::Stream;
+use crate::model::Stream;
 
 /// Bytes of output returned to the plugin as `tail`.
 const TAIL_BYTES: usize = 64 * 1024;

@@ -41,7 +41,7 @@ use sink::StepLog;
 use state::{Cancel, Denials, GuestOutput, StepContext, StepState};
 
 use crate::manifest::{FsGrant, Manifest, PluginSource};
-use crate::store::{StepStatus, Stream};
+use crate::model::{StepStatus, Stream};
 
 pub use bindings::{Operation, OperationPre};
 pub use exec::{kill_marked, kill_marked_prefix};

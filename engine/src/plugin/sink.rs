@@ -15,8 +15,9 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use crate::model::Stream;
 pub use crate::redact::Redactor;
-use crate::store::{LogChunk, Stream};
+use crate::store::LogChunk;
 
 /// Default cap on the output stored per step.
 pub const DEFAULT_OUTPUT_CAP: u64 = 16 * 1024 * 1024;

@@ -24,7 +24,8 @@ use super::http::HttpHooks;
 use super::limits::Limiter;
 use super::sink::{LineBuffer, StepLog};
 use crate::contain::Containment;
-use crate::store::{AuditEntry, Stream};
+use crate::model::Stream;
+use crate::store::AuditEntry;
 
 /// Receives audit entries (capability decisions) of a step.
 pub type AuditSink = Arc<dyn Fn(AuditEntry) + Send + Sync>;

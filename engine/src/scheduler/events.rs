@@ -6,7 +6,8 @@
 use serde::Serialize;
 use tokio::sync::broadcast;
 
-use crate::store::{LogChunk, RunStatus, StepStatus};
+use crate::model::{RunStatus, StepStatus};
+use crate::store::LogChunk;
 
 use super::StepReport;
 

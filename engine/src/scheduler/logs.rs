@@ -168,7 +168,7 @@ fn merge(chunks: Vec<LogChunk>) -> Vec<LogChunk> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Stream;
+    use crate::model::Stream;
 
     fn chunk(step: i64, seq: i64, stream: Stream, text: &str) -> LogChunk {
         LogChunk {

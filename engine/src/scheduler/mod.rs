@@ -1,12 +1,16 @@
-//! Runs an operation across services: plan (`plan.rs`), then execute — steps start as soon as
-//! all their dependencies' steps are done, up to `-j` at once and the operation's `concurrency`,
-//! honouring the continue mode, until done or cancelled — with the run history recorded (runs,
-//! steps, batched log lines in `logs.rs`, audit) and every transition published as an event
-//! (`events.rs`). `recover.rs` marks runs of dead engines `interrupted`.
+//! Runs an operation across services: plan (`plan.rs`), record ([`record`]: the run and its
+//! queued steps, through the one run lifecycle in `record.rs`), then execute
+//! ([`Started::execute`]) — steps start as soon as all their dependencies' steps are done, up to
+//! `-j` at once and the operation's `concurrency`, honouring the continue mode, until done or
+//! cancelled. The recorder writes the history (runs, steps, batched log lines in `logs.rs`,
+//! audit), the metrics and one event per transition (`events.rs`). `repo_run.rs` takes
+//! assemble/sync through the same recorder; `recover.rs` marks runs of dead engines
+//! `interrupted`.
 
 pub mod events;
 pub(crate) mod logs;
 pub(crate) mod plan;
+pub(crate) mod record;
 pub(crate) mod recover;
 pub(crate) mod repo_run;
 
@@ -21,59 +25,24 @@ use tokio::task::JoinSet;
 use crate::contain::Containment;
 use crate::git;
 use crate::manifest::Manifest;
+use crate::model::ContinueMode;
+use crate::model::{RunStatus, StepStatus};
 use crate::plugin::caps::{self, Effective};
-use crate::plugin::sink::{DEFAULT_OUTPUT_CAP, StepLog, Subscriber};
+use crate::plugin::sink::{DEFAULT_OUTPUT_CAP, StepLog};
 use crate::plugin::state::{Cancel, StepContext};
 use crate::plugin::{Host, LoadedPlugin, StepOutcome, StepRequest, bindings::types};
 use crate::redact::Redactor;
-use crate::store::{NewRun, RunStatus, StepEnd, StepStatus, Store, StoreError};
-use events::{Event, Events};
+use crate::store::{StepEnd, Store, StoreError};
 pub use plan::{Plan, PlannedStep, Selection, SelectionError, plan};
+pub use record::RunMeta;
+use record::{Recorder, RunSpec};
 
-/// What happens after a step does not succeed.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Default,
-    Serialize,
-    serde::Deserialize,
-    clap::ValueEnum,
-    utoipa::ToSchema,
-)]
-#[serde(rename_all = "kebab-case")]
-pub enum ContinueMode {
-    /// Start nothing new after the first failure (running steps finish).
-    #[default]
-    Never,
-    /// Go on with every step whose dependencies all succeeded.
-    DependenciesOk,
-    /// Run everything regardless of failures.
-    Always,
-}
-
-impl ContinueMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ContinueMode::Never => "never",
-            ContinueMode::DependenciesOk => "dependencies-ok",
-            ContinueMode::Always => "always",
-        }
-    }
-}
-
-/// How to run.
+/// How to run an operation (who runs it is [`RunMeta`]).
 #[derive(Debug, Clone)]
 pub struct RunOptions {
     /// Steps at once.
     pub jobs: usize,
     pub continue_mode: ContinueMode,
-    /// `cli` or `api`.
-    pub started_by: String,
-    /// The id the run gets (a new one when `None`), so a caller can answer with it at once.
-    pub run_id: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -81,8 +50,6 @@ impl Default for RunOptions {
         RunOptions {
             jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
             continue_mode: ContinueMode::Never,
-            started_by: "cli".into(),
-            run_id: None,
         }
     }
 }
@@ -127,15 +94,6 @@ pub struct RunReport {
     pub steps: Vec<StepReport>,
 }
 
-/// What a run needs from the workspace.
-pub struct RunContext<'a> {
-    pub manifest: &'a Manifest,
-    pub store: &'a mut Store,
-    pub state_dir: &'a Path,
-    pub events: Events,
-    pub cancel: Cancel,
-}
-
 pub use crate::model::rfc3339;
 
 /// A time-ordered, unique run id.
@@ -150,119 +108,117 @@ pub fn new_run_id() -> String {
     format!("{ms:013x}{:06x}", h.finish() & 0xff_ffff)
 }
 
-/// Runs `operation` over the selection, recording everything in the store.
-pub fn run(
-    rc: RunContext<'_>,
-    operation: &str,
+/// A recorded operation run, ready to execute.
+pub struct Started {
+    plan: Plan,
+    recorder: Recorder,
+    opts: RunOptions,
+}
+
+/// Records a run of `plan` (its steps queued) and returns it ready to [`Started::execute`].
+pub fn record(
+    store: Store,
+    state_dir: &Path,
+    meta: &RunMeta,
+    plan: Plan,
     sel: &Selection,
     opts: &RunOptions,
-) -> Result<RunReport, PlanError> {
-    let plan = plan(rc.manifest, operation, sel)?;
-    let RunContext {
-        manifest,
-        store,
-        state_dir,
-        events,
-        cancel,
-    } = rc;
-    let run_id = opts.run_id.clone().unwrap_or_else(new_run_id);
-    let services: Vec<(&str, &str)> = plan
+) -> Result<Started, PlanError> {
+    let steps: Vec<(&str, &str)> = plan
         .steps
         .iter()
         .map(|s| (s.service.as_str(), s.plugin.as_deref().unwrap_or("-")))
         .collect();
-    let ids = store.create_run(
-        &NewRun {
-            id: run_id.clone(),
-            operation: operation.to_string(),
+    let recorder = Recorder::start(
+        store,
+        state_dir,
+        meta,
+        RunSpec {
+            operation: &plan.operation,
             selection: serde_json::to_value(sel).unwrap_or_default(),
             options: serde_json::json!({"jobs": opts.jobs, "continue": opts.continue_mode.as_str()}),
-            started_by: opts.started_by.clone(),
+            steps: &steps,
         },
-        &services,
     )?;
-    events.send(Event::RunStarted {
-        run_id: run_id.clone(),
-        operation: operation.to_string(),
-        steps: ids.len(),
-    });
-    for s in &plan.steps {
-        events.send(Event::StepQueued {
-            run_id: run_id.clone(),
-            service: s.service.clone(),
-        });
-    }
-    let metrics = crate::metrics::global();
-    if let Some(m) = metrics {
-        m.runs_active.inc();
-    }
-    let _active = ActiveGuard(metrics);
-    let writer_thread = logs::LogWriterThread::start(state_dir)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        // Check timers and I/O after every task poll: plugin code yields every 10 ms, and a
-        // worker that runs it must not leave other steps' deadlines waiting for 61 polls.
-        .event_interval(1)
-        .enable_all()
-        .build()
-        .map_err(|e| PlanError::Selection(format!("cannot start the async runtime: {e}")))?;
-    // Every service folder lies inside its repository's folder (`service_dir` makes sure), so
-    // refusing programs inside any repository folder covers them all, at one lookup per
-    // repository rather than per service.
-    let protected = manifest
-        .repos
-        .iter()
-        .filter_map(|repo| std::fs::canonicalize(manifest.repo_dir(repo)).ok())
-        .collect();
-    let exec = Executor {
-        manifest,
-        protected,
-        run_id: run_id.clone(),
-        operation: operation.to_string(),
-        writer: writer_thread.writer(),
-        events: events.clone(),
-        cancel: cancel.clone(),
+    Ok(Started {
+        plan,
+        recorder,
         opts: opts.clone(),
-    };
-    let result = runtime.block_on(exec.execute(&plan, &ids, store));
-    // A blocking task a plugin left stuck (abandoned at its deadline) must not hold the run up:
-    // the runtime is shut down without waiting for it.
-    runtime.shutdown_background();
-    drop(writer_thread);
-    let reports = result?;
-    let status = if cancel.is_cancelled() {
-        RunStatus::Cancelled
-    } else if reports.iter().all(|r| r.status.is_ok()) {
-        RunStatus::Succeeded
-    } else {
-        RunStatus::Failed
-    };
-    store.finish_run(&run_id, status)?;
-    if let Some(m) = metrics {
-        m.runs_total
-            .with_label_values(&[operation, status.as_str()])
-            .inc();
-    }
-    events.send(Event::RunFinished {
-        run_id: run_id.clone(),
-        status,
-    });
-    Ok(RunReport {
-        run_id,
-        operation: operation.to_string(),
-        status,
-        steps: reports,
     })
 }
 
-/// Counts a run as active while it lives.
-struct ActiveGuard(Option<&'static crate::metrics::Metrics>);
+impl Started {
+    pub fn run_id(&self) -> &str {
+        self.recorder.run_id()
+    }
 
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        if let Some(m) = self.0 {
-            m.runs_active.dec();
-        }
+    /// Executes the run on a runtime of its own (the CLI's way; the API executes a run on the
+    /// server's runtime with [`Started::execute`]).
+    pub fn execute_blocking(
+        self,
+        manifest: &Manifest,
+        cancel: Cancel,
+    ) -> Result<(RunReport, Store), PlanError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            // Check timers and I/O after every task poll: plugin code yields every 10 ms, and a
+            // worker that runs it must not leave other steps' deadlines waiting for 61 polls.
+            .event_interval(1)
+            .enable_all()
+            .build()
+            .map_err(|e| PlanError::Selection(format!("cannot start the async runtime: {e}")))?;
+        let result = runtime.block_on(self.execute(manifest, cancel));
+        // A blocking task a plugin left stuck (abandoned at its deadline) must not hold the run
+        // up: the runtime is shut down without waiting for it.
+        runtime.shutdown_background();
+        result
+    }
+
+    /// Executes the run to its end and records how it ended; gives the store connection back.
+    pub async fn execute(
+        self,
+        manifest: &Manifest,
+        cancel: Cancel,
+    ) -> Result<(RunReport, Store), PlanError> {
+        let Started {
+            plan,
+            recorder,
+            opts,
+        } = self;
+        // Every service folder lies inside its repository's folder (`service_dir` makes sure),
+        // so refusing programs inside any repository folder covers them all, at one lookup per
+        // repository rather than per service.
+        let protected = manifest
+            .repos
+            .iter()
+            .filter_map(|repo| std::fs::canonicalize(manifest.repo_dir(repo)).ok())
+            .collect();
+        let exec = Executor {
+            manifest,
+            protected,
+            rec: &recorder,
+            cancel: cancel.clone(),
+            opts,
+        };
+        let reports = exec.execute(&plan).await?;
+        let status = if cancel.is_cancelled() {
+            RunStatus::Cancelled
+        } else if reports.iter().all(|r| r.status.is_ok()) {
+            RunStatus::Succeeded
+        } else {
+            RunStatus::Failed
+        };
+        let run_id = recorder.run_id().to_string();
+        let store = recorder.finish(status)?;
+        Ok((
+            RunReport {
+                run_id,
+                operation: plan.operation,
+                status,
+                steps: reports,
+            },
+            store,
+        ))
     }
 }
 
@@ -271,10 +227,7 @@ struct Executor<'a> {
     /// Every repository folder of the workspace (canonical; they hold every service folder):
     /// programs are never found on PATH there.
     protected: Arc<[PathBuf]>,
-    run_id: String,
-    operation: String,
-    writer: logs::LogWriter,
-    events: Events,
+    rec: &'a Recorder,
     cancel: Cancel,
     opts: RunOptions,
 }
@@ -292,15 +245,10 @@ enum Done {
     NotOk,
 }
 
-type Finished = (usize, StepOutcome, i64);
+type Finished = (usize, StepOutcome);
 
 impl Executor<'_> {
-    async fn execute(
-        &self,
-        plan: &Plan,
-        ids: &[i64],
-        store: &mut Store,
-    ) -> Result<Vec<StepReport>, PlanError> {
+    async fn execute(&self, plan: &Plan) -> Result<Vec<StepReport>, PlanError> {
         let host = Host::shared();
         let mut plugins: HashMap<String, Result<Arc<LoadedPlugin>, String>> = HashMap::new();
         let mut heads: HashMap<String, (Option<String>, Option<String>)> = HashMap::new();
@@ -354,7 +302,7 @@ impl Executor<'_> {
                 if let Some((status, why)) = blocked {
                     let ok = status == StepStatus::Skipped && step.skip.is_some();
                     let outcome = StepOutcome::new(status, short_reason(&why), Some(why));
-                    reports[idx] = Some(self.finish(store, ids[idx], step, outcome, None)?);
+                    reports[idx] = Some(self.finish(idx, outcome)?);
                     done.insert(
                         step.service.as_str(),
                         if ok { Done::Ok } else { Done::NotOk },
@@ -368,7 +316,6 @@ impl Executor<'_> {
                 }
                 // Start it.
                 pending.remove(i);
-                let started = crate::store::now_ms();
                 let plugin_name = step.plugin.clone().unwrap_or_default();
                 let plugin = match plugins.get(&plugin_name) {
                     Some(p) => p.clone(),
@@ -384,7 +331,7 @@ impl Executor<'_> {
                     }
                 };
                 let prepared = match (&host, plugin) {
-                    (Ok(h), Ok(p)) => match self.prepare(store, ids[idx], step, &p, &mut heads)? {
+                    (Ok(h), Ok(p)) => match self.prepare(idx, step, &p, &mut heads)? {
                         Prepared::Ready(req, ctx) => Ok((h.clone(), p, req, ctx)),
                         Prepared::Refused(outcome) => Err(outcome),
                     },
@@ -402,19 +349,14 @@ impl Executor<'_> {
                 match prepared {
                     Err(outcome) => {
                         // Refused before it started: no start time.
-                        let report = self.finish(store, ids[idx], step, outcome, None)?;
+                        let report = self.finish(idx, outcome)?;
                         settle(&mut done, &mut first_failure, step, &report);
                         reports[idx] = Some(report);
                     }
                     Ok((host, plugin, request, ctx)) => {
-                        self.events.send(Event::StepStarted {
-                            run_id: self.run_id.clone(),
-                            service: step.service.clone(),
-                            step_id: ids[idx],
-                        });
                         running.spawn(async move {
                             let outcome = host.run_step(&plugin, &request, ctx).await;
-                            (idx, outcome, started)
+                            (idx, outcome)
                         });
                     }
                 }
@@ -430,16 +372,16 @@ impl Executor<'_> {
                         "not started",
                         Some("its dependencies never finished".into()),
                     );
-                    reports[idx] = Some(self.finish(store, ids[idx], &plan.steps[idx], o, None)?);
+                    reports[idx] = Some(self.finish(idx, o)?);
                 }
                 break;
             };
-            let (idx, outcome, started) = match joined {
+            let (idx, outcome) = match joined {
                 Ok(f) => f,
                 Err(e) => return Err(PlanError::Selection(format!("a step task failed: {e}"))),
             };
             let step = &plan.steps[idx];
-            let report = self.finish(store, ids[idx], step, outcome, Some(started))?;
+            let report = self.finish(idx, outcome)?;
             settle(&mut done, &mut first_failure, step, &report);
             reports[idx] = Some(report);
         }
@@ -449,8 +391,7 @@ impl Executor<'_> {
     /// Capabilities, service folder, log and request of a step; or why it cannot start.
     fn prepare(
         &self,
-        store: &mut Store,
-        step_id: i64,
+        idx: usize,
         step: &PlannedStep,
         plugin: &LoadedPlugin,
         heads: &mut HashMap<String, (Option<String>, Option<String>)>,
@@ -463,7 +404,8 @@ impl Executor<'_> {
                 None,
             )));
         };
-        let subscribers = self.subscribers(&step.service);
+        let step_id = self.rec.step_id(idx);
+        let subscribers = vec![self.rec.log_sink(idx)];
         let grants = m
             .plugins
             .get(&plugin.name)
@@ -479,8 +421,8 @@ impl Executor<'_> {
                     let log =
                         StepLog::new(step_id, Arc::default(), DEFAULT_OUTPUT_CAP, subscribers);
                     log.system(format!("[nestr: {msg}]"));
-                    self.writer.audit(crate::store::AuditEntry {
-                        run_id: Some(self.run_id.clone()),
+                    self.rec.writer().audit(crate::store::AuditEntry {
+                        run_id: Some(self.rec.run_id().to_string()),
                         step_id: Some(step_id),
                         plugin: plugin.name.clone(),
                         capability: "grants".into(),
@@ -496,13 +438,18 @@ impl Executor<'_> {
                 }
             };
         if !plugin.info.operations.is_empty()
-            && !plugin.info.operations.iter().any(|o| o == &self.operation)
+            && !plugin
+                .info
+                .operations
+                .iter()
+                .any(|o| o == self.rec.operation())
         {
             return Ok(Prepared::Refused(StepOutcome::new(
                 StepStatus::Failed,
                 format!(
                     "plugin `{}` has no operation `{}`",
-                    plugin.name, self.operation
+                    plugin.name,
+                    self.rec.operation()
                 ),
                 Some(format!(
                     "plugin `{}` supports: {}",
@@ -536,12 +483,13 @@ impl Executor<'_> {
             caps.secret_values().iter().map(String::as_str),
         ));
         let log = StepLog::new(step_id, masker, caps.output_cap, subscribers);
-        store.start_step(step_id, &plugin.digest, &caps.to_json())?;
-        let audit_writer = self.writer.clone();
-        let marker = format!("{}-{step_id}", self.run_id);
+        self.rec.start_step(idx, &plugin.digest, &caps.to_json())?;
+        let audit_writer = self.rec.writer();
+        let run_id = self.rec.run_id().to_string();
+        let marker = format!("{run_id}-{step_id}");
         let pids = caps.pids;
         let ctx = Arc::new(StepContext {
-            run_id: self.run_id.clone(),
+            run_id: run_id.clone(),
             step_id,
             started: Instant::now(),
             deadline: Instant::now() + caps.timeout,
@@ -555,8 +503,8 @@ impl Executor<'_> {
             containment: Containment::new(&marker, pids),
         });
         let request = StepRequest {
-            operation: self.operation.clone(),
-            run_id: self.run_id.clone(),
+            operation: self.rec.operation().to_string(),
+            run_id,
             service: types::Service {
                 name: service.name.clone(),
                 repo: service.repo.clone(),
@@ -567,77 +515,24 @@ impl Executor<'_> {
             commit,
             branch,
             config: m
-                .operation(service, &self.operation)
+                .operation(service, self.rec.operation())
                 .map(|o| o.config.clone())
                 .unwrap_or_default(),
         };
         Ok(Prepared::Ready(request, ctx))
     }
 
-    fn subscribers(&self, service: &str) -> Vec<Subscriber> {
-        let w = self.writer.clone();
-        let events = self.events.clone();
-        let run_id = self.run_id.clone();
-        let service = service.to_string();
-        vec![
-            Arc::new(move |c| w.chunk(c)),
-            Arc::new(move |c| {
-                events.send(Event::Log {
-                    run_id: run_id.clone(),
-                    service: service.clone(),
-                    chunk: c.clone(),
-                })
-            }),
-        ]
-    }
-
-    fn finish(
-        &self,
-        store: &mut Store,
-        step_id: i64,
-        step: &PlannedStep,
-        outcome: StepOutcome,
-        started: Option<i64>,
-    ) -> Result<StepReport, PlanError> {
-        // The step's last log lines are committed before it is marked finished.
-        self.writer.flush();
-        let duration_ms = u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX);
-        store.finish_step(
-            step_id,
-            outcome.status,
-            &StepEnd {
-                summary: outcome.summary.clone(),
-                reason: outcome.reason.clone(),
-                tests: outcome.tests,
-                artifacts: outcome.artifacts.clone(),
-                metrics: outcome.metrics.clone(),
-                duration_ms,
-            },
-        )?;
-        if let (Some(m), Some(_)) = (crate::metrics::global(), started) {
-            m.step_duration_seconds
-                .with_label_values(&[
-                    self.operation.as_str(),
-                    step.plugin.as_deref().unwrap_or("-"),
-                ])
-                .observe(outcome.duration.as_secs_f64());
-        }
-        let report = StepReport {
-            service: step.service.clone(),
-            status: outcome.status,
-            started_at: started.map(rfc3339),
-            finished_at: Some(rfc3339(crate::store::now_ms())),
-            duration_ms,
+    /// Records how a step ended (`outcome.duration` is how long it ran).
+    fn finish(&self, idx: usize, outcome: StepOutcome) -> Result<StepReport, PlanError> {
+        let end = StepEnd {
             summary: outcome.summary,
-            tests: outcome.tests,
             reason: outcome.reason,
+            tests: outcome.tests,
             artifacts: outcome.artifacts,
+            metrics: outcome.metrics,
+            duration_ms: u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
         };
-        self.events.send(Event::StepFinished {
-            run_id: self.run_id.clone(),
-            report: report.clone(),
-        });
-        Ok(report)
+        Ok(self.rec.finish_step(idx, outcome.status, end)?)
     }
 }
 

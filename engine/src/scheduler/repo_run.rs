@@ -1,160 +1,86 @@
-//! Assemble and sync recorded as runs: operation `assemble` or `sync`, one step per repository
-//! (plugin `git`), each step started when work on its repository starts and finished with the
-//! repository's outcome (its message is the step's log line), every transition published as an
-//! event — so the API can list, show and stream them like operation runs.
+//! Assemble and sync as runs: operation `assemble` or `sync`, one step per repository (plugin
+//! `git`), taken through the one run lifecycle ([`Recorder`]): each step started when work on its
+//! repository starts and finished with the repository's outcome (its message is the step's log
+//! line) — so the CLI and the API list, show and stream them like operation runs.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
-use std::time::Instant;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::git::{Progress, RepoOutcome};
-use crate::store::{LogChunk, NewRun, RunStatus, StepEnd, StepStatus, Store, StoreError, Stream};
+use crate::model::{RunStatus, StepStatus, Stream};
+use crate::store::{LogChunk, StepEnd, Store, StoreError};
 
-use super::events::{Event, Events};
-use super::{StepReport, rfc3339};
-
-/// Who asked for the run and who listens to it.
-#[derive(Clone, Default)]
-pub struct RunMeta {
-    /// `cli` or `api`.
-    pub started_by: String,
-    pub events: Events,
-    /// The id the next run gets (a new one when `None`).
-    pub run_id: Option<String>,
-}
+use super::record::{Recorder, RunMeta, RunSpec};
 
 /// A recorded assemble/sync run; also the `Progress` the git actions report to.
 pub struct RepoRun<'a> {
-    pub run_id: String,
-    operation: &'static str,
+    rec: Recorder,
     inner: &'a dyn Progress,
-    events: Events,
-    state: Mutex<State>,
-}
-
-/// A repository's step: (repo, step id, when it started: Unix ms and instant).
-type RepoStep = (String, i64, Option<(i64, Instant)>);
-
-struct State {
-    store: Store,
-    steps: Vec<RepoStep>,
-    failed: bool,
-    /// Repositories whose step could not be recorded (logged once).
-    broken: HashSet<String>,
+    failed: AtomicBool,
+    /// The commit each repository is pinned to (`--locked`), in manifest order.
+    pub(crate) commits: Vec<Option<git2::Oid>>,
 }
 
 impl<'a> RepoRun<'a> {
     /// Records a new run of `operation` with a queued step per repository.
     pub fn start(
         store: Store,
+        state_dir: &Path,
         operation: &'static str,
         repos: &[String],
         options: serde_json::Value,
         meta: &RunMeta,
         inner: &'a dyn Progress,
     ) -> Result<RepoRun<'a>, StoreError> {
-        let mut store = store;
-        let run_id = meta.run_id.clone().unwrap_or_else(super::new_run_id);
         let steps: Vec<(&str, &str)> = repos.iter().map(|r| (r.as_str(), "git")).collect();
-        let ids = store.create_run(
-            &NewRun {
-                id: run_id.clone(),
-                operation: operation.to_string(),
+        let rec = Recorder::start(
+            store,
+            state_dir,
+            meta,
+            RunSpec {
+                operation,
                 selection: serde_json::json!({ "repos": repos }),
                 options,
-                started_by: if meta.started_by.is_empty() {
-                    "cli".into()
-                } else {
-                    meta.started_by.clone()
-                },
+                steps: &steps,
             },
-            &steps,
         )?;
-        meta.events.send(Event::RunStarted {
-            run_id: run_id.clone(),
-            operation: operation.to_string(),
-            steps: ids.len(),
-        });
-        for r in repos {
-            meta.events.send(Event::StepQueued {
-                run_id: run_id.clone(),
-                service: r.clone(),
-            });
-        }
         Ok(RepoRun {
-            run_id,
-            operation,
+            rec,
             inner,
-            events: meta.events.clone(),
-            state: Mutex::new(State {
-                store,
-                steps: repos
-                    .iter()
-                    .cloned()
-                    .zip(ids)
-                    .map(|(r, id)| (r, id, None))
-                    .collect(),
-                failed: false,
-                broken: HashSet::new(),
-            }),
+            failed: AtomicBool::new(false),
+            commits: Vec::new(),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    pub fn run_id(&self) -> &str {
+        self.rec.run_id()
     }
 
-    /// Marks the step of `repo` running (once); returns its id and start.
-    fn begin(&self, st: &mut State, repo: &str) -> Option<(i64, i64, Instant)> {
-        let idx = st.steps.iter().position(|(r, _, _)| r == repo)?;
-        let (_, id, started) = &st.steps[idx];
-        let id = *id;
-        if let Some((at, t)) = started {
-            return Some((id, *at, *t));
-        }
-        let at = crate::store::now_ms();
-        let t = Instant::now();
-        st.steps[idx].2 = Some((at, t));
-        if let Err(e) = st
-            .store
-            .start_step(id, "", &serde_json::json!({"git": self.operation}))
-            && st.broken.insert(repo.to_string())
-        {
+    /// Marks the step of `repo` running (once); returns its index.
+    fn begin(&self, repo: &str) -> Option<usize> {
+        let idx = self.rec.index(repo)?;
+        let grants = serde_json::json!({"git": self.rec.operation()});
+        if let Err(e) = self.rec.start_step(idx, "", &grants) {
             tracing::error!(repo, error = %e, "could not record the step start");
         }
-        self.events.send(Event::StepStarted {
-            run_id: self.run_id.clone(),
-            service: repo.to_string(),
-            step_id: id,
-        });
-        Some((id, at, t))
+        Some(idx)
     }
 
     /// Closes the run; returns its status.
     pub fn close(self) -> Result<RunStatus, StoreError> {
-        let mut st = self.state.into_inner().unwrap_or_else(|p| p.into_inner());
-        let status = if st.failed {
+        let status = if self.failed.load(Ordering::Relaxed) {
             RunStatus::Failed
         } else {
             RunStatus::Succeeded
         };
-        st.store.finish_run(&self.run_id, status)?;
-        if let Some(m) = crate::metrics::global() {
-            m.runs_total
-                .with_label_values(&[self.operation, status.as_str()])
-                .inc();
-        }
-        self.events.send(Event::RunFinished {
-            run_id: self.run_id.clone(),
-            status,
-        });
+        self.rec.finish(status)?;
         Ok(status)
     }
 }
 
 /// The step status a repository outcome stands for.
 fn step_status(o: &RepoOutcome) -> StepStatus {
-    use crate::store::SyncResult::*;
+    use crate::model::SyncResult::*;
     match o.result {
         Cloned | Updated | UpToDate => StepStatus::Succeeded,
         Skipped => StepStatus::Skipped,
@@ -164,9 +90,7 @@ fn step_status(o: &RepoOutcome) -> StepStatus {
 
 impl Progress for RepoRun<'_> {
     fn start(&self, repo: &str, what: &str) {
-        let mut st = self.lock();
-        self.begin(&mut st, repo);
-        drop(st);
+        self.begin(repo);
         self.inner.start(repo, what);
     }
 
@@ -176,27 +100,26 @@ impl Progress for RepoRun<'_> {
 
     fn finish(&self, o: &RepoOutcome) {
         self.inner.finish(o);
-        let mut st = self.lock();
-        let Some((id, started_at, t)) = self.begin(&mut st, &o.name) else {
+        let Some(idx) = self.begin(&o.name) else {
             return;
         };
         let status = step_status(o);
         if status == StepStatus::Failed {
-            st.failed = true;
+            self.failed.store(true, Ordering::Relaxed);
             if let Some(m) = crate::metrics::global() {
                 m.sync_failures_total.with_label_values(&[&o.name]).inc();
             }
         }
-        let chunk = LogChunk {
-            step_id: id,
+        (self.rec.log_sink(idx))(&LogChunk {
+            step_id: self.rec.step_id(idx),
             first_seq: 0,
             count: 1,
             at: crate::store::now_ms(),
             stream: Stream::System,
             level: None,
             text: format!("{}: {}", o.result.as_str(), o.message),
-        };
-        let duration = t.elapsed();
+        });
+        let duration = self.rec.running_for(idx).unwrap_or_default();
         let end = StepEnd {
             summary: o.result.as_str().replace('_', " "),
             reason: (status != StepStatus::Succeeded).then(|| o.message.clone()),
@@ -205,32 +128,8 @@ impl Progress for RepoRun<'_> {
             metrics: serde_json::json!({"old_head": o.old_head, "head": o.head}),
             duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
         };
-        let recorded = st
-            .store
-            .insert_logs(std::slice::from_ref(&chunk))
-            .and_then(|()| st.store.finish_step(id, status, &end));
-        if let Err(e) = recorded {
+        if let Err(e) = self.rec.finish_step(idx, status, end) {
             tracing::error!(repo = %o.name, error = %e, "could not record the step end");
         }
-        drop(st);
-        self.events.send(Event::Log {
-            run_id: self.run_id.clone(),
-            service: o.name.clone(),
-            chunk,
-        });
-        self.events.send(Event::StepFinished {
-            run_id: self.run_id.clone(),
-            report: StepReport {
-                service: o.name.clone(),
-                status,
-                started_at: Some(rfc3339(started_at)),
-                finished_at: Some(rfc3339(crate::store::now_ms())),
-                duration_ms: end.duration_ms,
-                summary: end.summary,
-                tests: None,
-                reason: end.reason,
-                artifacts: Vec::new(),
-            },
-        });
     }
 }

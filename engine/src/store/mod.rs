@@ -14,12 +14,12 @@ use include_dir::{Dir, include_dir};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use rusqlite_migration::{M, Migrations};
 
-pub use repos::{RepoRecord, RepoRow, SyncAction, SyncEvent, SyncResult};
+pub use repos::{RepoRecord, RepoRow, SyncEvent};
 pub use runs::{
     AuditEntry, JournalEntry, LogChunk, LogLine, NewRun, RunFilter, RunHead, RunOwner, RunPage,
-    RunRow, RunStatus, RunSummary, ServiceLogLine, StepEnd, StepRow, StepStatus, Stream,
+    RunRow, RunSummary, ServiceLogLine, StepEnd, StepRow,
 };
-pub use tokens::{ActiveToken, Scope, TokenRow, token_hash};
+pub use tokens::{ActiveToken, TokenRow, token_hash};
 
 static MIGRATIONS_DIR: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR/../migrations");
 

@@ -5,58 +5,8 @@ use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
 use super::{Store, StoreError, now_ms};
+use crate::model::{SyncAction, SyncResult};
 use crate::redact;
-
-/// Which command produced a result.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SyncAction {
-    Assemble,
-    Sync,
-}
-
-impl SyncAction {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SyncAction::Assemble => "assemble",
-            SyncAction::Sync => "sync",
-        }
-    }
-}
-
-/// The result of assembling or syncing one repository.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SyncResult {
-    Cloned,
-    Updated,
-    UpToDate,
-    Skipped,
-    Failed,
-}
-
-impl SyncResult {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SyncResult::Cloned => "cloned",
-            SyncResult::Updated => "updated",
-            SyncResult::UpToDate => "up_to_date",
-            SyncResult::Skipped => "skipped",
-            SyncResult::Failed => "failed",
-        }
-    }
-
-    fn parse(s: &str) -> Option<SyncResult> {
-        Some(match s {
-            "cloned" => SyncResult::Cloned,
-            "updated" => SyncResult::Updated,
-            "up_to_date" => SyncResult::UpToDate,
-            "skipped" => SyncResult::Skipped,
-            "failed" => SyncResult::Failed,
-            _ => return None,
-        })
-    }
-}
 
 /// What to record for one repository after assemble or sync.
 #[derive(Debug, Clone)]
@@ -164,10 +114,7 @@ impl Store {
                 branch: r.get(3)?,
                 head: r.get(4)?,
                 last_sync_at: r.get(5)?,
-                last_sync_result: r
-                    .get::<_, Option<String>>(6)?
-                    .as_deref()
-                    .and_then(SyncResult::parse),
+                last_sync_result: r.get(6)?,
                 last_sync_message: r.get(7)?,
             })
         })?;
@@ -197,17 +144,11 @@ impl Store {
         )?;
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = stmt.query_map(params![repo, limit], |r| {
-            let action: String = r.get(1)?;
-            let result: String = r.get(3)?;
             Ok(SyncEvent {
                 repo: r.get(0)?,
-                action: if action == "assemble" {
-                    SyncAction::Assemble
-                } else {
-                    SyncAction::Sync
-                },
+                action: r.get(1)?,
                 at: r.get(2)?,
-                result: SyncResult::parse(&result).unwrap_or(SyncResult::Failed),
+                result: r.get(3)?,
                 old_head: r.get(4)?,
                 new_head: r.get(5)?,
                 message: r.get(6)?,

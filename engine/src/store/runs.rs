@@ -4,98 +4,9 @@
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
-use crate::model::{Artifact, TestCounts};
+use crate::model::{Artifact, JournalKind, RunStatus, StepStatus, Stream, TestCounts};
 
 use super::{Store, StoreError, now_ms};
-
-/// How a step ended (or where it stands).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum StepStatus {
-    Queued,
-    Running,
-    Succeeded,
-    Failed,
-    Skipped,
-    Denied,
-    TimedOut,
-    ResourceExhausted,
-    Cancelled,
-    Interrupted,
-}
-
-impl StepStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            StepStatus::Queued => "queued",
-            StepStatus::Running => "running",
-            StepStatus::Succeeded => "succeeded",
-            StepStatus::Failed => "failed",
-            StepStatus::Skipped => "skipped",
-            StepStatus::Denied => "denied",
-            StepStatus::TimedOut => "timed_out",
-            StepStatus::ResourceExhausted => "resource_exhausted",
-            StepStatus::Cancelled => "cancelled",
-            StepStatus::Interrupted => "interrupted",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<StepStatus> {
-        use StepStatus::*;
-        [
-            Queued,
-            Running,
-            Succeeded,
-            Failed,
-            Skipped,
-            Denied,
-            TimedOut,
-            ResourceExhausted,
-            Cancelled,
-            Interrupted,
-        ]
-        .into_iter()
-        .find(|v| v.as_str() == s)
-    }
-
-    /// Succeeded or skipped: nothing went wrong.
-    pub fn is_ok(self) -> bool {
-        matches!(self, StepStatus::Succeeded | StepStatus::Skipped)
-    }
-}
-
-/// How a run ended (or that it is running).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum RunStatus {
-    Running,
-    Succeeded,
-    Failed,
-    Cancelled,
-    Interrupted,
-}
-
-impl RunStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RunStatus::Running => "running",
-            RunStatus::Succeeded => "succeeded",
-            RunStatus::Failed => "failed",
-            RunStatus::Cancelled => "cancelled",
-            RunStatus::Interrupted => "interrupted",
-        }
-    }
-
-    pub fn parse(s: &str) -> RunStatus {
-        match s {
-            "running" => RunStatus::Running,
-            "succeeded" => RunStatus::Succeeded,
-            "cancelled" => RunStatus::Cancelled,
-            "interrupted" => RunStatus::Interrupted,
-            _ => RunStatus::Failed,
-        }
-    }
-}
 
 /// What every view of a run starts with: its identity, operation, status and times.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -119,7 +30,7 @@ impl RunHead {
         Ok(RunHead {
             id: r.get(0)?,
             operation: r.get(1)?,
-            status: RunStatus::parse(&r.get::<_, String>(2)?),
+            status: r.get(2)?,
             started_by: r.get(3)?,
             created_at: r.get(4)?,
             finished_at: r.get(5)?,
@@ -160,8 +71,7 @@ pub struct JournalEntry {
     pub id: i64,
     pub step_id: Option<i64>,
     pub service: Option<String>,
-    /// `run_started`, `step_queued`, `step_started`, `step_finished`, `run_finished`.
-    pub kind: String,
+    pub kind: JournalKind,
     pub status: Option<String>,
     #[serde(with = "crate::model::time")]
     pub at: i64,
@@ -195,38 +105,6 @@ pub struct StepEnd {
     pub artifacts: Vec<Artifact>,
     pub metrics: serde_json::Value,
     pub duration_ms: u64,
-}
-
-/// Where a log line came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Stream {
-    Stdout,
-    Stderr,
-    /// The plugin's `log` import.
-    Log,
-    /// The engine (truncation markers, denials, timeouts).
-    System,
-}
-
-impl Stream {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Stream::Stdout => "stdout",
-            Stream::Stderr => "stderr",
-            Stream::Log => "log",
-            Stream::System => "system",
-        }
-    }
-
-    fn parse(s: &str) -> Stream {
-        match s {
-            "stdout" => Stream::Stdout,
-            "stderr" => Stream::Stderr,
-            "log" => Stream::Log,
-            _ => Stream::System,
-        }
-    }
 }
 
 /// One stored line of a step's log.
@@ -333,7 +211,7 @@ fn chunk_from(r: &rusqlite::Row<'_>, col: usize) -> rusqlite::Result<LogChunk> {
         first_seq: first,
         count: last - first + 1,
         at: r.get(col + 3)?,
-        stream: Stream::parse(&r.get::<_, String>(col + 4)?),
+        stream: r.get(col + 4)?,
         level: r.get(col + 5)?,
         text: r.get(col + 6)?,
     })
@@ -344,7 +222,7 @@ fn journal(
     tx: &rusqlite::Transaction<'_>,
     run_id: &str,
     step_id: Option<i64>,
-    kind: &str,
+    kind: JournalKind,
     status: &str,
     at: i64,
 ) -> Result<(), rusqlite::Error> {
@@ -359,7 +237,7 @@ fn journal(
 fn step_journal(
     tx: &rusqlite::Transaction<'_>,
     step_id: i64,
-    kind: &str,
+    kind: JournalKind,
     status: &str,
     at: i64,
 ) -> Result<(), rusqlite::Error> {
@@ -399,7 +277,7 @@ impl Store {
                 ],
             )?;
             let now = now_ms();
-            journal(tx, &run.id, None, "run_started", "running", now)?;
+            journal(tx, &run.id, None, JournalKind::RunStarted, "running", now)?;
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO steps (run_id, service, plugin, status) VALUES (?1, ?2, ?3, 'queued')",
             )?;
@@ -407,7 +285,7 @@ impl Store {
             for (service, plugin) in steps {
                 stmt.execute(params![run.id, service, plugin])?;
                 let id = tx.last_insert_rowid();
-                journal(tx, &run.id, Some(id), "step_queued", "queued", now)?;
+                journal(tx, &run.id, Some(id), JournalKind::StepQueued, "queued", now)?;
                 ids.push(id);
             }
             Ok(ids)
@@ -450,7 +328,7 @@ impl Store {
                 params![run_id, now],
             )?;
             if changed > 0 {
-                journal(tx, run_id, None, "run_finished", "interrupted", now)?;
+                journal(tx, run_id, None, JournalKind::RunFinished, "interrupted", now)?;
             }
             Ok(())
         })
@@ -470,7 +348,7 @@ impl Store {
                  WHERE id = ?1",
                 params![step_id, now, digest, grants.to_string()],
             )?;
-            step_journal(tx, step_id, "step_started", "running", now)
+            step_journal(tx, step_id, JournalKind::StepStarted, "running", now)
         })
     }
 
@@ -505,7 +383,7 @@ impl Store {
                     end.metrics.to_string()
                 ],
             )?;
-            step_journal(tx, step_id, "step_finished", status.as_str(), now)
+            step_journal(tx, step_id, JournalKind::StepFinished, status.as_str(), now)
         })
     }
 
@@ -516,7 +394,14 @@ impl Store {
                 "UPDATE runs SET status = ?2, finished_at = ?3 WHERE id = ?1",
                 params![run_id, status.as_str(), now],
             )?;
-            journal(tx, run_id, None, "run_finished", status.as_str(), now)
+            journal(
+                tx,
+                run_id,
+                None,
+                JournalKind::RunFinished,
+                status.as_str(),
+                now,
+            )
         })
     }
 
@@ -601,7 +486,7 @@ impl Store {
                 service: r.get(1)?,
                 plugin: r.get(2)?,
                 plugin_digest: r.get(3)?,
-                status: StepStatus::parse(&r.get::<_, String>(4)?).unwrap_or(StepStatus::Failed),
+                status: r.get(4)?,
                 started_at: r.get(5)?,
                 finished_at: r.get(6)?,
                 duration_ms: r.get(7)?,
@@ -749,17 +634,10 @@ impl Store {
         let rows = stmt.query_map([], |r| {
             Ok((
                 (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
-                r.get::<_, String>(2)?,
+                r.get::<_, StepStatus>(2)?,
             ))
         })?;
-        let mut out = std::collections::HashMap::new();
-        for row in rows {
-            let (key, status) = row?;
-            if let Some(status) = StepStatus::parse(&status) {
-                out.insert(key, status);
-            }
-        }
-        Ok(out)
+        Ok(rows.collect::<Result<_, _>>()?)
     }
 
     /// Log lines of a step after sequence `after`, at most `limit`, in order.

@@ -6,43 +6,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use super::{Store, StoreError, now_ms};
-
-/// What a token may do.
-#[derive(
-    Debug,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    Serialize,
-    serde::Deserialize,
-    clap::ValueEnum,
-    utoipa::ToSchema,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    /// GET requests.
-    Read,
-    /// GET and POST requests.
-    Write,
-}
-
-impl Scope {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Scope::Read => "read",
-            Scope::Write => "write",
-        }
-    }
-
-    fn parse(s: &str) -> Scope {
-        if s == "write" {
-            Scope::Write
-        } else {
-            Scope::Read
-        }
-    }
-}
+use crate::model::Scope;
 
 /// A token as listed (never the token itself).
 #[derive(Debug, Clone, Serialize)]
@@ -111,7 +75,7 @@ impl Store {
             Ok(TokenRow {
                 id: r.get(0)?,
                 name: r.get(1)?,
-                scope: Scope::parse(&r.get::<_, String>(2)?),
+                scope: r.get(2)?,
                 prefix: r.get(3)?,
                 created_at: r.get(4)?,
                 revoked_at: r.get(5)?,
@@ -144,7 +108,7 @@ impl Store {
             let _ = hex::decode_to_slice(hex_hash, &mut hash);
             Ok(ActiveToken {
                 id: r.get(0)?,
-                scope: Scope::parse(&r.get::<_, String>(1)?),
+                scope: r.get(1)?,
                 hash,
             })
         })?;
