@@ -275,6 +275,13 @@ fn start_run(srv: &Server, body: &str) -> Result<String, Box<dyn std::error::Err
         r.header("location"),
         Some(format!("/api/runs/{id}").as_str())
     );
+    // The handler records the run before it answers: it can be read at once.
+    let now = get(&srv.u(&format!("/api/runs/{id}")))?;
+    assert_eq!(
+        now.status, 200,
+        "run {id} is not recorded yet: {}",
+        now.body
+    );
     Ok(id)
 }
 
@@ -1007,6 +1014,8 @@ fn sync_and_assemble_are_runs_with_a_step_per_repository() -> TestResult {
     second.push_commit("more work");
     let r = post_json(&srv.u("/api/operations/sync"), r#"{"atomic": true}"#)?;
     let sync = r.json()["run_id"].as_str().ok_or("id")?.to_string();
+    let now = get(&srv.u(&format!("/api/runs/{sync}")))?;
+    assert_eq!(now.status, 200, "recorded before the answer: {}", now.body);
     let (evs, ended) = events(&srv.u(&format!("/api/runs/{sync}/events")), None, None)?;
     assert!(ended);
     assert!(
@@ -1042,6 +1051,11 @@ fn sync_and_assemble_are_runs_with_a_step_per_repository() -> TestResult {
     let metrics = get(&srv.u("/metrics"))?.body;
     assert!(
         metrics.contains("nestr_runs_total{operation=\"sync\",status=\"succeeded\"} 1"),
+        "{metrics}"
+    );
+    // One lifecycle: a repository's step is timed like an operation's.
+    assert!(
+        metrics.contains("nestr_step_duration_seconds_count{operation=\"sync\",plugin=\"git\"} 2"),
         "{metrics}"
     );
     Ok(())
