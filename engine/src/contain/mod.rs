@@ -141,11 +141,13 @@ impl Containment {
         }
     }
 
-    /// Kills every process of the step and waits (briefly) until they are gone.
-    pub fn kill_all(&self) {
+    /// Kills every process of the step and waits (briefly) until they are gone. True when the
+    /// step's cgroup held them all: no program of the step can be elsewhere, so no further sweep
+    /// is needed; false in the fallback (and before any program started).
+    pub fn kill_all(&self) -> bool {
         let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match &*state {
-            State::Unmade => {}
+            State::Unmade => false,
             State::Cgroup(c) => {
                 let mut killed = kill_cgroup(&c.v2);
                 if let Some(v1) = &c.pids_v1 {
@@ -156,8 +158,12 @@ impl Containment {
                 if SUBREAPER.load(std::sync::atomic::Ordering::Relaxed) {
                     reap_zombies(killed);
                 }
+                true
             }
-            State::Fallback => reap_orphans(&self.marker),
+            State::Fallback => {
+                reap_orphans(&self.marker);
+                false
+            }
         }
     }
 }

@@ -76,8 +76,13 @@ impl GroupGuard<'_> {
         if let Some(pgid) = self.pgid.take() {
             let _ = killpg(pgid, Signal::SIGKILL);
         }
-        self.ctx.containment.kill_all();
-        kill_marked(&self.ctx.marker);
+        // Every program a step starts is born inside its cgroup and cannot leave it without
+        // write access to another cgroup — which would also let it clear its environment — so
+        // the sweep of `/proc` for the step's marker (every process's environment read) is the
+        // fallback's, not the cgroup's.
+        if !self.ctx.containment.kill_all() {
+            kill_marked(&self.ctx.marker);
+        }
         if let Some(pid) = self.pid.take() {
             crate::contain::unregister(pid, &self.ctx.marker);
         }
