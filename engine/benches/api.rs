@@ -193,7 +193,10 @@ fn main() -> Result<()> {
     nestr(&ws, &["-q", "run", "lines", "-s", "r00-s00"])?;
     let runs: serde_json::Value =
         serde_json::from_str(&nestr(&ws, &["runs", "--json", "--operation", "lines"])?)?;
-    let run_id = runs["runs"][0]["run_id"].as_str().ok_or("no run")?.to_string();
+    let run_id = runs["runs"][0]["run_id"]
+        .as_str()
+        .ok_or("no run")?
+        .to_string();
 
     // The ceiling: a minimal axum server in this process.
     let rt = tokio::runtime::Builder::new_multi_thread()
