@@ -67,6 +67,31 @@ impl Location {
     }
 }
 
+/// Which git work a repository run does.
+#[derive(Debug, Clone, Copy)]
+pub enum RepoJob {
+    Assemble,
+    /// `atomic`: update nothing unless every fetch succeeds.
+    Sync {
+        atomic: bool,
+    },
+}
+
+/// An assemble or sync run that is recorded and not yet carried out.
+pub struct RepoWork<'p> {
+    run: RepoRun<'p>,
+    job: RepoJob,
+    jobs: usize,
+    /// The commit each repository is pinned to (`--locked`), in manifest order.
+    commits: Vec<Option<git2::Oid>>,
+}
+
+impl RepoWork<'_> {
+    pub fn run_id(&self) -> &str {
+        self.run.run_id()
+    }
+}
+
 /// A loaded workspace.
 pub struct Workspace {
     pub manifest: Manifest,
@@ -139,40 +164,8 @@ impl Workspace {
         locked: bool,
         progress: &dyn Progress,
     ) -> Result<Vec<RepoOutcome>, WorkspaceError> {
-        let run = self.begin_assemble(jobs, locked, progress)?;
-        self.assemble_recorded(run, jobs)
-    }
-
-    /// Records an assemble run (its steps queued), to be carried out by
-    /// [`Workspace::assemble_recorded`].
-    pub fn begin_assemble<'p>(
-        &self,
-        jobs: usize,
-        locked: bool,
-        progress: &'p dyn Progress,
-    ) -> Result<RepoRun<'p>, WorkspaceError> {
-        let commits = self.locked_commits(locked)?;
-        tracing::info!(jobs, locked, "assemble");
-        let options = serde_json::json!({"jobs": jobs, "locked": locked});
-        self.repo_run("assemble", options, commits, progress)
-    }
-
-    /// Carries out a recorded assemble run.
-    pub fn assemble_recorded(
-        &mut self,
-        run: RepoRun<'_>,
-        jobs: usize,
-    ) -> Result<Vec<RepoOutcome>, WorkspaceError> {
-        let items: Vec<_> = self.manifest.repos.iter().zip(&run.commits).collect();
-        let manifest = &self.manifest;
-        let outcomes = git::parallel(&items, jobs, |(repo, commit)| {
-            let o = git::assemble_one(manifest, repo, **commit, &run);
-            run.finish(&o);
-            o
-        });
-        self.record(SyncAction::Assemble, &outcomes)?;
-        run.close()?;
-        Ok(outcomes)
+        let work = self.begin_repo_work(RepoJob::Assemble, jobs, locked, progress)?;
+        self.carry_out(work)
     }
 
     /// Fetches every repository, then updates those that can be updated without losing local
@@ -184,32 +177,93 @@ impl Workspace {
         locked: bool,
         progress: &dyn Progress,
     ) -> Result<Vec<RepoOutcome>, WorkspaceError> {
-        let run = self.begin_sync(jobs, atomic, locked, progress)?;
-        self.sync_recorded(run, jobs, atomic)
+        let work = self.begin_repo_work(RepoJob::Sync { atomic }, jobs, locked, progress)?;
+        self.carry_out(work)
     }
 
-    /// Records a sync run (its steps queued), to be carried out by [`Workspace::sync_recorded`].
-    pub fn begin_sync<'p>(
+    /// Records an assemble or sync run (one queued step per repository, reporting to
+    /// `progress`), to be carried out by [`Workspace::carry_out`]: the API answers in between.
+    pub fn begin_repo_work<'p>(
         &self,
+        job: RepoJob,
         jobs: usize,
-        atomic: bool,
         locked: bool,
         progress: &'p dyn Progress,
-    ) -> Result<RepoRun<'p>, WorkspaceError> {
+    ) -> Result<RepoWork<'p>, WorkspaceError> {
         let commits = self.locked_commits(locked)?;
-        tracing::info!(jobs, atomic, locked, "sync");
-        let options = serde_json::json!({"jobs": jobs, "atomic": atomic, "locked": locked});
-        self.repo_run("sync", options, commits, progress)
+        let (operation, options) = match job {
+            RepoJob::Assemble => {
+                tracing::info!(jobs, locked, "assemble");
+                (
+                    "assemble",
+                    serde_json::json!({"jobs": jobs, "locked": locked}),
+                )
+            }
+            RepoJob::Sync { atomic } => {
+                tracing::info!(jobs, atomic, locked, "sync");
+                (
+                    "sync",
+                    serde_json::json!({"jobs": jobs, "atomic": atomic, "locked": locked}),
+                )
+            }
+        };
+        let names: Vec<String> = self.manifest.repos.iter().map(|r| r.name.clone()).collect();
+        let store = open_and_recover(&self.state_dir)?;
+        let run = RepoRun::start(
+            store,
+            &self.state_dir,
+            operation,
+            &names,
+            options,
+            &self.meta,
+            progress,
+        )?;
+        Ok(RepoWork {
+            run,
+            job,
+            jobs,
+            commits,
+        })
     }
 
-    /// Carries out a recorded sync run.
-    pub fn sync_recorded(
+    /// Carries out a recorded assemble or sync run and records the results.
+    pub fn carry_out(&mut self, work: RepoWork<'_>) -> Result<Vec<RepoOutcome>, WorkspaceError> {
+        let RepoWork {
+            run,
+            job,
+            jobs,
+            commits,
+        } = work;
+        let (action, outcomes) = match job {
+            RepoJob::Assemble => {
+                let items: Vec<_> = self.manifest.repos.iter().zip(&commits).collect();
+                let manifest = &self.manifest;
+                let outcomes = git::parallel(&items, jobs, |(repo, commit)| {
+                    let o = git::assemble_one(manifest, repo, **commit, &run);
+                    run.finish(&o);
+                    o
+                });
+                (SyncAction::Assemble, outcomes)
+            }
+            RepoJob::Sync { atomic } => (
+                SyncAction::Sync,
+                self.update_all(&run, jobs, atomic, &commits)?,
+            ),
+        };
+        self.record(action, &outcomes)?;
+        run.close()?;
+        Ok(outcomes)
+    }
+
+    /// Sync's two phases: fetch every repository, then update what can be updated.
+    fn update_all(
         &mut self,
-        run: RepoRun<'_>,
+        run: &RepoRun<'_>,
         jobs: usize,
         atomic: bool,
+        commits: &[Option<git2::Oid>],
     ) -> Result<Vec<RepoOutcome>, WorkspaceError> {
-        let progress = &run;
+        let progress = run;
         let last_heads: Vec<Option<git2::Oid>> = {
             let names: Vec<String> = self.manifest.repos.iter().map(|r| r.name.clone()).collect();
             let store = self.store()?;
@@ -240,7 +294,7 @@ impl Workspace {
             .repos
             .iter()
             .zip(&fetched)
-            .zip(&run.commits)
+            .zip(commits)
             .zip(last_heads)
             .collect();
         let outcomes = git::parallel(&items, jobs, |(((repo, fetch), commit), last)| {
@@ -259,8 +313,6 @@ impl Workspace {
             progress.finish(&o);
             o
         });
-        self.record(SyncAction::Sync, &outcomes)?;
-        run.close()?;
         Ok(outcomes)
     }
 
@@ -337,29 +389,6 @@ impl Workspace {
         selection: &Selection,
     ) -> Result<scheduler::Plan, WorkspaceError> {
         scheduler::plan(&self.manifest, operation, selection).map_err(|e| WorkspaceError::Plan(e.0))
-    }
-
-    /// Records an assemble/sync run (one step per repository) that reports to `progress`.
-    fn repo_run<'p>(
-        &self,
-        operation: &'static str,
-        options: serde_json::Value,
-        commits: Vec<Option<git2::Oid>>,
-        progress: &'p dyn Progress,
-    ) -> Result<RepoRun<'p>, WorkspaceError> {
-        let names: Vec<String> = self.manifest.repos.iter().map(|r| r.name.clone()).collect();
-        let store = open_and_recover(&self.state_dir)?;
-        let mut run = RepoRun::start(
-            store,
-            &self.state_dir,
-            operation,
-            &names,
-            options,
-            &self.meta,
-            progress,
-        )?;
-        run.commits = commits;
-        Ok(run)
     }
 
     fn record(&mut self, action: SyncAction, outcomes: &[RepoOutcome]) -> Result<(), StoreError> {

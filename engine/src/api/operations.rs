@@ -17,10 +17,9 @@ use crate::git::NoProgress;
 use crate::model::ContinueMode;
 use crate::plugin::state::Cancel;
 use crate::scheduler::events::Events;
-use crate::scheduler::repo_run::RepoRun;
 use crate::scheduler::{Plan, RunMeta, RunOptions, Selection, Started};
 use crate::store::Store;
-use crate::workspace::Workspace;
+use crate::workspace::{RepoJob, RepoWork, Workspace};
 
 /// `POST /api/operations/run`.
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
@@ -137,14 +136,13 @@ fn parse<T: DeserializeOwned + Default>(
 /// What a launched run does.
 enum Job {
     Operation(Plan, Selection, RunOptions),
-    Sync { atomic: bool },
-    Assemble,
+    Repos(RepoJob),
 }
 
 /// A run recorded and ready to be carried out.
 enum Recorded {
     Operation(Started),
-    Repos(Box<Workspace>, RepoRun<'static>, Job),
+    Repos(Box<Workspace>, RepoWork<'static>),
 }
 
 const GIT_JOBS: usize = 4;
@@ -175,15 +173,13 @@ async fn launch(state: &AppState, job: Job) -> Result<Response, ApiError> {
                     .map(Recorded::Operation)
                     .map_err(|e| e.to_string())
             }
-            job => {
+            Job::Repos(job) => {
                 let mut ws = Workspace::with_manifest((*m).clone(), dir);
                 ws.meta = meta;
-                let run = match job {
-                    Job::Sync { atomic } => ws.begin_sync(GIT_JOBS, atomic, false, &NoProgress),
-                    _ => ws.begin_assemble(GIT_JOBS, false, &NoProgress),
-                }
-                .map_err(|e| e.to_string())?;
-                Ok(Recorded::Repos(Box::new(ws), run, job))
+                let work = ws
+                    .begin_repo_work(job, GIT_JOBS, false, &NoProgress)
+                    .map_err(|e| e.to_string())?;
+                Ok(Recorded::Repos(Box::new(ws), work))
             }
         }
     })
@@ -192,7 +188,7 @@ async fn launch(state: &AppState, job: Job) -> Result<Response, ApiError> {
     .map_err(|e| ApiError::internal("the run could not start", crate::redact::text(&e)))?;
     let run_id = match &recorded {
         Recorded::Operation(run) => run.run_id().to_string(),
-        Recorded::Repos(_, run, _) => run.run_id().to_string(),
+        Recorded::Repos(_, work) => work.run_id().to_string(),
     };
     let cancel = Cancel::default();
     state.runs().insert(
@@ -218,13 +214,10 @@ async fn launch(state: &AppState, job: Job) -> Result<Response, ApiError> {
                 done(result.map(|_| ()).map_err(|e| e.to_string()));
             });
         }
-        Recorded::Repos(mut ws, run, job) => {
+        Recorded::Repos(mut ws, work) => {
             // git work blocks: it runs on the blocking pool.
             tokio::task::spawn_blocking(move || {
-                let result = match job {
-                    Job::Sync { atomic } => ws.sync_recorded(run, GIT_JOBS, atomic),
-                    _ => ws.assemble_recorded(run, GIT_JOBS),
-                };
+                let result = ws.carry_out(work);
                 done(result.map(|_| ()).map_err(|e| e.to_string()));
             });
         }
@@ -289,7 +282,7 @@ pub async fn sync(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let req: SyncRequest = parse(&headers, &body, true)?;
-    launch(&state, Job::Sync { atomic: req.atomic }).await
+    launch(&state, Job::Repos(RepoJob::Sync { atomic: req.atomic })).await
 }
 
 /// Clones every missing repository; recorded as a run with one step per repository.
@@ -302,5 +295,5 @@ pub async fn assemble(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let _: AssembleRequest = parse(&headers, &body, true)?;
-    launch(&state, Job::Assemble).await
+    launch(&state, Job::Repos(RepoJob::Assemble)).await
 }

@@ -17,8 +17,6 @@ pub struct RepoRun<'a> {
     rec: Recorder,
     inner: &'a dyn Progress,
     failed: AtomicBool,
-    /// The commit each repository is pinned to (`--locked`), in manifest order.
-    pub(crate) commits: Vec<Option<git2::Oid>>,
 }
 
 impl<'a> RepoRun<'a> {
@@ -48,7 +46,6 @@ impl<'a> RepoRun<'a> {
             rec,
             inner,
             failed: AtomicBool::new(false),
-            commits: Vec::new(),
         })
     }
 
