@@ -24,7 +24,32 @@ impl Server {
         ws: &Path,
         args: &[&str],
     ) -> Result<Server, Box<dyn std::error::Error>> {
+        Server::start_limited(sb, ws, args, None)
+    }
+
+    /// Starts the server with its open-descriptor limit at `(soft, hard)`.
+    #[allow(unsafe_code)]
+    pub(crate) fn start_limited(
+        sb: &Sandbox,
+        ws: &Path,
+        args: &[&str],
+        nofile: Option<(u64, u64)>,
+    ) -> Result<Server, Box<dyn std::error::Error>> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nestr"));
+        if let Some((soft, hard)) = nofile {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_NOFILE,
+                        soft,
+                        hard,
+                    )
+                    .map_err(std::io::Error::from)
+                });
+            }
+        }
         cmd.current_dir(ws)
             .args(["--color", "never", "serve", "--bind", "127.0.0.1:0"])
             .args(args)
@@ -47,6 +72,10 @@ impl Server {
             url,
             _stdout: stdout,
         })
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub(crate) fn u(&self, path: &str) -> String {
@@ -83,16 +112,16 @@ pub(crate) struct Resp {
 }
 
 impl Resp {
-    fn json(&self) -> serde_json::Value {
+    pub(crate) fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
 
-    fn header(&self, name: &str) -> Option<&str> {
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
     }
 
     /// The error envelope's code.
-    fn error_code(&self) -> String {
+    pub(crate) fn error_code(&self) -> String {
         self.json()["error"]["code"]
             .as_str()
             .unwrap_or("")
@@ -100,7 +129,7 @@ impl Resp {
     }
 }
 
-fn agent() -> ureq::Agent {
+pub(crate) fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .allow_non_standard_methods(true)
@@ -109,7 +138,7 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-fn call(
+pub(crate) fn call(
     method: &str,
     url: &str,
     headers: &[(&str, &str)],
@@ -138,7 +167,7 @@ pub(crate) fn get(url: &str) -> Result<Resp, Box<dyn std::error::Error>> {
     call("GET", url, &[], None)
 }
 
-fn post_json(url: &str, body: &str) -> Result<Resp, Box<dyn std::error::Error>> {
+pub(crate) fn post_json(url: &str, body: &str) -> Result<Resp, Box<dyn std::error::Error>> {
     call(
         "POST",
         url,
@@ -149,14 +178,14 @@ fn post_json(url: &str, body: &str) -> Result<Resp, Box<dyn std::error::Error>> 
 
 /// One Server-Sent Event.
 #[derive(Debug, Clone, PartialEq)]
-struct Sse {
-    id: String,
-    event: String,
-    data: serde_json::Value,
+pub(crate) struct Sse {
+    pub(crate) id: String,
+    pub(crate) event: String,
+    pub(crate) data: serde_json::Value,
 }
 
 /// Reads a run's event stream until it ends, or until `stop_after` events.
-fn events(
+pub(crate) fn events(
     url: &str,
     last_id: Option<&str>,
     stop_after: Option<usize>,
@@ -249,7 +278,7 @@ fn all_logs(
     }
 }
 
-fn wait_run_status(
+pub(crate) fn wait_run_status(
     srv: &Server,
     run: &str,
     timeout: Duration,
@@ -260,14 +289,14 @@ fn wait_run_status(
             .as_str()
             .unwrap_or("")
             .to_string();
-        if st != "running" || t.elapsed() > timeout {
+        if !matches!(st.as_str(), "queued" | "running") || t.elapsed() > timeout {
             return Ok(st);
         }
         std::thread::sleep(Duration::from_millis(50));
     }
 }
 
-fn start_run(srv: &Server, body: &str) -> Result<String, Box<dyn std::error::Error>> {
+pub(crate) fn start_run(srv: &Server, body: &str) -> Result<String, Box<dyn std::error::Error>> {
     let r = post_json(&srv.u("/api/operations/run"), body)?;
     assert_eq!(r.status, 202, "{}", r.body);
     let id = r.json()["run_id"].as_str().ok_or("no run_id")?.to_string();

@@ -2,6 +2,7 @@
 //! binary or library against real git repositories in temp folders and a real SQLite file.
 
 mod api;
+mod apiload;
 mod builtins;
 mod cli;
 mod contract;

@@ -92,13 +92,22 @@ impl StepStatus {
 
 words! {
     "snake_case";
-    /// How a run ended (or that it is running).
+    /// How a run ended (or that it waits for a slot, or runs).
     pub enum RunStatus {
+        /// Recorded, waiting for one of `nestr serve`'s run slots (`[api] max_runs`).
+        Queued,
         Running,
         Succeeded,
         Failed,
         Cancelled,
         Interrupted,
+    }
+}
+
+impl RunStatus {
+    /// Queued or running: the run has not ended.
+    pub fn is_active(self) -> bool {
+        matches!(self, RunStatus::Queued | RunStatus::Running)
     }
 }
 
@@ -119,6 +128,7 @@ words! {
     "snake_case";
     /// A transition in a run's journal (`run_events.kind`), also the `event:` of its SSE stream.
     pub enum JournalKind {
+        RunQueued,
         RunStarted,
         StepQueued,
         StepStarted,

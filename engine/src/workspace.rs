@@ -28,6 +28,9 @@ pub enum WorkspaceError {
     /// A run could not start (bad selection, …).
     #[error("{0}")]
     Plan(String),
+    /// A run could not complete (it is recorded failed).
+    #[error("{0}")]
+    Failed(String),
 }
 
 impl WorkspaceError {
@@ -35,7 +38,7 @@ impl WorkspaceError {
         match self {
             WorkspaceError::Manifest(e) => e.help(),
             WorkspaceError::Store(e) => e.help(),
-            WorkspaceError::Lock(_) | WorkspaceError::Plan(_) => None,
+            WorkspaceError::Lock(_) | WorkspaceError::Plan(_) | WorkspaceError::Failed(_) => None,
         }
     }
 }
@@ -226,14 +229,41 @@ impl Workspace {
         })
     }
 
-    /// Carries out a recorded assemble or sync run and records the results.
+    /// Begins a recorded assemble or sync run (a queued one is marked running), carries it out
+    /// and records the results. A run that fails or panics on the way still ends in the store:
+    /// `failed`, with the reason on its unfinished steps.
     pub fn carry_out(&mut self, work: RepoWork<'_>) -> Result<Vec<RepoOutcome>, WorkspaceError> {
+        let run_id = work.run.run_id().to_string();
+        let state_dir = work.run.state_dir().to_path_buf();
+        let outcome =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.carry_out_inner(work)));
+        let why = match outcome {
+            Ok(Ok(done)) => return Ok(done),
+            Ok(Err(e)) => {
+                crate::scheduler::record::end_failed(&state_dir, &run_id, &e.to_string());
+                return Err(e);
+            }
+            Err(panic) => format!(
+                "the engine failed while carrying out this run (a bug: please report it): {}",
+                crate::scheduler::record::panic_text(panic.as_ref())
+            ),
+        };
+        crate::scheduler::record::end_failed(&state_dir, &run_id, &why);
+        Err(WorkspaceError::Failed(why))
+    }
+
+    fn carry_out_inner(&mut self, work: RepoWork<'_>) -> Result<Vec<RepoOutcome>, WorkspaceError> {
         let RepoWork {
-            run,
+            mut run,
             job,
             jobs,
             commits,
         } = work;
+        if !run.begin()? {
+            return Err(WorkspaceError::Failed(
+                "the run ended while it was queued (its server stopped)".into(),
+            ));
+        }
         let (action, outcomes) = match job {
             RepoJob::Assemble => {
                 let items: Vec<_> = self.manifest.repos.iter().zip(&commits).collect();

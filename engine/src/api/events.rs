@@ -13,9 +13,9 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
-use futures_util::Stream;
+use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, StreamExt};
 use serde_json::json;
 
@@ -91,11 +91,12 @@ impl Feed {
                     Ok(s.snapshot(|s| {
                         let journal = s.journal_after(&run_id, c.journal, JOURNAL_BATCH)?;
                         let chunks = s.run_chunks_from(&run_id, c.chunk, CHUNK_BATCH)?;
-                        Ok((journal, chunks))
+                        let end = s.run_end_event(&run_id)?;
+                        Ok((journal, chunks, end))
                     })?)
                 })
                 .await;
-            let (journal, chunks) = match read {
+            let (journal, chunks, end) = match read {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::warn!(run = %self.run_id, error = %e.message, "event stream read failed");
@@ -105,6 +106,10 @@ impl Feed {
             let events = self.merge(journal, chunks);
             if !events.is_empty() {
                 return Some((events, self));
+            }
+            // Nothing new and the run has ended at or before the cursor: nothing will come.
+            if end.is_some_and(|end| self.cursor.journal >= end) {
+                return None;
             }
             tokio::select! {
                 _ = tokio::time::sleep(POLL) => {}
@@ -234,21 +239,24 @@ pub struct SseMessage {
     pub data: String,
 }
 
-/// The run's events, live: `run_started`, `step_queued`, `step_started`, `log`, `step_finished`,
-/// `run_finished` (the last one; the stream ends after it).
+/// The run's events, live: `run_queued` (when it waits for a slot), `run_started`,
+/// `step_queued`, `step_started`, `log`, `step_finished`, `run_finished` (the last one; the
+/// stream ends after it). Resumed at or beyond the end of a run that has ended, the answer is
+/// `204 No Content`, which tells a browser's `EventSource` to stop reconnecting.
 #[utoipa::path(get, path = "/api/runs/{id}/events", tag = "runs",
     params(
         ("id" = String, Path, description = "Run id"),
         ("Last-Event-ID" = Option<String>, Header, description = "Resume after this event id")),
     responses(
         (status = 200, description = "Server-Sent Events: `id` (the resume cursor), `event` (the kind) and `data` (a JSON object)", content_type = "text/event-stream", body = SseMessage),
+        (status = 204, description = "The run has ended and `Last-Event-ID` is at or beyond its end: nothing more will come"),
         (status = 400, description = "Malformed Last-Event-ID", body = ErrorBody),
         (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
 pub async fn events(
     State(state): State<AppState>,
     Path(id): Path<String>,
     headers: HeaderMap,
-) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, ApiError> {
+) -> Result<Response, ApiError> {
     let cursor = match headers.get("last-event-id") {
         None => Cursor::START,
         Some(v) => v.to_str().ok().and_then(Cursor::parse).ok_or_else(|| {
@@ -257,6 +265,13 @@ pub async fn events(
         })?,
     };
     let run = find_run(&state, &id).await?;
+    if !run.run.status.is_active() {
+        let rid = run.run.id.clone();
+        let end = state.store(move |s| Ok(s.run_end_event(&rid)?)).await?;
+        if end.is_some_and(|end| cursor.journal >= end) {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+    }
     let feed = Feed {
         state,
         services: run
@@ -269,5 +284,7 @@ pub async fn events(
         done: false,
     };
     let stream = stream::unfold(feed, Feed::next).flat_map(stream::iter);
-    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+    Ok(Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response())
 }

@@ -138,13 +138,56 @@ fn presented(req: &Request) -> Presented {
     let Some(v) = req.headers().get(header::AUTHORIZATION) else {
         return Presented::None;
     };
-    match v.to_str().ok().and_then(|s| {
-        s.strip_prefix("Bearer ")
-            .or_else(|| s.strip_prefix("bearer "))
-    }) {
+    // `Bearer TOKEN`; the scheme is case-insensitive (RFC 9110 §11.1), one or more spaces
+    // follow it.
+    let token = v.to_str().ok().and_then(|s| {
+        let (scheme, rest) = s.trim_start().split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then_some(rest)
+    });
+    match token {
         Some(t) if !t.trim().is_empty() => Presented::Token(t.trim().to_string()),
         _ => Presented::Malformed,
     }
+}
+
+/// Longest request target answered by the router (longer ones get an enveloped 414).
+pub const MAX_URI: usize = 16 * 1024;
+/// Most header bytes and header fields answered by the router (more get an enveloped 431).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+pub const MAX_HEADERS: usize = 100;
+/// What hyper itself accepts before answering a bare 431: room above the router's limits, so
+/// that a request just over them gets the router's answer.
+pub const HYPER_MAX_HEADERS: usize = 256;
+
+/// Request-target and header limits, answered with the JSON envelope, the security headers and
+/// the request id (hyper's own answers to what goes beyond its wider limits carry none).
+pub async fn limits(req: Request, next: Next) -> Response {
+    let target = req.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if target > MAX_URI {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            format!("the request target is longer than {MAX_URI} bytes"),
+        )
+        .into_response();
+    }
+    let headers = req.headers();
+    let bytes: usize = headers
+        .iter()
+        .map(|(n, v)| n.as_str().len() + v.len() + 4)
+        .sum();
+    if headers.len() > MAX_HEADERS || bytes > MAX_HEADER_BYTES {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!(
+                "the request has more than {MAX_HEADERS} header fields or {MAX_HEADER_BYTES} \
+                 bytes of them"
+            ),
+        )
+        .into_response();
+    }
+    next.run(req).await
 }
 
 fn unauthorized(message: &str) -> Response {

@@ -12,6 +12,7 @@ mod events;
 mod layers;
 pub mod openapi;
 mod operations;
+mod queue;
 mod runs;
 mod state;
 mod workspace;
@@ -38,7 +39,10 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use error::{ApiError, ErrorBody};
-pub use state::{AppState, BLOCKING_THREADS, ServeConfig};
+pub use state::{
+    AppState, BLOCKING_THREADS, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_QUEUED, ServeConfig,
+    default_max_runs,
+};
 
 /// A query string the handler could not read → 400 naming the parameter.
 fn bad_query(e: QueryRejection) -> ApiError {
@@ -132,7 +136,8 @@ pub fn router(state: AppState) -> Router {
     if let Some(cors) = layers::cors(&config.cors_origins) {
         app = app.layer(cors);
     }
-    app.layer(from_fn(layers::finish))
+    app.layer(from_fn(layers::limits))
+        .layer(from_fn(layers::finish))
         .layer(PropagateRequestIdLayer::new(x_request_id.clone()))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &axum::http::Request<_>| {
@@ -158,20 +163,32 @@ pub async fn serve(
     let app = router(state.clone());
     let header_timeout = state.config().header_timeout;
     tokio::spawn(state::watch_manifest(state.clone()));
+    tokio::spawn(sweep_dead_runs(state.clone()));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let open = Arc::new(tokio::sync::Semaphore::new(state.config().max_connections));
+    let mut backoff = AcceptBackoff::default();
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(a) => a,
                 Err(e) => {
-                    // Out of file descriptors and the like: wait a little, go on.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    // Out of file descriptors and the like: back off, go on.
+                    let wait = backoff.failed(&e);
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        () = &mut shutdown => break,
+                    }
                     continue;
                 }
             },
             () = &mut shutdown => break,
+        };
+        backoff.succeeded();
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            // Over the connection cap: a fast 503, and the socket is closed.
+            tokio::spawn(refuse_connection(stream));
+            continue;
         };
         let app = app.clone();
         let svc = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -182,12 +199,14 @@ pub async fn serve(
         let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(header_timeout)
+            .max_headers(layers::HYPER_MAX_HEADERS)
             .serve_connection(TokioIo::new(stream), svc);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(permit);
         });
     }
     drop(listener);
@@ -216,6 +235,116 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Accept errors (out of descriptors, mostly): waits that double from 10 ms to 1 s, and one
+/// log line per second at most, with the count of those not logged.
+#[derive(Default)]
+struct AcceptBackoff {
+    wait: Option<Duration>,
+    last_log: Option<Instant>,
+    unlogged: u64,
+}
+
+impl AcceptBackoff {
+    fn failed(&mut self, e: &std::io::Error) -> Duration {
+        let wait = self.wait.map_or(Duration::from_millis(10), |w| {
+            (w * 2).min(Duration::from_secs(1))
+        });
+        self.wait = Some(wait);
+        if self
+            .last_log
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            tracing::warn!(error = %e, more = self.unlogged, retry_in_ms = wait.as_millis() as u64,
+                "accept failed; backing off");
+            self.last_log = Some(Instant::now());
+            self.unlogged = 0;
+        } else {
+            self.unlogged += 1;
+        }
+        wait
+    }
+
+    fn succeeded(&mut self) {
+        self.wait = None;
+    }
+}
+
+/// The answer to a connection over `max_connections`: written at once without reading the
+/// request, then the socket is closed.
+async fn refuse_connection(mut stream: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let body = r#"{"error":{"code":"too_many_connections","message":"the server has as many connections open as it takes (`[api] max_connections`); retry shortly","request_id":"-"}}"#;
+    let answer = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\nretry-after: 1\r\nconnection: close\r\n\
+         x-content-type-options: nosniff\r\ncache-control: no-store\r\n\r\n{body}",
+        body.len()
+    );
+    if let Some(m) = crate::metrics::global() {
+        m.http_requests_total
+            .with_label_values(&["-", "refused", "503"])
+            .inc();
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
+    })
+    .await;
+}
+
+/// How often the server looks for runs whose process died.
+pub const SWEEP_EVERY: Duration = Duration::from_secs(2);
+
+/// Until shutdown: every [`SWEEP_EVERY`], runs left queued or running by a process that is gone
+/// (a `nestr run` killed with SIGKILL, a crashed server) are marked `interrupted`, so the API
+/// and their event streams say so within seconds.
+async fn sweep_dead_runs(state: AppState) {
+    let mut stop = state.shutdown_signal();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(SWEEP_EVERY) => {}
+            _ = stop.changed() => return,
+        }
+        let swept = state
+            .store(|s| Ok(crate::scheduler::recover::recover(s)?))
+            .await;
+        match swept {
+            Ok(ids) if !ids.is_empty() => {
+                tracing::warn!(runs = ?ids, "runs of a process that is gone marked interrupted");
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e.message, "the sweep for dead runs failed"),
+        }
+    }
+}
+
+/// Raises the soft limit on open descriptors to the hard one, and caps connections at
+/// `requested` and at half the descriptors the process may open (the rest is for the store,
+/// git and plugins).
+pub fn connection_cap(requested: usize) -> usize {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let soft = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+                tracing::debug!(from = soft, to = hard, "raised the open-descriptor limit");
+                hard
+            } else {
+                soft
+            }
+        }
+        Err(_) => 1024,
+    };
+    let half = usize::try_from(soft / 2).unwrap_or(usize::MAX).max(16);
+    if requested > half {
+        tracing::warn!(
+            requested,
+            cap = half,
+            "max_connections is more than half the descriptor limit allows; capped"
+        );
+    }
+    requested.min(half).max(1)
 }
 
 /// Start-up description of the mode, for the log line.

@@ -1,6 +1,7 @@
-//! Handlers that start work: `POST /api/operations/run`, `/sync` and `/assemble`. Each records a
-//! run (`started_by = "api"`) through the same calls the CLI makes, starts carrying it out on the
-//! server's runtime (an operation run as a task, git work on the blocking pool), and answers
+//! Handlers that start work: `POST /api/operations/run`, `/sync` and `/assemble`. Each admits
+//! the run to the server's run queue (`queue.rs`), records it (`started_by = "api"`, running or
+//! `queued`) through the same calls the CLI makes, carries it out on the server's runtime once it
+//! holds a slot (an operation run as a task, git work on the blocking pool), and answers
 //! `202 Accepted` with its id and a `Location`.
 
 use axum::Json;
@@ -12,9 +13,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ErrorBody};
+use super::queue::{Admission, Full};
 use super::state::{ActiveRun, AppState};
 use crate::git::NoProgress;
-use crate::model::ContinueMode;
+use crate::model::{ContinueMode, RunStatus};
 use crate::plugin::state::Cancel;
 use crate::scheduler::events::Events;
 use crate::scheduler::{Plan, RunMeta, RunOptions, Selection, Started};
@@ -90,9 +92,9 @@ enum StartAnswers {
     /// The body is not JSON
     #[response(status = 415)]
     NotJson(ErrorBody),
-    /// The server is shutting down
-    #[response(status = 503)]
-    ShuttingDown(ErrorBody),
+    /// The server is shutting down, or its run queue is full (`queue_full`, with `Retry-After`)
+    #[response(status = 503, headers(("Retry-After" = u32, description = "Seconds to wait (queue_full)")))]
+    Unavailable(ErrorBody),
 }
 
 /// Parses a JSON body; an empty body is the default request. Errors name the field at fault.
@@ -118,6 +120,13 @@ fn parse<T: DeserializeOwned + Default>(
         });
     if !json {
         return Err(ApiError::for_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
+    }
+    // Every request body is an object (serde would take a struct from an array, too).
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ApiError::bad_request(
+            "malformed JSON body: it must be a JSON object, e.g. {}",
+        )
+        .with_field("body"));
     }
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
@@ -147,8 +156,12 @@ enum Recorded {
 
 const GIT_JOBS: usize = 4;
 
-/// Records `job` as a run (on the blocking pool), starts carrying it out on the server's
-/// runtime, and answers 202 with its id.
+/// How long a client refused by a full queue should wait.
+const RETRY_AFTER_SECS: u32 = 5;
+
+/// Admits `job` to the run queue and records it as a run — running when a slot is free, else
+/// `queued` — (on the blocking pool), starts carrying it out on the server's runtime once it
+/// has a slot, and answers 202 with its id. A full queue is a 503 before anything is recorded.
 async fn launch(state: &AppState, job: Job) -> Result<Response, ApiError> {
     if state.shutting_down() {
         return Err(ApiError::new(
@@ -158,38 +171,18 @@ async fn launch(state: &AppState, job: Job) -> Result<Response, ApiError> {
         ));
     }
     let manifest = state.manifest();
-    let meta = RunMeta {
+    let run_id = crate::scheduler::new_run_id();
+    let mut meta = RunMeta {
         started_by: "api".into(),
-        run_id: Some(crate::scheduler::new_run_id()),
+        run_id: Some(run_id.clone()),
         events: Events::default(),
+        queued: false,
     };
     let dir = state.state_dir().to_path_buf();
     let m = manifest.clone();
-    let recorded = tokio::task::spawn_blocking(move || -> Result<Recorded, String> {
-        match job {
-            Job::Operation(plan, sel, opts) => {
-                let store = Store::open(&dir).map_err(|e| e.to_string())?;
-                crate::scheduler::record(store, &dir, &meta, plan, &sel, &opts)
-                    .map(Recorded::Operation)
-                    .map_err(|e| e.to_string())
-            }
-            Job::Repos(job) => {
-                let mut ws = Workspace::with_manifest((*m).clone(), dir);
-                ws.meta = meta;
-                let work = ws
-                    .begin_repo_work(job, GIT_JOBS, false, &NoProgress)
-                    .map_err(|e| e.to_string())?;
-                Ok(Recorded::Repos(Box::new(ws), work))
-            }
-        }
-    })
-    .await
-    .map_err(|e| ApiError::internal("a store task failed", e))?
-    .map_err(|e| ApiError::internal("the run could not start", crate::redact::text(&e)))?;
-    let run_id = match &recorded {
-        Recorded::Operation(run) => run.run_id().to_string(),
-        Recorded::Repos(_, work) => work.run_id().to_string(),
-    };
+    let queue = state.queue().clone();
+    let id = run_id.clone();
+    // Known before it is recorded, so that a cancel never finds it recorded but unknown.
     let cancel = Cancel::default();
     state.runs().insert(
         run_id.clone(),
@@ -197,31 +190,115 @@ async fn launch(state: &AppState, job: Job) -> Result<Response, ApiError> {
             cancel: cancel.clone(),
         },
     );
-    let done = {
-        let state = state.clone();
-        let run_id = run_id.clone();
-        move |result: Result<(), String>| {
-            if let Err(e) = result {
-                tracing::error!(run_id, error = %crate::redact::text(&e), "an API run failed to complete");
+    let recorded = tokio::task::spawn_blocking(move || {
+        // Admission and recording under one lock: the queue's order is the store's.
+        let mut waiting = queue.lock();
+        let admission = queue.admit(&mut waiting, &id).map_err(Refused::Full)?;
+        meta.queued = matches!(admission, Admission::Wait(_));
+        let recorded = match job {
+            Job::Operation(plan, sel, opts) => Store::open(&dir)
+                .map_err(|e| e.to_string())
+                .and_then(|store| {
+                    crate::scheduler::record(store, &dir, &meta, plan, &sel, &opts)
+                        .map(Recorded::Operation)
+                        .map_err(|e| e.to_string())
+                }),
+            Job::Repos(job) => {
+                let mut ws = Workspace::with_manifest((*m).clone(), dir);
+                ws.meta = meta;
+                ws.begin_repo_work(job, GIT_JOBS, false, &NoProgress)
+                    .map(|work| Recorded::Repos(Box::new(ws), work))
+                    .map_err(|e| e.to_string())
             }
-            state.runs().remove(&run_id);
+        };
+        match recorded {
+            Ok(r) => Ok((r, admission)),
+            Err(e) => {
+                queue.withdraw(&mut waiting, &id);
+                drop(waiting);
+                // A slot given to a run that was not recorded goes back (dropped here).
+                drop(admission);
+                Err(Refused::NotRecorded(e))
+            }
+        }
+    })
+    .await
+    .map_err(|e| ApiError::internal("a store task failed", e));
+    if !matches!(recorded, Ok(Ok(_))) {
+        state.runs().remove(&run_id);
+    }
+    let (recorded, admission) = match recorded? {
+        Ok(r) => r,
+        Err(Refused::Full(full)) => {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "queue_full",
+                format!(
+                    "{} runs are executing and {} are waiting, the most this server takes \
+                     (`[api] max_runs`, `max_queued`); try again later",
+                    full.max_runs, full.max_queued
+                ),
+            )
+            .with_header(header::RETRY_AFTER, HeaderValue::from(RETRY_AFTER_SECS)));
+        }
+        Err(Refused::NotRecorded(e)) => {
+            return Err(ApiError::internal(
+                "the run could not start",
+                crate::redact::text(&e),
+            ));
         }
     };
-    match recorded {
-        Recorded::Operation(run) => {
-            tokio::spawn(async move {
-                let result = run.execute(&manifest, cancel).await;
-                done(result.map(|_| ()).map_err(|e| e.to_string()));
-            });
+    let task_state = state.clone();
+    let id = run_id.clone();
+    tokio::spawn(async move {
+        let state = task_state;
+        let slot = match admission {
+            Admission::Now(slot) => Some(slot),
+            Admission::Wait(rx) => tokio::select! {
+                slot = rx => slot.ok(),
+                () = cancel.cancelled() => None,
+            },
+        };
+        let result = match slot {
+            None => {
+                // Cancelled while it waited: it ends without executing.
+                state.queue().withdraw(&mut state.queue().lock(), &id);
+                let rid = id.clone();
+                state
+                    .store(move |s| {
+                        Ok(s.end_abandoned(
+                            &rid,
+                            RunStatus::Cancelled,
+                            "the run was cancelled while it waited for a slot",
+                        )?)
+                    })
+                    .await
+                    .map_err(|e| e.message)
+            }
+            Some(slot) => {
+                let result = match recorded {
+                    Recorded::Operation(run) => run
+                        .execute(&manifest, cancel)
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string()),
+                    // git work blocks: it runs on the blocking pool.
+                    Recorded::Repos(mut ws, work) => {
+                        tokio::task::spawn_blocking(move || ws.carry_out(work))
+                            .await
+                            .map_err(|e| e.to_string())
+                            .and_then(|r| r.map(|_| ()).map_err(|e| e.to_string()))
+                    }
+                };
+                drop(slot);
+                result
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(run_id = %id, error = %crate::redact::text(&e), "an API run failed to complete");
         }
-        Recorded::Repos(mut ws, work) => {
-            // git work blocks: it runs on the blocking pool.
-            tokio::task::spawn_blocking(move || {
-                let result = ws.carry_out(work);
-                done(result.map(|_| ()).map_err(|e| e.to_string()));
-            });
-        }
-    }
+        state.runs().remove(&id);
+    });
     let location = HeaderValue::from_str(&format!("/api/runs/{run_id}"))
         .map_err(|e| ApiError::internal("bad run id", e))?;
     Ok((
@@ -230,6 +307,12 @@ async fn launch(state: &AppState, job: Job) -> Result<Response, ApiError> {
         Json(RunAccepted { run_id }),
     )
         .into_response())
+}
+
+/// Why a run was not recorded.
+enum Refused {
+    Full(Full),
+    NotRecorded(String),
 }
 
 /// Runs an operation over the selected services in dependency order.

@@ -18,7 +18,8 @@ use crate::store::{RunFilter, RunPage, RunRow, ServiceLogLine};
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct RunsQuery {
-    /// running, succeeded, failed, cancelled or interrupted.
+    /// queued, running, succeeded, failed, cancelled or interrupted (anything else, empty
+    /// included, is a 400).
     #[param(value_type = Option<RunStatus>)]
     pub status: Option<String>,
     /// Operation name (`build`, `sync`, `assemble`, …).
@@ -30,8 +31,6 @@ pub struct RunsQuery {
     pub cursor: Option<String>,
 }
 
-const STATUSES: &[&str] = &["running", "succeeded", "failed", "cancelled", "interrupted"];
-
 /// Runs, newest first; filter by status and operation; paginated with `cursor`.
 #[utoipa::path(get, path = "/api/runs", tag = "runs", params(RunsQuery),
     responses((status = 200, body = RunPage), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
@@ -40,8 +39,8 @@ pub async fn list(
     query: Result<Query<RunsQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<RunPage>, ApiError> {
     let Query(mut q) = query.map_err(super::bad_query)?;
-    // An empty parameter is an absent one.
-    q.status = q.status.filter(|s| !s.is_empty());
+    // An empty parameter is an absent one, except `status`: an empty word is not one of its
+    // words.
     q.operation = q.operation.filter(|s| !s.is_empty());
     q.cursor = q.cursor.filter(|s| !s.is_empty());
     let limit = q.limit.unwrap_or(50);
@@ -49,13 +48,14 @@ pub async fn list(
         return Err(ApiError::bad_request("`limit` must be between 1 and 500").with_field("limit"));
     }
     if let Some(s) = &q.status
-        && !STATUSES.contains(&s.as_str())
+        && s.parse::<RunStatus>().is_err()
     {
-        return Err(ApiError::bad_request(format!(
-            "`status` must be one of {}",
-            STATUSES.join(", ")
-        ))
-        .with_field("status"));
+        use strum::VariantArray;
+        let words: Vec<&str> = RunStatus::VARIANTS.iter().map(|w| w.as_str()).collect();
+        return Err(
+            ApiError::bad_request(format!("`status` must be one of {}", words.join(", ")))
+                .with_field("status"),
+        );
     }
     let before = match &q.cursor {
         None => None,
@@ -177,7 +177,7 @@ pub async fn logs(
         .iter()
         .map(|s| (s.id, s.service.clone()))
         .collect();
-    let running = run.run.status == RunStatus::Running;
+    let running = run.run.status.is_active();
     if let Some(service) = &q.service {
         let Some(step) = run.steps.iter().find(|s| &s.service == service) else {
             return Err(ApiError::not_found(format!(
@@ -303,7 +303,7 @@ pub async fn cancel(
         ));
     }
     let run = find_run(&state, &id).await?;
-    if run.run.status == RunStatus::Running {
+    if run.run.status.is_active() {
         return Err(ApiError::conflict(format!(
             "run `{id}` is executed by another nestr process (started by {}); cancel it there \
              (Ctrl-C at its terminal)",

@@ -32,7 +32,24 @@ pub struct ServeConfig {
     pub request_timeout: Duration,
     /// Longest a client may take to send its request headers.
     pub header_timeout: Duration,
+    /// Runs executing at once (see `queue.rs`).
+    pub max_runs: usize,
+    /// Runs waiting for a slot; more are refused.
+    pub max_queued: usize,
+    /// Open connections; one more is answered 503 and closed.
+    pub max_connections: usize,
 }
+
+/// Runs executing at once by default: the number of CPUs, at least 2.
+pub fn default_max_runs() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get().max(2))
+}
+
+/// Runs waiting by default.
+pub const DEFAULT_MAX_QUEUED: usize = 128;
+
+/// Open connections by default.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 impl Default for ServeConfig {
     fn default() -> Self {
@@ -43,6 +60,9 @@ impl Default for ServeConfig {
             body_limit: 1024 * 1024,
             request_timeout: Duration::from_secs(30),
             header_timeout: Duration::from_secs(10),
+            max_runs: default_max_runs(),
+            max_queued: DEFAULT_MAX_QUEUED,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
         }
     }
 }
@@ -77,6 +97,8 @@ pub(super) struct Inner {
     pub loopback: bool,
     pool: Pool,
     pub runs: Mutex<HashMap<String, ActiveRun>>,
+    /// Who may execute now, who waits.
+    pub queue: Arc<super::queue::RunQueue>,
     /// `/api/services` bodies by query, valid while the run history generation is unchanged.
     pub services_cache: Mutex<(i64, HashMap<String, Bytes>)>,
     /// `/api/plugins` for the manifest of that generation (loading plugins compiles them).
@@ -93,6 +115,7 @@ impl AppState {
             manifest: std::sync::RwLock::new((Arc::new(manifest), None)),
             state_dir: state_dir.to_path_buf(),
             loopback: config.bind.ip().is_loopback(),
+            queue: super::queue::RunQueue::new(config.max_runs, config.max_queued),
             config,
             pool: Pool {
                 dir: state_dir.to_path_buf(),
@@ -164,6 +187,10 @@ impl AppState {
 
     pub fn runs(&self) -> MutexGuard<'_, HashMap<String, ActiveRun>> {
         lock(&self.0.runs)
+    }
+
+    pub fn queue(&self) -> &Arc<super::queue::RunQueue> {
+        &self.0.queue
     }
 
     /// True once shutdown has begun.

@@ -284,6 +284,9 @@ pub fn run(args: DemoArgs, ui: &Ui) -> Result<ExitCode, CliError> {
             body_limit: 1024 * 1024,
             request_timeout: std::time::Duration::from_secs(30),
             header_timeout: std::time::Duration::from_secs(10),
+            max_runs: None,
+            max_queued: None,
+            max_connections: None,
         };
         // The deploy receiver stays up while the server runs, so deploys over the API work.
         let served = super::serve::serve_workspace(&mut ws, serve, ui);

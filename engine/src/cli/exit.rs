@@ -92,6 +92,11 @@ impl From<WorkspaceError> for CliError {
                 help,
                 code: ExitCode::State,
             },
+            WorkspaceError::Failed(_) => CliError::Plain {
+                message,
+                help,
+                code: ExitCode::Failed,
+            },
         }
     }
 }

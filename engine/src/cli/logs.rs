@@ -9,7 +9,7 @@ use super::{CliError, ExitCode};
 use std::collections::HashMap;
 use std::time::Duration;
 
-use crate::model::{RunStatus, Stream};
+use crate::model::Stream;
 use crate::store::LogLine;
 use crate::workspace::Workspace;
 
@@ -81,7 +81,7 @@ pub fn run(ws: &mut Workspace, args: LogsArgs, ui: &Ui) -> Result<ExitCode, CliE
         let current = store
             .run(&run.run.id)?
             .ok_or_else(|| CliError::usage("the run disappeared"))?;
-        let finished = current.run.status != RunStatus::Running;
+        let finished = !current.run.status.is_active();
         for step in current.steps.iter().filter(|s| wanted(&s.service)) {
             loop {
                 let after = printed.get(&step.id).copied().unwrap_or(-1);

@@ -21,7 +21,7 @@ pub struct RunsArgs {
     #[arg(long, value_name = "OP")]
     pub operation: Option<String>,
     /// Only runs with this status.
-    #[arg(long, value_parser = ["running", "succeeded", "failed", "cancelled", "interrupted"])]
+    #[arg(long, value_parser = ["queued", "running", "succeeded", "failed", "cancelled", "interrupted"])]
     pub status: Option<String>,
     /// Print the page as JSON: what `GET /api/runs` answers (`runs`, `next_cursor`).
     #[arg(long)]
@@ -51,7 +51,7 @@ pub enum RunsCommand {
 fn run_tone(s: RunStatus) -> Tone {
     match s {
         RunStatus::Succeeded => Tone::Good,
-        RunStatus::Running => Tone::Info,
+        RunStatus::Queued | RunStatus::Running => Tone::Info,
         RunStatus::Cancelled | RunStatus::Interrupted => Tone::Warn,
         RunStatus::Failed => Tone::Bad,
     }

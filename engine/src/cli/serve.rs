@@ -32,6 +32,18 @@ pub struct ServeArgs {
     /// Longest a client may take to send its request headers (slow clients are cut off).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     pub header_timeout: Duration,
+    /// Runs executing at once; more wait `queued` in order
+    /// [default: `[api] max_runs`, else the number of CPUs, at least 2].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_runs: Option<u32>,
+    /// Runs that may wait for a slot; a run beyond them is refused with 503 and Retry-After
+    /// [default: `[api] max_queued`, else 128].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
+    pub max_queued: Option<u32>,
+    /// Connections open at once; one more is answered 503 and closed
+    /// [default: `[api] max_connections`, else 1024; at most what the descriptor limit allows].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: Option<u32>,
 }
 
 /// Runs the server over the workspace at `at` (also used by `nestr demo --serve`).
@@ -77,6 +89,22 @@ pub(super) fn serve_workspace(
         body_limit: args.body_limit,
         request_timeout: args.request_timeout,
         header_timeout: args.header_timeout,
+        max_runs: args
+            .max_runs
+            .map(|n| n as usize)
+            .or(ws.manifest.api.max_runs)
+            .unwrap_or_else(api::default_max_runs),
+        max_queued: args
+            .max_queued
+            .map(|n| n as usize)
+            .or(ws.manifest.api.max_queued)
+            .unwrap_or(api::DEFAULT_MAX_QUEUED),
+        max_connections: api::connection_cap(
+            args.max_connections
+                .map(|n| n as usize)
+                .or(ws.manifest.api.max_connections)
+                .unwrap_or(api::DEFAULT_MAX_CONNECTIONS),
+        ),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         // Store and git work runs on the blocking pool; bounding it bounds memory under load

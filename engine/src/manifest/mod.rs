@@ -54,6 +54,12 @@ pub struct ApiSettings {
     pub cors_origins: Vec<String>,
     /// Requests per minute per client address (0: no limit); default 100.
     pub rate_limit: Option<u32>,
+    /// Runs executing at once; default: the number of CPUs, at least 2.
+    pub max_runs: Option<usize>,
+    /// Runs waiting for a slot beyond those; default 128. More are refused (503).
+    pub max_queued: Option<usize>,
+    /// Open connections; default 1,024 (and at most the descriptors the process may open).
+    pub max_connections: Option<usize>,
 }
 
 /// A repository of the workspace.

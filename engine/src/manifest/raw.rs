@@ -29,6 +29,9 @@ pub(crate) struct RawApi {
     #[serde(default)]
     pub cors_origins: Vec<Spanned<String>>,
     pub rate_limit: Option<Spanned<i64>>,
+    pub max_runs: Option<Spanned<i64>>,
+    pub max_queued: Option<Spanned<i64>>,
+    pub max_connections: Option<Spanned<i64>>,
 }
 
 #[derive(Debug, Deserialize)]

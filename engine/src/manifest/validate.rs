@@ -105,7 +105,13 @@ mod keys {
         "pids",
         "timeout",
     ];
-    pub const API: &[&str] = &["cors_origins", "rate_limit"];
+    pub const API: &[&str] = &[
+        "cors_origins",
+        "rate_limit",
+        "max_runs",
+        "max_queued",
+        "max_connections",
+    ];
 }
 
 /// Every unknown key of every table, each at its own span (a manifest that does not parse is
@@ -322,6 +328,38 @@ impl Validator<'_> {
                 ),
             }
         }
+        let mut count = |v: &Option<Spanned<i64>>, key: &str, min: i64, help: &str| {
+            let v = v.as_ref()?;
+            match usize::try_from(*v.get_ref()) {
+                Ok(n) if *v.get_ref() >= min && n <= 1_000_000 => Some(n),
+                _ => {
+                    self.p.err(
+                        v.span(),
+                        format!("{key} {} is out of range", v.get_ref()),
+                        help,
+                    );
+                    None
+                }
+            }
+        };
+        out.max_runs = count(
+            &raw.max_runs,
+            "max_runs",
+            1,
+            "write how many runs may execute at once (at least 1)",
+        );
+        out.max_queued = count(
+            &raw.max_queued,
+            "max_queued",
+            0,
+            "write how many runs may wait for a slot (0: none wait; a run beyond the slots is refused)",
+        );
+        out.max_connections = count(
+            &raw.max_connections,
+            "max_connections",
+            1,
+            "write how many connections may be open at once (at least 1)",
+        );
         out
     }
 

@@ -71,6 +71,12 @@ impl Drop for LogWriterThread {
 }
 
 impl LogWriter {
+    /// A writer connected to no thread: what it is sent is dropped.
+    pub fn detached() -> LogWriter {
+        let (tx, _) = mpsc::sync_channel(1);
+        LogWriter { tx }
+    }
+
     pub fn chunk(&self, chunk: &LogChunk) {
         let _ = self.tx.send(Msg::Chunk(chunk.clone()));
     }

@@ -174,17 +174,52 @@ impl Started {
         result
     }
 
-    /// Executes the run to its end and records how it ended; gives the store connection back.
+    /// Begins the run (a queued one is marked running), executes it to its end and records how
+    /// it ended; gives the store connection back. A run whose execution fails or panics still
+    /// ends in the store: `failed`, with the reason on its unfinished steps.
     pub async fn execute(
+        self,
+        manifest: &Manifest,
+        cancel: Cancel,
+    ) -> Result<(RunReport, Store), PlanError> {
+        use futures_util::FutureExt;
+        let run_id = self.run_id().to_string();
+        let state_dir = self.recorder.state_dir().to_path_buf();
+        let outcome = std::panic::AssertUnwindSafe(self.execute_inner(manifest, cancel))
+            .catch_unwind()
+            .await;
+        let why = match outcome {
+            Ok(Ok(done)) => return Ok(done),
+            Ok(Err(e)) => e.to_string(),
+            Err(panic) => format!(
+                "the engine failed while executing this run (a bug: please report it): {}",
+                record::panic_text(panic.as_ref())
+            ),
+        };
+        record::end_failed(&state_dir, &run_id, &why);
+        Err(PlanError::Selection(why))
+    }
+
+    async fn execute_inner(
         self,
         manifest: &Manifest,
         cancel: Cancel,
     ) -> Result<(RunReport, Store), PlanError> {
         let Started {
             plan,
-            recorder,
+            mut recorder,
             opts,
         } = self;
+        if !recorder.begin()? {
+            return Err(PlanError::Selection(
+                "the run ended while it was queued (its server stopped)".into(),
+            ));
+        }
+        // The unit test of the guard in `execute` (compiled out of the engine).
+        #[cfg(test)]
+        if plan.operation == "panic-for-test" {
+            panic!("a fault injected by a test");
+        }
         // Every service folder lies inside its repository's folder (`service_dir` makes sure),
         // so refusing programs inside any repository folder covers them all, at one lookup per
         // repository rather than per service.
@@ -261,6 +296,8 @@ impl Executor<'_> {
         let mut done: HashMap<&str, Done> = HashMap::new();
         let mut pending: Vec<usize> = (0..plan.steps.len()).collect();
         let mut running: JoinSet<Finished> = JoinSet::new();
+        // Which step each task runs: a task that panics still ends its step.
+        let mut tasks: HashMap<tokio::task::Id, usize> = HashMap::new();
         let mut first_failure: Option<String> = None;
 
         loop {
@@ -354,17 +391,18 @@ impl Executor<'_> {
                         reports[idx] = Some(report);
                     }
                     Ok((host, plugin, request, ctx)) => {
-                        running.spawn(async move {
+                        let task = running.spawn(async move {
                             let outcome = host.run_step(&plugin, &request, ctx).await;
                             (idx, outcome)
                         });
+                        tasks.insert(task.id(), idx);
                     }
                 }
             }
             if pending.is_empty() && running.is_empty() {
                 break;
             }
-            let Some(joined) = running.join_next().await else {
+            let Some(joined) = running.join_next_with_id().await else {
                 // Nothing runs but steps wait: cannot happen with a valid plan; do not hang.
                 for idx in std::mem::take(&mut pending) {
                     let o = StepOutcome::new(
@@ -377,8 +415,28 @@ impl Executor<'_> {
                 break;
             };
             let (idx, outcome) = match joined {
-                Ok(f) => f,
-                Err(e) => return Err(PlanError::Selection(format!("a step task failed: {e}"))),
+                Ok((id, f)) => {
+                    tasks.remove(&id);
+                    f
+                }
+                Err(e) => {
+                    let Some(idx) = tasks.remove(&e.id()) else {
+                        return Err(PlanError::Selection(format!("a step task failed: {e}")));
+                    };
+                    let why = if e.is_panic() {
+                        format!(
+                            "the engine failed while running this step (a bug: please report \
+                             it): {}",
+                            record::panic_text(e.into_panic().as_ref())
+                        )
+                    } else {
+                        format!("the step's task ended: {e}")
+                    };
+                    (
+                        idx,
+                        StepOutcome::new(StepStatus::Failed, "the engine failed", Some(why)),
+                    )
+                }
             };
             let step = &plan.steps[idx];
             let report = self.finish(idx, outcome)?;
@@ -586,4 +644,60 @@ fn service_dir(repo_dir: &Path, rel: &Path) -> Result<PathBuf, String> {
         ));
     }
     Ok(real)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run whose execution panics still ends in the store, `failed`, with the reason on its
+    /// unfinished steps, and the caller gets an error (not a panic).
+    #[test]
+    fn a_run_that_panics_while_executing_ends_failed_in_the_store() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let toml = dir.path().join("nestr.toml");
+        std::fs::write(
+            &toml,
+            "[workspace]\nname = \"w\"\n[repos.app]\nurl = \"/nowhere.git\"\n\
+             [services.a]\nrepo = \"app\"\n[services.a.operations]\n\
+             panic-for-test = { plugin = \"command\", config = { run = [[\"true\"]] } }\n",
+        )
+        .expect("manifest");
+        let manifest = crate::manifest::load(&toml).expect("valid manifest");
+        let sel = Selection::default();
+        let plan = plan(&manifest, "panic-for-test", &sel).expect("plan");
+        let state = dir.path().join(".nestr");
+        let store = Store::open(&state).expect("store");
+        let started = record(
+            store,
+            &state,
+            &RunMeta::default(),
+            plan,
+            &sel,
+            &RunOptions::default(),
+        )
+        .expect("recorded");
+        let id = started.run_id().to_string();
+        let err = match started.execute_blocking(&manifest, Cancel::default()) {
+            Ok(_) => panic!("the injected fault did not fail the run"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("a fault injected by a test"), "{err}");
+        let run = Store::open(&state)
+            .expect("store")
+            .run(&id)
+            .expect("read")
+            .expect("the run");
+        assert_eq!(run.run.status, RunStatus::Failed);
+        assert!(run.run.finished_at.is_some());
+        let step = &run.steps[0];
+        assert_eq!(step.status, StepStatus::Failed);
+        assert!(
+            step.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("the engine failed while executing this run")),
+            "{:?}",
+            step.reason
+        );
+    }
 }

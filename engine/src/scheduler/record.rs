@@ -1,12 +1,13 @@
 //! The one run lifecycle. A [`Recorder`] takes every kind of run — operation runs
 //! (`scheduler::execute`) and assemble/sync runs (`repo_run`) — through the same transitions:
-//! created with its queued steps → each step started, logged, finished → the run finished. At
+//! created with its queued steps (running, or `queued` until a slot of `nestr serve` frees, when
+//! it begins) → each step started, logged, finished → the run finished. At
 //! each transition it writes the store (runs, steps and their journal in one transaction; log
 //! lines and audit entries batched by the log writer in `logs.rs`), updates the metrics, and
 //! publishes one [`Event`] for the CLI renderer and the API's event streams, in that order, so a
 //! subscriber that sees an event can read it back from the store.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -27,6 +28,8 @@ pub struct RunMeta {
     /// The id the run gets (a new one when `None`).
     pub run_id: Option<String>,
     pub events: Events,
+    /// Record the run `queued`: it waits for a slot and begins when its executor starts it.
+    pub queued: bool,
 }
 
 impl Default for RunMeta {
@@ -35,6 +38,7 @@ impl Default for RunMeta {
             started_by: "cli".into(),
             run_id: None,
             events: Events::default(),
+            queued: false,
         }
     }
 }
@@ -64,13 +68,15 @@ pub(crate) struct Recorder {
     events: Events,
     store: Mutex<Store>,
     slots: Mutex<Vec<Slot>>,
-    writer: LogWriterThread,
-    _active: ActiveGuard,
+    state_dir: PathBuf,
+    /// Started when the run begins: a queued run holds no thread.
+    writer: Option<LogWriterThread>,
+    _active: Option<ActiveGuard>,
 }
 
 impl Recorder {
-    /// Records a new run with its queued steps (one transaction) and publishes `run_started`
-    /// and a `step_queued` per step.
+    /// Records a new run with its queued steps (one transaction), running unless `meta.queued`;
+    /// a running one begins at once (see [`Recorder::begin`]).
     pub fn start(
         mut store: Store,
         state_dir: &Path,
@@ -78,7 +84,6 @@ impl Recorder {
         spec: RunSpec<'_>,
     ) -> Result<Recorder, StoreError> {
         let run_id = meta.run_id.clone().unwrap_or_else(super::new_run_id);
-        let writer = LogWriterThread::start(state_dir)?;
         let ids = store.create_run(
             &NewRun {
                 id: run_id.clone(),
@@ -92,23 +97,8 @@ impl Recorder {
                 },
             },
             spec.steps,
+            meta.queued,
         )?;
-        let metrics = crate::metrics::global();
-        if let Some(m) = metrics {
-            m.runs_active.inc();
-        }
-        let events = meta.events.clone();
-        events.send(Event::RunStarted {
-            run_id: run_id.clone(),
-            operation: spec.operation.to_string(),
-            steps: ids.len(),
-        });
-        for (name, _) in spec.steps {
-            events.send(Event::StepQueued {
-                run_id: run_id.clone(),
-                service: name.to_string(),
-            });
-        }
         let slots = spec
             .steps
             .iter()
@@ -120,28 +110,84 @@ impl Recorder {
                 started: None,
             })
             .collect();
-        Ok(Recorder {
+        let mut rec = Recorder {
             run_id,
             operation: spec.operation.to_string(),
-            events,
+            events: meta.events.clone(),
             store: Mutex::new(store),
             slots: Mutex::new(slots),
-            writer,
-            _active: ActiveGuard(metrics),
-        })
+            state_dir: state_dir.to_path_buf(),
+            writer: None,
+            _active: None,
+        };
+        if !meta.queued {
+            rec.begin()?;
+        }
+        Ok(rec)
+    }
+
+    /// The run begins: a queued one is marked running; the log writer starts; publishes
+    /// `run_started` and a `step_queued` per step. False when a queued run ended while it
+    /// waited (recovered by another process): there is nothing to execute. Once begun, true.
+    pub fn begin(&mut self) -> Result<bool, StoreError> {
+        if self.writer.is_some() {
+            return Ok(true);
+        }
+        let was_queued = {
+            let mut store = lock(&self.store);
+            match store.run(&self.run_id)? {
+                Some(r) if r.run.status == RunStatus::Queued => {
+                    if !store.begin_run(&self.run_id)? {
+                        return Ok(false);
+                    }
+                    true
+                }
+                Some(r) if r.run.status == RunStatus::Running => false,
+                _ => return Ok(false),
+            }
+        };
+        self.writer = Some(LogWriterThread::start(&self.state_dir)?);
+        let metrics = crate::metrics::global();
+        if let Some(m) = metrics {
+            m.runs_active.inc();
+        }
+        self._active = Some(ActiveGuard(metrics));
+        let slots = lock(&self.slots);
+        self.events.send(Event::RunStarted {
+            run_id: self.run_id.clone(),
+            operation: self.operation.clone(),
+            steps: slots.len(),
+        });
+        for slot in slots.iter() {
+            self.events.send(Event::StepQueued {
+                run_id: self.run_id.clone(),
+                service: slot.name.clone(),
+            });
+        }
+        drop(slots);
+        tracing::debug!(run = %self.run_id, was_queued, "run begins");
+        Ok(true)
     }
 
     pub fn run_id(&self) -> &str {
         &self.run_id
     }
 
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
     pub fn operation(&self) -> &str {
         &self.operation
     }
 
-    /// The batched writer of this run's log lines and audit entries.
+    /// The batched writer of this run's log lines and audit entries (once begun; before, lines
+    /// go nowhere — nothing executes a run before it begins).
     pub fn writer(&self) -> LogWriter {
-        self.writer.writer()
+        match &self.writer {
+            Some(w) => w.writer(),
+            None => LogWriter::detached(),
+        }
     }
 
     /// The store id of step `idx`.
@@ -214,7 +260,7 @@ impl Recorder {
             let s = &slots[idx];
             (s.id, s.name.clone(), s.plugin.clone(), s.started)
         };
-        self.writer.writer().flush();
+        self.writer().flush();
         lock(&self.store).finish_step(id, status, &end)?;
         if let (Some(m), Some(_)) = (crate::metrics::global(), started) {
             m.step_duration_seconds
@@ -262,6 +308,29 @@ impl Recorder {
         drop(_active);
         events.send(Event::RunFinished { run_id, status });
         Ok(store)
+    }
+}
+
+/// Ends run `run_id` `failed` with `why` on its unfinished steps, through a connection of its
+/// own (the executor's may be what failed): for a run whose execution failed or panicked.
+pub fn end_failed(state_dir: &Path, run_id: &str, why: &str) {
+    let why = crate::redact::text(why);
+    tracing::error!(run = %run_id, error = %why, "a run failed to complete; it is recorded failed");
+    let ended =
+        Store::open(state_dir).and_then(|mut s| s.end_abandoned(run_id, RunStatus::Failed, &why));
+    if let Err(e) = ended {
+        tracing::error!(run = %run_id, error = %e, "could not record the run failed");
+    }
+}
+
+/// The message of a panic's payload.
+pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".into()
     }
 }
 

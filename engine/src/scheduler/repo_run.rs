@@ -53,8 +53,17 @@ impl<'a> RepoRun<'a> {
         self.rec.run_id()
     }
 
+    /// The run begins (see [`Recorder::begin`]); false when a queued run ended while it waited.
+    pub fn begin(&mut self) -> Result<bool, StoreError> {
+        self.rec.begin()
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        self.rec.state_dir()
+    }
+
     /// Marks the step of `repo` running (once); returns its index.
-    fn begin(&self, repo: &str) -> Option<usize> {
+    fn begin_repo(&self, repo: &str) -> Option<usize> {
         let idx = self.rec.index(repo)?;
         let grants = serde_json::json!({"git": self.rec.operation()});
         if let Err(e) = self.rec.start_step(idx, "", &grants) {
@@ -87,7 +96,7 @@ fn step_status(o: &RepoOutcome) -> StepStatus {
 
 impl Progress for RepoRun<'_> {
     fn start(&self, repo: &str, what: &str) {
-        self.begin(repo);
+        self.begin_repo(repo);
         self.inner.start(repo, what);
     }
 
@@ -97,7 +106,7 @@ impl Progress for RepoRun<'_> {
 
     fn finish(&self, o: &RepoOutcome) {
         self.inner.finish(o);
-        let Some(idx) = self.begin(&o.name) else {
+        let Some(idx) = self.begin_repo(&o.name) else {
             return;
         };
         let status = step_status(o);

@@ -149,8 +149,19 @@ impl Store {
         if found == known {
             return Ok(());
         }
-        let migrations = Migrations::new(files.iter().map(|(_, sql)| M::up(sql)).collect());
-        if let Err(source) = migrations.to_latest(&mut self.conn) {
+        let migrations = Migrations::new(
+            files
+                .iter()
+                .map(|(_, sql)| M::up(sql).foreign_key_check())
+                .collect(),
+        );
+        // A migration that rebuilds a table (SQLite cannot alter a constraint in place) must not
+        // let the DROP of the old one cascade into its children: foreign keys are off while
+        // migrating (a no-op inside a transaction, hence here) and checked per migration.
+        self.conn.pragma_update(None, "foreign_keys", "OFF")?;
+        let migrated = migrations.to_latest(&mut self.conn);
+        self.conn.pragma_update(None, "foreign_keys", "ON")?;
+        if let Err(source) = migrated {
             // Another process may have migrated between our version check and our transaction.
             if self.schema_version()? == known {
                 return Ok(());
@@ -225,5 +236,78 @@ mod tests {
             let prefix: usize = name[..4].parse().expect("NNNN_ prefix");
             assert_eq!(prefix, i + 1, "{name} is out of sequence");
         }
+    }
+
+    /// Migration 0007 rebuilds `runs` (a parent of `steps`, `run_events`, …): the history of a
+    /// database written before it survives, and a queued run can be recorded after it.
+    #[test]
+    fn rebuilding_the_runs_table_keeps_every_step_log_and_journal_row() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(DB_FILE);
+        {
+            let mut conn = Connection::open(&path).expect("open");
+            conn.pragma_update(None, "foreign_keys", "ON").expect("fk");
+            let before: Vec<_> = migrations()
+                .iter()
+                .filter(|(name, _)| *name < "0007")
+                .map(|(_, sql)| M::up(sql))
+                .collect();
+            Migrations::new(before)
+                .to_latest(&mut conn)
+                .expect("migrate to 6");
+            conn.execute_batch(
+                "INSERT INTO runs (id, operation, selection, started_by, status, created_at, finished_at)
+                     VALUES ('r1', 'build', '{}', 'cli', 'succeeded', 1, 2);
+                 INSERT INTO steps (run_id, service, plugin, status) VALUES ('r1', 'a', 'command', 'succeeded');
+                 INSERT INTO log_chunks (step_id, first_seq, last_seq, at, stream, text)
+                     VALUES (1, 0, 0, 1, 'stdout', 'hello');
+                 INSERT INTO run_events (run_id, step_id, kind, status, at) VALUES ('r1', NULL, 'run_started', 'running', 1);
+                 INSERT INTO run_events (run_id, step_id, kind, status, at) VALUES ('r1', 1, 'step_finished', 'succeeded', 2);",
+            )
+            .expect("history");
+        }
+        let mut store = Store::open(dir.path()).expect("migrated");
+        fn count_in(store: &Store, sql: &str) -> i64 {
+            store
+                .conn()
+                .query_row(sql, [], |r| r.get(0))
+                .expect("count")
+        }
+        assert_eq!(count_in(&store, "SELECT count(*) FROM steps"), 1);
+        assert_eq!(count_in(&store, "SELECT count(*) FROM log_chunks"), 1);
+        assert_eq!(count_in(&store, "SELECT count(*) FROM run_events"), 2);
+        assert_eq!(
+            count_in(&store, "PRAGMA foreign_keys"),
+            1,
+            "foreign keys are back on"
+        );
+        let ids = store
+            .create_run(
+                &crate::store::NewRun {
+                    id: "r2".into(),
+                    operation: "build".into(),
+                    selection: serde_json::json!({}),
+                    options: serde_json::json!({}),
+                    started_by: "api".into(),
+                },
+                &[("a", "command")],
+                true,
+            )
+            .expect("a queued run");
+        assert_eq!(ids.len(), 1);
+        let run = store.run("r2").expect("read").expect("r2");
+        assert_eq!(run.run.status, crate::model::RunStatus::Queued);
+        assert_eq!(run.run.queue_position, Some(1));
+        // New journal ids keep growing past the old ones.
+        assert!(count_in(&store, "SELECT max(id) FROM run_events") > 2);
+        // Deleting a run still cascades to its steps.
+        store
+            .conn()
+            .execute("DELETE FROM runs WHERE id = 'r1'", [])
+            .expect("delete");
+        assert_eq!(
+            count_in(&store, "SELECT count(*) FROM steps WHERE run_id = 'r1'"),
+            0
+        );
     }
 }

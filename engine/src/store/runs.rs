@@ -22,10 +22,19 @@ pub struct RunHead {
     #[serde(with = "crate::model::time_opt")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<i64>,
+    /// While `queued`: its place in the queue of the server that will execute it (1 = next).
+    pub queue_position: Option<i64>,
 }
 
+/// The columns [`RunHead::from_row`] reads, from `runs r`.
+const HEAD_COLUMNS: &str = "r.id, r.operation, r.status, r.started_by, r.created_at, r.finished_at,
+    CASE WHEN r.status = 'queued' THEN (
+        SELECT count(*) FROM runs q WHERE q.status = 'queued' AND q.pid IS r.pid
+            AND q.pid_start IS r.pid_start AND q.rowid <= r.rowid) END";
+
 impl RunHead {
-    /// From the columns `id, operation, status, started_by, created_at, finished_at` of `runs`.
+    /// From [`HEAD_COLUMNS`] (0–6). A queued run's place counts the runs queued before it by
+    /// the same server: a server records its queued runs in the order it admits them.
     fn from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RunHead> {
         Ok(RunHead {
             id: r.get(0)?,
@@ -34,6 +43,7 @@ impl RunHead {
             started_by: r.get(3)?,
             created_at: r.get(4)?,
             finished_at: r.get(5)?,
+            queue_position: r.get(6)?,
         })
     }
 }
@@ -250,20 +260,27 @@ fn step_journal(
 }
 
 impl Store {
-    /// Creates a run owned by this process, with one queued step per (service, plugin); returns
-    /// the step ids in the same order. One transaction.
+    /// Creates a run owned by this process, running or (with `queued`) waiting for a slot, with
+    /// one queued step per (service, plugin); returns the step ids in the same order. One
+    /// transaction.
     pub fn create_run(
         &mut self,
         run: &NewRun,
         steps: &[(&str, &str)],
+        queued: bool,
     ) -> Result<Vec<i64>, StoreError> {
+        let (status, kind) = if queued {
+            (RunStatus::Queued, JournalKind::RunQueued)
+        } else {
+            (RunStatus::Running, JournalKind::RunStarted)
+        };
         let host = std::env::var("HOSTNAME").ok();
         let start = crate::scheduler::recover::own_start();
         self.write(|tx| {
             tx.execute(
                 "INSERT INTO runs (id, operation, selection, options, started_by, host, pid, pid_start,
                                    status, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 'running', ?9)",
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![
                     run.id,
                     run.operation,
@@ -273,11 +290,12 @@ impl Store {
                     host,
                     std::process::id(),
                     start,
+                    status.as_str(),
                     now_ms()
                 ],
             )?;
             let now = now_ms();
-            journal(tx, &run.id, None, JournalKind::RunStarted, "running", now)?;
+            journal(tx, &run.id, None, kind, status.as_str(), now)?;
             let mut stmt = tx.prepare_cached(
                 "INSERT INTO steps (run_id, service, plugin, status) VALUES (?1, ?2, ?3, 'queued')",
             )?;
@@ -292,11 +310,27 @@ impl Store {
         })
     }
 
-    /// Runs recorded as running, with their owner.
+    /// A queued run begins: it is `running` from now on. False when it was not queued (it
+    /// ended while it waited, e.g. recovered after its server died).
+    pub fn begin_run(&mut self, run_id: &str) -> Result<bool, StoreError> {
+        let now = now_ms();
+        self.write(|tx| {
+            let changed = tx.execute(
+                "UPDATE runs SET status = 'running' WHERE id = ?1 AND status = 'queued'",
+                [run_id],
+            )?;
+            if changed > 0 {
+                journal(tx, run_id, None, JournalKind::RunStarted, "running", now)?;
+            }
+            Ok(changed > 0)
+        })
+    }
+
+    /// Runs that have not ended (queued or running), with their owner.
     pub fn running_runs(&self) -> Result<Vec<RunOwner>, StoreError> {
-        let mut stmt = self
-            .conn()
-            .prepare_cached("SELECT id, pid, pid_start FROM runs WHERE status = 'running'")?;
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT id, pid, pid_start FROM runs WHERE status IN ('queued', 'running')",
+        )?;
         let rows = stmt.query_map([], |r| {
             Ok(RunOwner {
                 id: r.get(0)?,
@@ -309,28 +343,51 @@ impl Store {
 
     /// Marks a run and its unfinished steps interrupted.
     pub fn interrupt_run(&mut self, run_id: &str) -> Result<(), StoreError> {
+        self.end_abandoned(
+            run_id,
+            RunStatus::Interrupted,
+            "the engine running this step stopped (killed or crashed)",
+        )
+    }
+
+    /// Ends a run that its executor cannot end (its process died, or its task failed or
+    /// panicked): the unfinished steps and the run get `status` and the steps `reason`, with
+    /// their journal rows. A run that has already ended is left as it is.
+    pub fn end_abandoned(
+        &mut self,
+        run_id: &str,
+        status: RunStatus,
+        reason: &str,
+    ) -> Result<(), StoreError> {
         let now = now_ms();
         self.write(|tx| {
+            let changed = tx.execute(
+                "UPDATE runs SET status = ?3, finished_at = ?2
+                 WHERE id = ?1 AND status IN ('queued', 'running')",
+                params![run_id, now, status.as_str()],
+            )?;
+            if changed == 0 {
+                return Ok(());
+            }
             tx.execute(
                 "INSERT INTO run_events (run_id, step_id, kind, status, at)
-                 SELECT run_id, id, 'step_finished', 'interrupted', ?2 FROM steps
+                 SELECT run_id, id, 'step_finished', ?3, ?2 FROM steps
                  WHERE run_id = ?1 AND status IN ('queued', 'running') ORDER BY id",
-                params![run_id, now],
+                params![run_id, now, status.as_str()],
             )?;
             tx.execute(
-                "UPDATE steps SET status = 'interrupted', finished_at = ?2,
-                    reason = 'the engine running this step stopped (killed or crashed)'
+                "UPDATE steps SET status = ?3, finished_at = ?2, reason = ?4
                  WHERE run_id = ?1 AND status IN ('queued', 'running')",
-                params![run_id, now],
+                params![run_id, now, status.as_str(), reason],
             )?;
-            let changed = tx.execute(
-                "UPDATE runs SET status = 'interrupted', finished_at = ?2 WHERE id = ?1 AND status = 'running'",
-                params![run_id, now],
-            )?;
-            if changed > 0 {
-                journal(tx, run_id, None, JournalKind::RunFinished, "interrupted", now)?;
-            }
-            Ok(())
+            journal(
+                tx,
+                run_id,
+                None,
+                JournalKind::RunFinished,
+                status.as_str(),
+                now,
+            )
         })
     }
 
@@ -462,7 +519,7 @@ impl Store {
         let run = self
             .conn()
             .query_row(
-                "SELECT id, operation, status, started_by, created_at, finished_at FROM runs WHERE id = ?1",
+                &format!("SELECT {HEAD_COLUMNS} FROM runs r WHERE r.id = ?1"),
                 [run_id],
                 |r| {
                     Ok(RunRow {
@@ -523,14 +580,14 @@ impl Store {
         limit: usize,
     ) -> Result<Vec<RunSummary>, StoreError> {
         let (before_at, before_id) = filter.before.clone().unwrap_or((i64::MAX, String::new()));
-        let mut stmt = self.conn().prepare_cached(
-            "SELECT r.id, r.operation, r.status, r.started_by, r.created_at, r.finished_at,
+        let mut stmt = self.conn().prepare_cached(&format!(
+            "SELECT {HEAD_COLUMNS},
                     count(s.id), sum(s.status = 'succeeded'), sum(s.status IN ('failed', 'denied', 'timed_out', 'resource_exhausted'))
              FROM runs r LEFT JOIN steps s ON s.run_id = r.id
              WHERE (?2 IS NULL OR r.status = ?2) AND (?3 IS NULL OR r.operation = ?3)
                AND (r.created_at < ?4 OR (r.created_at = ?4 AND (?5 = '' OR r.id < ?5)))
-             GROUP BY r.id ORDER BY r.created_at DESC, r.id DESC LIMIT ?1",
-        )?;
+             GROUP BY r.id ORDER BY r.created_at DESC, r.id DESC LIMIT ?1"
+        ))?;
         let args = params![
             i64::try_from(limit).unwrap_or(i64::MAX),
             filter.status,
@@ -541,9 +598,9 @@ impl Store {
         let rows = stmt.query_map(args, |r| {
             Ok(RunSummary {
                 run: RunHead::from_row(r)?,
-                steps: r.get(6)?,
-                succeeded: r.get::<_, Option<i64>>(7)?.unwrap_or(0),
-                failed: r.get::<_, Option<i64>>(8)?.unwrap_or(0),
+                steps: r.get(7)?,
+                succeeded: r.get::<_, Option<i64>>(8)?.unwrap_or(0),
+                failed: r.get::<_, Option<i64>>(9)?.unwrap_or(0),
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -613,6 +670,16 @@ impl Store {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
+    /// The journal id of the run's `run_finished` entry, once it has ended.
+    pub fn run_end_event(&self, run_id: &str) -> Result<Option<i64>, StoreError> {
+        Ok(self
+            .conn()
+            .prepare_cached(
+                "SELECT max(id) FROM run_events WHERE run_id = ?1 AND kind = 'run_finished'",
+            )?
+            .query_row([run_id], |r| r.get(0))?)
+    }
+
     /// A number that changes whenever any run, step or their status changes (the newest journal
     /// id): views computed from the run history can be cached until it moves.
     pub fn history_generation(&self) -> Result<i64, StoreError> {
@@ -675,7 +742,7 @@ impl Store {
     ) -> Result<usize, StoreError> {
         let ids: Vec<String> = {
             let mut stmt = self.conn().prepare(
-                "SELECT id, created_at FROM runs WHERE status != 'running'
+                "SELECT id, created_at FROM runs WHERE status NOT IN ('queued', 'running')
                  ORDER BY created_at DESC, id DESC",
             )?;
             let runs: Vec<(String, i64)> = stmt
