@@ -1218,7 +1218,7 @@ fn metrics_pass_promtool_and_the_spec_holds_under_schemathesis() -> TestResult {
             "-H",
             &format!("Authorization: Bearer {token}"),
             "--checks",
-            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,ignored_auth,missing_required_header",
+            "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance,response_headers_conformance,ignored_auth,missing_required_header,negative_data_rejection",
             "--phases",
             "examples,coverage,fuzzing,stateful",
             "--max-examples",

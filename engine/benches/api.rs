@@ -4,7 +4,11 @@
 //! - `GET /api/services` on a 1,000-service workspace (the default page of 100, and all 1,000);
 //! - `GET /api/runs/{id}/logs` (a page of 1,000 lines) of a stored 100,000-line run;
 //! - a minimal axum hello-world in this process, measured in the same run, as the ceiling;
-//! - `/api/services` again while two runs execute (errors must be zero).
+//! - `/api/services` again while two runs execute (errors must be zero);
+//! - concurrent runs, three cycles: 100 `POST /api/operations/run` from 16 clients at once while
+//!   wrk loads `/api/services`; runs accepted per second, refusals (503 `queue_full`), the time
+//!   until every accepted run has ended, p99 of `/api/services` meanwhile, and the server's RSS
+//!   and open descriptors after each cycle (after the first they must stay level).
 //!
 //! The server is the release `nestr serve --rate-limit 0`; its RSS is sampled before and after
 //! every load.
@@ -20,6 +24,7 @@ use common::{Result, big_workspace};
 /// Operations and grants of the benchmark's workspace.
 const TAIL: &str = "\n[operations.lines]\nplugin = \"command\"\nconfig = { run = [[\"sh\", \"-c\", \"seq 1 100000 | sed 's/^/log line number /'\"]] }\n\
          \n[operations.slow]\nplugin = \"command\"\nconfig = { run = [[\"sh\", \"-c\", \"for i in $(seq 1 600); do echo tick $i; sleep 0.1; done\"]] }\n\
+         \n[operations.quick]\nplugin = \"command\"\nconfig = { run = [[\"sh\", \"-c\", \"echo quick; sleep 0.05\"]] }\n\
          \n[plugins.command]\ngrants = { exec = [\"sh\"], env = [\"PATH\"], output_mb = 64, timeout = \"10m\" }\n";
 
 fn nestr(ws: &Path, args: &[&str]) -> Result<String> {
@@ -151,6 +156,70 @@ fn serve(ws: &Path) -> Result<Server> {
         url,
         _stdout: stdout,
     })
+}
+
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// One cycle of the concurrent-runs load: 100 POSTs from 16 clients; (accepted ids, refused,
+/// seconds the POSTs took).
+fn burst_of_runs(url: &str) -> Result<(Vec<String>, usize, f64)> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let sent = AtomicUsize::new(0);
+    let refused = AtomicUsize::new(0);
+    let ids = std::sync::Mutex::new(Vec::new());
+    let started = std::time::Instant::now();
+    std::thread::scope(|s| {
+        for _ in 0..16 {
+            s.spawn(|| {
+                while sent.fetch_add(1, Ordering::SeqCst) < 100 {
+                    let r = agent
+                        .post(url)
+                        .header("content-type", "application/json")
+                        .send(r#"{"operation":"quick","services":["r03-s00"]}"#);
+                    let Ok(mut r) = r else { continue };
+                    if r.status() == 202 {
+                        let body: serde_json::Value = r.body_mut().read_json().unwrap_or_default();
+                        if let (Some(id), Ok(mut ids)) = (body["run_id"].as_str(), ids.lock()) {
+                            ids.push(id.to_string());
+                        }
+                    } else if r.status() == 503 {
+                        refused.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+            });
+        }
+    });
+    let secs = started.elapsed().as_secs_f64();
+    let ids = ids.into_inner().map_err(|_| "poisoned")?;
+    Ok((ids, refused.into_inner(), secs))
+}
+
+/// Waits until no run is queued or running; seconds waited.
+fn wait_idle(base: &str) -> Result<f64> {
+    let started = std::time::Instant::now();
+    loop {
+        let mut busy = false;
+        for st in ["queued", "running"] {
+            let out = Command::new("curl")
+                .args(["-s", &format!("{base}/api/runs?status={st}&limit=1")])
+                .output()?;
+            let page: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+            busy |= page["runs"].as_array().is_some_and(|r| !r.is_empty());
+        }
+        if !busy {
+            return Ok(started.elapsed().as_secs_f64());
+        }
+        if started.elapsed().as_secs() > 600 {
+            return Err("runs did not end within 10 minutes".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 fn post(url: &str, body: &str) -> Result<String> {
@@ -298,6 +367,40 @@ fn main() -> Result<()> {
         "\nrequests during the two runs: {}, errors: {}; largest RSS growth over one load: {} KiB",
         busy.requests, busy.errors, peak_growth
     );
+    wait_idle(&srv.url)?;
+
+    // Concurrent runs: three cycles of 100 POSTs from 16 clients while wrk loads /api/services.
+    println!(
+        "\nconcurrent runs: 100 POST /api/operations/run from 16 clients per cycle (max_runs and \
+         max_queued at their defaults), wrk -c64 on /api/services meanwhile\n"
+    );
+    println!(
+        "| cycle | accepted | refused (503) | accepted/s | all ended after | /api/services p99 (req/s) | RSS after | fds after |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| before | - | - | - | - | - | {:.1} MiB | {} |",
+        rss_kib(pid) as f64 / 1024.0,
+        fds(pid)
+    );
+    let load_secs = secs.clamp(5, 15);
+    for cycle in 1..=3 {
+        let services = u("/api/services");
+        let load = std::thread::spawn(move || wrk(&services, load_secs).map_err(|e| e.to_string()));
+        let (ids, refused, post_secs) = burst_of_runs(&u("/api/operations/run"))?;
+        let ended = wait_idle(&srv.url)? + post_secs;
+        let load = load.join().map_err(|_| "wrk thread")??;
+        std::thread::sleep(std::time::Duration::from_secs(1));
+        println!(
+            "| {cycle} | {} | {refused} | {:.0} | {ended:.1} s | {:.2} ms ({:.0}) | {:.1} MiB | {} |",
+            ids.len(),
+            ids.len() as f64 / post_secs,
+            load.p99_ms,
+            load.rps,
+            rss_kib(pid) as f64 / 1024.0,
+            fds(pid)
+        );
+    }
     drop(srv);
     drop(rt);
     Ok(())

@@ -37,6 +37,11 @@ macro_rules! words {
             pub fn as_str(self) -> &'static str {
                 self.into()
             }
+
+            /// Every word of the list, in declaration order.
+            pub fn words() -> Vec<&'static str> {
+                <Self as VariantArray>::VARIANTS.iter().map(|w| w.as_str()).collect()
+            }
         }
 
         impl std::fmt::Display for $name {

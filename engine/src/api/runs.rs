@@ -50,12 +50,11 @@ pub async fn list(
     if let Some(s) = &q.status
         && s.parse::<RunStatus>().is_err()
     {
-        use strum::VariantArray;
-        let words: Vec<&str> = RunStatus::VARIANTS.iter().map(|w| w.as_str()).collect();
-        return Err(
-            ApiError::bad_request(format!("`status` must be one of {}", words.join(", ")))
-                .with_field("status"),
-        );
+        return Err(ApiError::bad_request(format!(
+            "`status` must be one of {}",
+            RunStatus::words().join(", ")
+        ))
+        .with_field("status"));
     }
     let before = match &q.cursor {
         None => None,

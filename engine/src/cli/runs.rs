@@ -21,7 +21,7 @@ pub struct RunsArgs {
     #[arg(long, value_name = "OP")]
     pub operation: Option<String>,
     /// Only runs with this status.
-    #[arg(long, value_parser = ["queued", "running", "succeeded", "failed", "cancelled", "interrupted"])]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(RunStatus::words()))]
     pub status: Option<String>,
     /// Print the page as JSON: what `GET /api/runs` answers (`runs`, `next_cursor`).
     #[arg(long)]
@@ -121,10 +121,14 @@ pub fn run(ws: &mut Workspace, args: RunsArgs, ui: &Ui) -> Result<ExitCode, CliE
                 r.run.id,
                 ui.paint(Tone::Bold, &r.run.operation),
                 ui.paint(run_tone(r.run.status), r.run.status.as_str()),
-                r.run.finished_at.map_or(String::new(), |f| format!(
-                    " in {}",
-                    duration(u64::try_from(f - r.run.created_at).unwrap_or(0))
-                ))
+                match (r.run.finished_at, r.run.queue_position) {
+                    (Some(f), _) => format!(
+                        " in {}",
+                        duration(u64::try_from(f - r.run.created_at).unwrap_or(0))
+                    ),
+                    (None, Some(p)) => format!(" (place {p} in the server's queue)"),
+                    (None, None) => String::new(),
+                }
             );
             let rows: Vec<Vec<(String, Option<Tone>)>> = r
                 .steps
