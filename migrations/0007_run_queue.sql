@@ -1,5 +1,6 @@
 -- Runs that wait for a slot: `nestr serve` executes a bounded number of runs at once and records
--- the rest as `queued` (journal kind `run_queued`) until one of its slots frees. SQLite cannot
+-- the rest as `queued` (journal kind `run_queued`) until one of its slots frees. Also: the index
+-- for pages of runs covers the whole order (created_at, id). SQLite cannot
 -- change a CHECK constraint in place, so `runs` and `run_events` are rebuilt (the store turns
 -- foreign keys off while it migrates, as SQLite's procedure for such changes asks, and checks
 -- them after).
@@ -26,7 +27,8 @@ INSERT INTO runs_new (rowid, id, operation, selection, options, started_by, host
 
 DROP TABLE runs;
 ALTER TABLE runs_new RENAME TO runs;
-CREATE INDEX runs_created ON runs (created_at DESC);
+-- Pages of runs, newest first, walk this index and stop after a page.
+CREATE INDEX runs_page ON runs (created_at DESC, id DESC);
 CREATE INDEX runs_status ON runs (status);
 
 CREATE TABLE run_events_new (

@@ -8,7 +8,8 @@
 //! - concurrent runs, three cycles: 100 `POST /api/operations/run` from 16 clients at once while
 //!   wrk loads `/api/services`; runs accepted per second, refusals (503 `queue_full`), the time
 //!   until every accepted run has ended, p99 of `/api/services` meanwhile, and the server's RSS
-//!   and open descriptors after each cycle (after the first they must stay level).
+//!   and open descriptors after each cycle (after the first they must stay level);
+//!   NESTR_BENCH_CYCLES (default 3) cycles.
 //!
 //! The server is the release `nestr serve --rate-limit 0`; its RSS is sampled before and after
 //! every load.
@@ -375,16 +376,25 @@ fn main() -> Result<()> {
          max_queued at their defaults), wrk -c64 on /api/services meanwhile\n"
     );
     println!(
-        "| cycle | accepted | refused (503) | accepted/s | all ended after | /api/services p99 (req/s) | RSS after | fds after |"
+        "| cycle | accepted | refused (503) | accepted/s | all ended after | /api/services p99 (req/s) | RSS after | fds after | WAL after |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let wal = || {
+        std::fs::metadata(ws.join(".nestr/state.db-wal"))
+            .map_or(0.0, |m| m.len() as f64 / 1048576.0)
+    };
     println!(
-        "| before | - | - | - | - | - | {:.1} MiB | {} |",
+        "| before | - | - | - | - | - | {:.1} MiB | {} | {:.1} MiB |",
         rss_kib(pid) as f64 / 1024.0,
-        fds(pid)
+        fds(pid),
+        wal()
     );
     let load_secs = secs.clamp(5, 15);
-    for cycle in 1..=3 {
+    let cycles: usize = std::env::var("NESTR_BENCH_CYCLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    for cycle in 1..=cycles {
         let services = u("/api/services");
         let load = std::thread::spawn(move || wrk(&services, load_secs).map_err(|e| e.to_string()));
         let (ids, refused, post_secs) = burst_of_runs(&u("/api/operations/run"))?;
@@ -392,13 +402,14 @@ fn main() -> Result<()> {
         let load = load.join().map_err(|_| "wrk thread")??;
         std::thread::sleep(std::time::Duration::from_secs(1));
         println!(
-            "| {cycle} | {} | {refused} | {:.0} | {ended:.1} s | {:.2} ms ({:.0}) | {:.1} MiB | {} |",
+            "| {cycle} | {} | {refused} | {:.0} | {ended:.1} s | {:.2} ms ({:.0}) | {:.1} MiB | {} | {:.1} MiB |",
             ids.len(),
             ids.len() as f64 / post_secs,
             load.p99_ms,
             load.rps,
             rss_kib(pid) as f64 / 1024.0,
-            fds(pid)
+            fds(pid),
+            wal()
         );
     }
     drop(srv);

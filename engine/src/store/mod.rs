@@ -238,6 +238,39 @@ mod tests {
         }
     }
 
+    /// A page of runs walks an index and stops: no full scan, no sort of the whole history.
+    #[test]
+    fn a_page_of_runs_walks_an_index_whatever_the_filter() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let filters = [
+            runs::RunFilter::default(),
+            runs::RunFilter {
+                operation: Some("build".into()),
+                before: Some((5, "x".into())),
+                ..Default::default()
+            },
+        ];
+        for filter in &filters {
+            let (sql, args) = runs::page_query(filter, 20);
+            let mut stmt = store
+                .conn()
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .expect("plan");
+            let plan: Vec<String> = stmt
+                .query_map(rusqlite::params_from_iter(args.iter()), |r| r.get(3))
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("rows");
+            let plan = plan.join("\n");
+            assert!(!plan.contains("TEMP B-TREE"), "{filter:?}:\n{plan}");
+            assert!(
+                plan.contains("USING INDEX runs_page"),
+                "{filter:?}:\n{plan}"
+            );
+        }
+    }
+
     /// Migration 0007 rebuilds `runs` (a parent of `steps`, `run_events`, …): the history of a
     /// database written before it survives, and a queued run can be recorded after it.
     #[test]

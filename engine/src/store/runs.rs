@@ -259,6 +259,52 @@ fn step_journal(
     Ok(())
 }
 
+/// The query of a page of runs (see [`Store::list_runs_page`]) and its arguments. Only the
+/// conditions that apply, so that SQLite walks an index (`runs_page`, or `runs_status` for a
+/// status) and stops after `limit` runs; the step counts are read for those runs only. The cost
+/// of a page does not grow with the history.
+pub(crate) fn page_query(
+    filter: &RunFilter,
+    limit: usize,
+) -> (String, Vec<Box<dyn rusqlite::ToSql>>) {
+    let mut conditions = Vec::new();
+    let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
+    if let Some(st) = &filter.status {
+        args.push(Box::new(st.clone()));
+        conditions.push(format!("r.status = ?{}", args.len()));
+    }
+    if let Some(op) = &filter.operation {
+        args.push(Box::new(op.clone()));
+        conditions.push(format!("r.operation = ?{}", args.len()));
+    }
+    if let Some((at, id)) = &filter.before {
+        args.push(Box::new(*at));
+        args.push(Box::new(id.clone()));
+        conditions.push(format!(
+            "(r.created_at, r.id) < (?{}, ?{})",
+            args.len() - 1,
+            args.len()
+        ));
+    }
+    args.push(Box::new(i64::try_from(limit).unwrap_or(i64::MAX)));
+    let limit_arg = args.len();
+    let filter_sql = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    };
+    let sql = format!(
+        "SELECT {HEAD_COLUMNS},
+                (SELECT count(*) FROM steps s WHERE s.run_id = r.id),
+                (SELECT count(*) FROM steps s WHERE s.run_id = r.id AND s.status = 'succeeded'),
+                (SELECT count(*) FROM steps s WHERE s.run_id = r.id
+                    AND s.status IN ('failed', 'denied', 'timed_out', 'resource_exhausted'))
+         FROM runs r {filter_sql}
+         ORDER BY r.created_at DESC, r.id DESC LIMIT ?{limit_arg}"
+    );
+    (sql, args)
+}
+
 impl Store {
     /// Creates a run owned by this process, running or (with `queued`) waiting for a slot, with
     /// one queued step per (service, plugin); returns the step ids in the same order. One
@@ -579,28 +625,14 @@ impl Store {
         filter: &RunFilter,
         limit: usize,
     ) -> Result<Vec<RunSummary>, StoreError> {
-        let (before_at, before_id) = filter.before.clone().unwrap_or((i64::MAX, String::new()));
-        let mut stmt = self.conn().prepare_cached(&format!(
-            "SELECT {HEAD_COLUMNS},
-                    count(s.id), sum(s.status = 'succeeded'), sum(s.status IN ('failed', 'denied', 'timed_out', 'resource_exhausted'))
-             FROM runs r LEFT JOIN steps s ON s.run_id = r.id
-             WHERE (?2 IS NULL OR r.status = ?2) AND (?3 IS NULL OR r.operation = ?3)
-               AND (r.created_at < ?4 OR (r.created_at = ?4 AND (?5 = '' OR r.id < ?5)))
-             GROUP BY r.id ORDER BY r.created_at DESC, r.id DESC LIMIT ?1"
-        ))?;
-        let args = params![
-            i64::try_from(limit).unwrap_or(i64::MAX),
-            filter.status,
-            filter.operation,
-            before_at,
-            before_id
-        ];
-        let rows = stmt.query_map(args, |r| {
+        let (sql, args) = page_query(filter, limit);
+        let mut stmt = self.conn().prepare_cached(&sql)?;
+        let rows = stmt.query_map(rusqlite::params_from_iter(args.iter()), |r| {
             Ok(RunSummary {
                 run: RunHead::from_row(r)?,
                 steps: r.get(7)?,
-                succeeded: r.get::<_, Option<i64>>(8)?.unwrap_or(0),
-                failed: r.get::<_, Option<i64>>(9)?.unwrap_or(0),
+                succeeded: r.get(8)?,
+                failed: r.get(9)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
