@@ -233,7 +233,7 @@ pub struct EventData {
 pub struct SseMessage {
     /// The resume cursor (`E-C-N`): send it back as `Last-Event-ID`.
     pub id: String,
-    /// run_started, step_queued, step_started, log, step_finished or run_finished.
+    /// run_queued, run_started, step_queued, step_started, log, step_finished or run_finished.
     pub event: String,
     /// An `EventData` object as JSON.
     pub data: String,

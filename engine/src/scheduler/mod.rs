@@ -391,7 +391,14 @@ impl Executor<'_> {
                         reports[idx] = Some(report);
                     }
                     Ok((host, plugin, request, ctx)) => {
+                        #[cfg(test)]
+                        let inject = plan.operation == "panic-in-step-for-test";
                         let task = running.spawn(async move {
+                            // The unit test of the step-task guard (compiled out of the engine).
+                            #[cfg(test)]
+                            if inject {
+                                panic!("a fault injected into a step by a test");
+                            }
                             let outcome = host.run_step(&plugin, &request, ctx).await;
                             (idx, outcome)
                         });
@@ -650,23 +657,66 @@ fn service_dir(repo_dir: &Path, rel: &Path) -> Result<PathBuf, String> {
 mod tests {
     use super::*;
 
+    /// A workspace of one service `a` with operation `op` (a `command` running `true`); the
+    /// manifest and the state folder.
+    fn one_service(dir: &Path, op: &str) -> (Manifest, PathBuf) {
+        let toml = dir.join("nestr.toml");
+        std::fs::create_dir_all(dir.join("app")).expect("repo folder");
+        std::fs::write(
+            &toml,
+            format!(
+                "[workspace]\nname = \"w\"\n[repos.app]\nurl = \"/nowhere.git\"\n\
+                 [services.a]\nrepo = \"app\"\n[services.a.operations]\n\
+                 {op} = {{ plugin = \"command\", config = {{ run = [[\"true\"]] }} }}\n\
+                 [plugins.command]\ngrants = {{ exec = [\"true\"] }}\n"
+            ),
+        )
+        .expect("manifest");
+        let manifest = crate::manifest::load(&toml).expect("valid manifest");
+        (manifest, dir.join(".nestr"))
+    }
+
+    /// A step whose task panics ends `failed` with the reason, and the run goes on to its end.
+    #[test]
+    fn a_step_whose_task_panics_ends_failed_and_the_run_ends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let op = "panic-in-step-for-test";
+        let (manifest, state) = one_service(dir.path(), op);
+        let sel = Selection::default();
+        let plan = plan(&manifest, op, &sel).expect("plan");
+        let store = Store::open(&state).expect("store");
+        let started = record(
+            store,
+            &state,
+            &RunMeta::default(),
+            plan,
+            &sel,
+            &RunOptions::default(),
+        )
+        .expect("recorded");
+        let (report, _) = started
+            .execute_blocking(&manifest, Cancel::default())
+            .expect("the run ends");
+        assert_eq!(report.status, RunStatus::Failed);
+        let step = &report.steps[0];
+        assert_eq!(step.status, StepStatus::Failed, "{step:?}");
+        assert!(
+            step.reason
+                .as_deref()
+                .is_some_and(|r| r.contains("the engine failed while running this step")
+                    && r.contains("a fault injected into a step by a test")),
+            "{step:?}"
+        );
+    }
+
     /// A run whose execution panics still ends in the store, `failed`, with the reason on its
     /// unfinished steps, and the caller gets an error (not a panic).
     #[test]
     fn a_run_that_panics_while_executing_ends_failed_in_the_store() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let toml = dir.path().join("nestr.toml");
-        std::fs::write(
-            &toml,
-            "[workspace]\nname = \"w\"\n[repos.app]\nurl = \"/nowhere.git\"\n\
-             [services.a]\nrepo = \"app\"\n[services.a.operations]\n\
-             panic-for-test = { plugin = \"command\", config = { run = [[\"true\"]] } }\n",
-        )
-        .expect("manifest");
-        let manifest = crate::manifest::load(&toml).expect("valid manifest");
+        let (manifest, state) = one_service(dir.path(), "panic-for-test");
         let sel = Selection::default();
         let plan = plan(&manifest, "panic-for-test", &sel).expect("plan");
-        let state = dir.path().join(".nestr");
         let store = Store::open(&state).expect("store");
         let started = record(
             store,
