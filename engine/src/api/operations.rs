@@ -191,9 +191,12 @@ async fn launch(state: &AppState, job: Job) -> Result<Response, ApiError> {
         },
     );
     let recorded = tokio::task::spawn_blocking(move || {
-        // Admission and recording under one lock: the queue's order is the store's.
+        // Admission and recording under one lock: the queue's order is the store's. The
+        // admission is declared first so that it is dropped last: a slot dropped while the lock
+        // is held (an unwinding panic) would take the lock again.
+        let admission: Admission;
         let mut waiting = queue.lock();
-        let admission = queue.admit(&mut waiting, &id).map_err(Refused::Full)?;
+        admission = queue.admit(&mut waiting, &id).map_err(Refused::Full)?;
         meta.queued = matches!(admission, Admission::Wait(_));
         let recorded = match job {
             Job::Operation(plan, sel, opts) => Store::open(&dir)
