@@ -1,8 +1,9 @@
 //! The HTTP API, `nestr serve`: axum on tokio over the same engine the CLI uses. `router(state)`
 //! builds every route with its middleware (tests call it in-process, `serve` runs it on a
 //! socket). Handlers live per resource (`workspace.rs`, `operations.rs`, `runs.rs`, `events.rs`),
-//! errors in `error.rs`, middleware in `layers.rs`, shared state in `state.rs`, the OpenAPI
-//! document in `openapi.rs`.
+//! errors in `error.rs`, middleware in `layers.rs`, shared state in `state.rs`, the run queue in
+//! `queue.rs`, the OpenAPI document in `openapi.rs`. `serve` also owns the connection cap, the
+//! descriptor limit and the sweep that marks runs of dead processes `interrupted`.
 //!
 //! Shutdown (SIGTERM or Ctrl-C): stop accepting, end the event streams, let in-flight requests
 //! finish, cancel the runs this server executes and wait until they are recorded `cancelled`.
