@@ -18,6 +18,7 @@ pub struct Metrics {
     pub http_requests_in_flight: IntGauge,
     pub runs_total: IntCounterVec,
     pub runs_active: IntGauge,
+    pub runs_queued: IntGauge,
     pub step_duration_seconds: HistogramVec,
     pub plugin_instantiate_seconds: Histogram,
     pub exec_denied_total: IntCounterVec,
@@ -59,6 +60,10 @@ impl Metrics {
                 &["operation", "status"],
             )?,
             runs_active: IntGauge::new("nestr_runs_active", "Runs this process is executing.")?,
+            runs_queued: IntGauge::new(
+                "nestr_runs_queued",
+                "Runs waiting for one of the server's run slots.",
+            )?,
             step_duration_seconds: HistogramVec::new(
                 HistogramOpts::new("nestr_step_duration_seconds", "Duration of finished steps.")
                     .buckets(STEP_BUCKETS.to_vec()),
@@ -107,6 +112,7 @@ impl Metrics {
         r.register(Box::new(m.http_requests_in_flight.clone()))?;
         r.register(Box::new(m.runs_total.clone()))?;
         r.register(Box::new(m.runs_active.clone()))?;
+        r.register(Box::new(m.runs_queued.clone()))?;
         r.register(Box::new(m.step_duration_seconds.clone()))?;
         r.register(Box::new(m.plugin_instantiate_seconds.clone()))?;
         r.register(Box::new(m.exec_denied_total.clone()))?;
@@ -195,6 +201,7 @@ mod tests {
         for name in [
             "nestr_runs_total",
             "nestr_runs_active",
+            "nestr_runs_queued",
             "http_requests_in_flight",
             "nestr_plugin_instantiate_seconds",
         ] {

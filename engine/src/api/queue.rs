@@ -74,12 +74,14 @@ impl RunQueue {
         }
         let (tx, rx) = oneshot::channel();
         w.queue.push_back((run_id.to_string(), tx));
+        w.publish();
         Ok(Admission::Wait(rx))
     }
 
     /// Takes run `run_id` out of the queue (it was not recorded, or it was cancelled).
     pub fn withdraw(&self, w: &mut Waiting, run_id: &str) {
         w.queue.retain(|(id, _)| id != run_id);
+        w.publish();
     }
 
     /// Runs executing now and runs waiting.
@@ -93,6 +95,16 @@ impl RunQueue {
     }
 }
 
+impl Waiting {
+    /// `nestr_runs_queued`.
+    fn publish(&self) {
+        if let Some(m) = crate::metrics::global() {
+            m.runs_queued
+                .set(i64::try_from(self.queue.len()).unwrap_or(i64::MAX));
+        }
+    }
+}
+
 impl Drop for Slot {
     fn drop(&mut self) {
         let queue = self.0.clone();
@@ -100,7 +112,9 @@ impl Drop for Slot {
         // (its `Slot` is dropped by the failed send, outside the lock).
         let next = {
             let mut w = queue.lock();
-            match w.queue.pop_front() {
+            let next = w.queue.pop_front();
+            w.publish();
+            match next {
                 Some((_, tx)) => Some(tx),
                 None => {
                     w.running = w.running.saturating_sub(1);
