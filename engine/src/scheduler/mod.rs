@@ -657,9 +657,9 @@ fn service_dir(repo_dir: &Path, rel: &Path) -> Result<PathBuf, String> {
 mod tests {
     use super::*;
 
-    /// A workspace of one service `a` with operation `op` (a `command` running `true`); the
-    /// manifest and the state folder.
-    fn one_service(dir: &Path, op: &str) -> (Manifest, PathBuf) {
+    /// A workspace of one service `a` with operation `op` (a `command` running `true`) and a run
+    /// of it recorded: the manifest, the state folder and the run ready to execute.
+    fn one_service(dir: &Path, op: &str) -> (Manifest, PathBuf, Started) {
         let toml = dir.join("nestr.toml");
         std::fs::create_dir_all(dir.join("app")).expect("repo folder");
         std::fs::write(
@@ -673,15 +673,7 @@ mod tests {
         )
         .expect("manifest");
         let manifest = crate::manifest::load(&toml).expect("valid manifest");
-        (manifest, dir.join(".nestr"))
-    }
-
-    /// A step whose task panics ends `failed` with the reason, and the run goes on to its end.
-    #[test]
-    fn a_step_whose_task_panics_ends_failed_and_the_run_ends() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let op = "panic-in-step-for-test";
-        let (manifest, state) = one_service(dir.path(), op);
+        let state = dir.join(".nestr");
         let sel = Selection::default();
         let plan = plan(&manifest, op, &sel).expect("plan");
         let store = Store::open(&state).expect("store");
@@ -694,6 +686,14 @@ mod tests {
             &RunOptions::default(),
         )
         .expect("recorded");
+        (manifest, state, started)
+    }
+
+    /// A step whose task panics ends `failed` with the reason, and the run goes on to its end.
+    #[test]
+    fn a_step_whose_task_panics_ends_failed_and_the_run_ends() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (manifest, _, started) = one_service(dir.path(), "panic-in-step-for-test");
         let (report, _) = started
             .execute_blocking(&manifest, Cancel::default())
             .expect("the run ends");
@@ -714,19 +714,7 @@ mod tests {
     #[test]
     fn a_run_that_panics_while_executing_ends_failed_in_the_store() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (manifest, state) = one_service(dir.path(), "panic-for-test");
-        let sel = Selection::default();
-        let plan = plan(&manifest, "panic-for-test", &sel).expect("plan");
-        let store = Store::open(&state).expect("store");
-        let started = record(
-            store,
-            &state,
-            &RunMeta::default(),
-            plan,
-            &sel,
-            &RunOptions::default(),
-        )
-        .expect("recorded");
+        let (manifest, state, started) = one_service(dir.path(), "panic-for-test");
         let id = started.run_id().to_string();
         let err = match started.execute_blocking(&manifest, Cancel::default()) {
             Ok(_) => panic!("the injected fault did not fail the run"),
