@@ -69,6 +69,8 @@ pub(crate) struct Recorder {
     store: Mutex<Store>,
     slots: Mutex<Vec<Slot>>,
     state_dir: PathBuf,
+    /// Recorded `queued`: beginning marks it running.
+    queued: bool,
     /// Started when the run begins: a queued run holds no thread.
     writer: Option<LogWriterThread>,
     _active: Option<ActiveGuard>,
@@ -117,6 +119,7 @@ impl Recorder {
             store: Mutex::new(store),
             slots: Mutex::new(slots),
             state_dir: state_dir.to_path_buf(),
+            queued: meta.queued,
             writer: None,
             _active: None,
         };
@@ -133,19 +136,9 @@ impl Recorder {
         if self.writer.is_some() {
             return Ok(true);
         }
-        let was_queued = {
-            let mut store = lock(&self.store);
-            match store.run(&self.run_id)? {
-                Some(r) if r.run.status == RunStatus::Queued => {
-                    if !store.begin_run(&self.run_id)? {
-                        return Ok(false);
-                    }
-                    true
-                }
-                Some(r) if r.run.status == RunStatus::Running => false,
-                _ => return Ok(false),
-            }
-        };
+        if self.queued && !lock(&self.store).begin_run(&self.run_id)? {
+            return Ok(false);
+        }
         self.writer = Some(LogWriterThread::start(&self.state_dir)?);
         let metrics = crate::metrics::global();
         if let Some(m) = metrics {
@@ -165,7 +158,7 @@ impl Recorder {
             });
         }
         drop(slots);
-        tracing::debug!(run = %self.run_id, was_queued, "run begins");
+        tracing::debug!(run = %self.run_id, queued = self.queued, "run begins");
         Ok(true)
     }
 
