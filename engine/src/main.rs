@@ -39,12 +39,7 @@ fn main() {
 fn quiet_on_broken_pipe() {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
-        let payload = info.payload();
-        let message = payload
-            .downcast_ref::<String>()
-            .map(String::as_str)
-            .or_else(|| payload.downcast_ref::<&str>().copied())
-            .unwrap_or_default();
+        let message = nestr::scheduler::panic_text(info.payload());
         if message.contains("Broken pipe") || message.contains("os error 32") {
             std::process::exit(BROKEN_PIPE);
         }

@@ -85,13 +85,10 @@ impl RunQueue {
     }
 
     /// Runs executing now and runs waiting.
-    pub fn counts(&self) -> (usize, usize) {
+    #[cfg(test)]
+    fn counts(&self) -> (usize, usize) {
         let w = self.lock();
         (w.running, w.queue.len())
-    }
-
-    pub fn max_runs(&self) -> usize {
-        self.max_runs
     }
 }
 

@@ -34,8 +34,8 @@ use crate::plugin::{Host, LoadedPlugin, StepOutcome, StepRequest, bindings::type
 use crate::redact::Redactor;
 use crate::store::{StepEnd, Store, StoreError};
 pub use plan::{Plan, PlannedStep, Selection, SelectionError, plan};
-pub use record::RunMeta;
 use record::{Recorder, RunSpec};
+pub use record::{RunMeta, panic_text};
 
 /// How to run an operation (who runs it is [`RunMeta`]).
 #[derive(Debug, Clone)]

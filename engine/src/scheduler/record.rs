@@ -316,7 +316,7 @@ pub fn end_failed(state_dir: &Path, run_id: &str, why: &str) {
     }
 }
 
-/// The message of a panic's payload.
+/// The message of a panic's payload (also read by the binary's panic hook).
 pub fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
         (*s).to_string()
