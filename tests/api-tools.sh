@@ -3,7 +3,9 @@
 # `promtool=PATH` and `st=PATH`:
 # - promtool, from Debian's `prometheus` package (unpacked with dpkg -x, not installed), unless
 #   one is on PATH;
-# - schemathesis, from PyPI, in a virtualenv.
+# - schemathesis and in-toto-attestation (the in-toto framework's Python bindings, which the
+#   provenance tests validate statements with), from PyPI, in a virtualenv; also prints
+#   `python=PATH` of that virtualenv.
 set -euo pipefail
 dir="${1:?usage: api-tools.sh DIR}"
 mkdir -p "$dir"
@@ -26,3 +28,7 @@ if [ ! -x "$dir/venv/bin/st" ]; then
   "$dir/venv/bin/pip" install --quiet --disable-pip-version-check "schemathesis==4.32.5" >&2
 fi
 echo "st=$dir/venv/bin/st"
+if ! "$dir/venv/bin/python" -c "import in_toto_attestation.v1.statement" 2>/dev/null; then
+  "$dir/venv/bin/pip" install --quiet --disable-pip-version-check "in-toto-attestation==0.9.3" >&2
+fi
+echo "python=$dir/venv/bin/python"

@@ -8,7 +8,7 @@ use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::scheduler::ws;
-use crate::support::{Sandbox, TestResult, isolate, pid_alive, wait_for};
+use crate::support::{Sandbox, TestResult, isolate, pid_alive, tools, wait_for};
 
 /// A running `nestr serve`.
 pub(crate) struct Server {
@@ -1091,29 +1091,6 @@ fn sync_and_assemble_are_runs_with_a_step_per_repository() -> TestResult {
 }
 
 /// Target folder for the provisioned tools.
-fn tools_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/api-tools")
-}
-
-fn tools() -> Result<HashMap<String, String>, Box<dyn std::error::Error>> {
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/api-tools.sh");
-    let out = Command::new("bash").arg(script).arg(tools_dir()).output()?;
-    if !out.status.success() {
-        return Err(format!(
-            "api-tools.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    Ok(String::from_utf8(out.stdout)?
-        .lines()
-        .filter_map(|l| {
-            l.split_once('=')
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-        })
-        .collect())
-}
-
 #[test]
 fn metrics_pass_promtool_and_the_spec_holds_under_schemathesis() -> TestResult {
     let tools = tools()?;
@@ -1269,6 +1246,11 @@ fn the_committed_openapi_copy_is_the_generated_document() -> TestResult {
         ("/api/runs/{id}/logs", "get"),
         ("/api/runs/{id}/events", "get"),
         ("/api/runs/{id}/cancel", "post"),
+        ("/api/runs/{id}/provenance", "get"),
+        ("/api/runs/{id}/steps/{service}/key", "get"),
+        ("/api/runs/{id}/steps/{service}/explain", "get"),
+        ("/api/cache/stats", "get"),
+        ("/api/affected", "get"),
         ("/api/openapi.json", "get"),
     ];
     for (path, method) in routes {

@@ -10,6 +10,15 @@ fn init_writes_a_valid_starter_and_refuses_to_overwrite() -> TestResult {
     sb.nestr(&dir, &["init"]).ok();
     let text = std::fs::read_to_string(dir.join("nestr.toml"))?;
     assert!(text.contains("name = \"my-shop\""), "{text}");
+    // Build and test are cached from the start; the starter loads as it is.
+    for op in ["build", "test"] {
+        let table = text
+            .split(&format!("[operations.{op}]\n"))
+            .nth(1)
+            .ok_or(format!("no [operations.{op}] in {text}"))?;
+        let body = table.split("\n\n").next().unwrap_or_default();
+        assert!(body.contains("cache = true"), "{op}: {body}");
+    }
     sb.nestr(&dir, &["services"]).ok();
     let again = sb.nestr(&dir, &["init", "--name", "other"]).expect(2);
     assert!(again.stderr.contains("already exists"), "{}", again.stderr);

@@ -4,6 +4,7 @@
 mod api;
 mod apiload;
 mod builtins;
+mod cache;
 mod cli;
 mod contract;
 mod git;

@@ -698,6 +698,7 @@ fn after_every_fault_in_one_process_a_normal_plugin_still_runs() -> TestResult {
             audit: Arc::new(|_| {}),
             denials: Default::default(),
             containment: nestr::contain::Containment::new(&format!("inproc-{name}"), 256),
+            programs: Default::default(),
         });
         let request = StepRequest {
             operation: "probe".into(),

@@ -52,6 +52,7 @@ fn step_context(
         audit: Arc::new(|_| {}),
         denials: Default::default(),
         containment: nestr::contain::Containment::new("bench", 256),
+        programs: Default::default(),
     })
 }
 

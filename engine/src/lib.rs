@@ -5,7 +5,9 @@
 //! → `plugin` (→ `contain`), `git`, `store`, `manifest`; `metrics` is a leaf every layer may update and `model` the vocabulary they all share (see
 //! docs/ARCHITECTURE.md).
 
+pub mod affected;
 pub mod api;
+pub mod cache;
 pub mod cli;
 pub mod contain;
 pub(crate) mod git;

@@ -85,13 +85,45 @@ words! {
         ResourceExhausted,
         Cancelled,
         Interrupted,
+        /// Not run: the result stored in the cache under the step's key was used.
+        Cached,
     }
 }
 
 impl StepStatus {
-    /// Succeeded or skipped: nothing went wrong.
+    /// Succeeded, cached or skipped: nothing went wrong.
     pub fn is_ok(self) -> bool {
-        matches!(self, StepStatus::Succeeded | StepStatus::Skipped)
+        matches!(
+            self,
+            StepStatus::Succeeded | StepStatus::Cached | StepStatus::Skipped
+        )
+    }
+}
+
+words! {
+    "kebab-case";
+    /// How a run uses the operation cache (`--cache`), where the operation has `cache = true`.
+    #[derive(clap::ValueEnum, Default)]
+    pub enum CacheMode {
+        /// Use stored results and store new ones.
+        #[default]
+        ReadWrite,
+        /// Use stored results; store nothing.
+        Read,
+        /// Run every step; store the results.
+        Write,
+        /// Neither (like `--no-cache`).
+        Off,
+    }
+}
+
+impl CacheMode {
+    pub fn reads(self) -> bool {
+        matches!(self, CacheMode::ReadWrite | CacheMode::Read)
+    }
+
+    pub fn writes(self) -> bool {
+        matches!(self, CacheMode::ReadWrite | CacheMode::Write)
     }
 }
 
@@ -218,7 +250,7 @@ pub struct ConfigField {
 
 /// How many tests of a step passed, failed and were skipped: one type from the plugin's report
 /// to the store, the CLI and the API.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TestCounts {
     pub passed: u32,
     pub failed: u32,
@@ -300,6 +332,7 @@ mod tests {
         round_trips::<Scope>();
         round_trips::<RepoState>();
         round_trips::<ContinueMode>();
+        round_trips::<CacheMode>();
         assert_eq!(StepStatus::TimedOut.as_str(), "timed_out");
         assert_eq!(ContinueMode::DependenciesOk.as_str(), "dependencies-ok");
     }

@@ -286,3 +286,25 @@ pub fn need_npm() -> TestResult {
         Err(_) => Err("npm is needed for this test: apt-get install -y npm".into()),
     }
 }
+
+/// The external tools the tests check nestr with (promtool, schemathesis, the in-toto Python
+/// bindings), installed under `target/api-tools` by `tests/api-tools.sh`: `name → path`.
+pub fn tools() -> Result<std::collections::HashMap<String, String>, Box<dyn std::error::Error>> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/api-tools");
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/api-tools.sh");
+    let out = Command::new("bash").arg(script).arg(dir).output()?;
+    if !out.status.success() {
+        return Err(format!(
+            "api-tools.sh failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    Ok(String::from_utf8(out.stdout)?
+        .lines()
+        .filter_map(|l| {
+            l.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect())
+}

@@ -1,6 +1,6 @@
 //! The HTTP API, `nestr serve`: axum on tokio over the same engine the CLI uses. `router(state)`
 //! builds every route with its middleware (tests call it in-process, `serve` runs it on a
-//! socket). Handlers live per resource (`workspace.rs`, `operations.rs`, `runs.rs`, `events.rs`),
+//! socket). Handlers live per resource (`workspace.rs`, `operations.rs`, `runs.rs`, `events.rs`, `cache.rs`),
 //! errors in `error.rs`, middleware in `layers.rs`, shared state in `state.rs`, the run queue in
 //! `queue.rs`, the OpenAPI document in `openapi.rs`. `serve` also owns the connection cap, the
 //! descriptor limit and the sweep that marks runs of dead processes `interrupted`.
@@ -8,6 +8,7 @@
 //! Shutdown (SIGTERM or Ctrl-C): stop accepting, end the event streams, let in-flight requests
 //! finish, cancel the runs this server executes and wait until they are recorded `cancelled`.
 
+mod cache;
 mod error;
 mod events;
 mod layers;
@@ -73,6 +74,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/runs/{id}", get(runs::get))
         .route("/api/runs/{id}/logs", get(runs::logs))
         .route("/api/runs/{id}/cancel", post(runs::cancel))
+        .route("/api/runs/{id}/provenance", get(cache::provenance))
+        .route("/api/runs/{id}/steps/{service}/key", get(cache::key))
+        .route(
+            "/api/runs/{id}/steps/{service}/explain",
+            get(cache::explain),
+        )
+        .route("/api/cache/stats", get(cache::stats))
+        .route("/api/affected", get(cache::affected))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             config.request_timeout,

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{error, events, operations, runs, workspace};
+use super::{cache, error, events, operations, runs, workspace};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -33,6 +33,11 @@ use super::{error, events, operations, runs, workspace};
         runs::logs,
         events::events,
         runs::cancel,
+        cache::key,
+        cache::explain,
+        cache::provenance,
+        cache::stats,
+        cache::affected,
         openapi_json,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail, events::EventData, operations::RunAccepted)),

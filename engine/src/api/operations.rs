@@ -48,6 +48,9 @@ pub struct RunRequest {
     /// What happens after a step fails: never (default), dependencies-ok, always.
     #[serde(rename = "continue")]
     pub continue_mode: Option<ContinueMode>,
+    /// How steps of operations with `cache = true` use the cache: read-write (default), read,
+    /// write, off.
+    pub cache: Option<crate::model::CacheMode>,
 }
 
 /// `POST /api/operations/sync`.
@@ -353,6 +356,9 @@ pub async fn run(
     }
     if let Some(m) = req.continue_mode {
         opts.continue_mode = m;
+    }
+    if let Some(c) = req.cache {
+        opts.cache = c;
     }
     launch(&state, Job::Operation(plan, selection, opts)).await
 }

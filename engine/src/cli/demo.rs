@@ -308,6 +308,10 @@ fn run_args(operation: &str, tags: &[&str]) -> super::run::RunArgs {
         dry_run: false,
         output: super::run::Output::Prefixed,
         json: false,
+        no_cache: false,
+        cache: None,
+        affected: false,
+        range: Default::default(),
     }
 }
 

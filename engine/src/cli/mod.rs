@@ -1,7 +1,9 @@
 //! The `nestr` command line: argument definitions (clap derive), global options, dispatch to
 //! one file per subcommand, and the mapping of errors to exit codes ([`exit`]).
 
+mod affected;
 mod assemble;
+mod cache;
 mod completions;
 pub(crate) mod demo;
 pub mod exit;
@@ -98,6 +100,10 @@ pub enum Command {
     Runs(runs::RunsArgs),
     /// Show the stored log of a run.
     Logs(logs::LogsArgs),
+    /// The operation cache: why a step missed, what it holds, pruning it.
+    Cache(cache::CacheArgs),
+    /// The services a change affects across repositories, and why.
+    Affected(affected::AffectedArgs),
     /// List, inspect, check and create operation plugins.
     Plugin(plugin::PluginArgs),
     /// Build a sample workspace of local git repositories and run nestr on it: assemble, sync,
@@ -133,6 +139,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Services(args) => services::run(&mut load(&location)?, args, &ui),
         Command::Run(args) => run::run(&mut load(&location)?, args, &ui),
         Command::Logs(args) => logs::run(&mut load(&location)?, args, &ui),
+        Command::Cache(args) => cache::run(&mut load(&location)?, args, &ui),
+        Command::Affected(args) => affected::run(&mut load(&location)?, args, &ui),
         Command::Runs(args) => runs::run(&mut load(&location)?, args, &ui),
         Command::Plugin(args) => plugin::run(&location, args, &ui),
         Command::Serve(args) => serve::run(&location, args, &ui),
@@ -144,6 +152,14 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
 
 fn load(location: &Location) -> Result<Workspace, WorkspaceError> {
     Workspace::load(location)
+}
+
+/// Prints `v` as pretty JSON.
+pub(crate) fn print_json<T: serde::Serialize>(v: &T) -> Result<ExitCode, CliError> {
+    let text = serde_json::to_string_pretty(v)
+        .map_err(|e| CliError::usage(format!("cannot write JSON: {e}")))?;
+    println!("{text}");
+    Ok(ExitCode::Ok)
 }
 
 /// `-j N`: how many repositories at once.

@@ -334,7 +334,7 @@ fn check_workspace_config(
         .map(|d| d.name.as_str())
         .collect();
     manifest
-        .check_config(&|name| names.contains(&name).then(|| plugin.info.config.clone()))
+        .check_config(&|name| names.contains(&name).then(|| plugin.info.doc()))
         .map_err(|e| CliError::Manifest(Box::new(e)))
 }
 

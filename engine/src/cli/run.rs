@@ -15,7 +15,7 @@ use tokio::sync::broadcast::error::RecvError;
 
 use super::render::{self, Tone, Ui};
 use super::{CliError, ExitCode};
-use crate::model::ContinueMode;
+use crate::model::{CacheMode, ContinueMode};
 use crate::model::{RunStatus, StepStatus, Stream};
 use crate::plugin::state::Cancel;
 use crate::scheduler::events::{Event, Events};
@@ -55,6 +55,19 @@ pub struct RunArgs {
     /// as JSON; no live output.
     #[arg(long)]
     pub json: bool,
+    /// Run every step and store nothing in the cache (as `--cache off`).
+    #[arg(long, conflicts_with = "cache")]
+    pub no_cache: bool,
+    /// How steps of operations with `cache = true` use the cache: read-write (default), read
+    /// (use stored results, store nothing: for CI consumers), write (run all, store), off.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub cache: Option<CacheMode>,
+    /// Run only the services a change affects (see `nestr affected`), since each repository's
+    /// upstream, --base REF or --from OLD.lock.
+    #[arg(long, conflicts_with_all = ["services", "tags"])]
+    pub affected: bool,
+    #[command(flatten)]
+    pub range: super::affected::ChangeRange,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -101,12 +114,46 @@ fn set_current_run(run_id: &str) {
 }
 
 pub fn run(ws: &mut Workspace, args: RunArgs, ui: &Ui) -> Result<ExitCode, CliError> {
-    let selection = Selection {
+    let mut selection = Selection {
         services: args.services.clone(),
         tags: args.tags.clone(),
         with_deps: args.with_deps,
         with_dependents: args.with_dependents,
     };
+    if !args.affected
+        && (args.range.base.is_some() || args.range.from.is_some() || args.range.to.is_some())
+    {
+        return Err(CliError::usage(
+            "--base, --from and --to choose what `--affected` compares: add --affected",
+        ));
+    }
+    if args.affected {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let to = args.range.to.as_ref().map(|p| cwd.join(p));
+        let a = crate::affected::affected(
+            &ws.manifest,
+            &args.range.base(&cwd),
+            to.as_deref(),
+            Some(&args.operation),
+        )
+        .map_err(CliError::usage)?;
+        if a.services.is_empty() {
+            if !ui.quiet {
+                eprintln!("nestr: nothing is affected; no run");
+            }
+            return Ok(ExitCode::Ok);
+        }
+        if !ui.quiet && !args.json {
+            for s in &a.services {
+                eprintln!(
+                    "affected: {} ({})",
+                    s.name,
+                    render::untrusted(&s.why, false)
+                );
+            }
+        }
+        selection.services = a.names();
+    }
     if args.dry_run {
         let plan = ws.plan(&args.operation, &selection)?;
         print_plan(ui, &plan, args.json)?;
@@ -114,6 +161,11 @@ pub fn run(ws: &mut Workspace, args: RunArgs, ui: &Ui) -> Result<ExitCode, CliEr
     }
     let mut options = RunOptions {
         continue_mode: args.continue_mode,
+        cache: if args.no_cache {
+            CacheMode::Off
+        } else {
+            args.cache.unwrap_or_default()
+        },
         ..RunOptions::default()
     };
     if let Some(j) = args.jobs {
@@ -320,7 +372,7 @@ fn print_plan(ui: &Ui, plan: &Plan, json: bool) -> Result<(), CliError> {
 
 pub fn status_tone(s: StepStatus) -> Tone {
     match s {
-        StepStatus::Succeeded => Tone::Good,
+        StepStatus::Succeeded | StepStatus::Cached => Tone::Good,
         StepStatus::Skipped | StepStatus::Queued | StepStatus::Running => Tone::Dim,
         StepStatus::Cancelled | StepStatus::Interrupted => Tone::Warn,
         _ => Tone::Bad,
@@ -331,7 +383,7 @@ pub fn status_tone(s: StepStatus) -> Tone {
 /// (just the reason when that already starts with the summary).
 pub fn summary_cell(summary: &str, reason: Option<&str>, status: StepStatus) -> String {
     match reason {
-        Some(r) if status != StepStatus::Succeeded && !summary.contains(r) => {
+        Some(r) if !status.is_ok() && !summary.contains(r) => {
             let first = r.lines().next().unwrap_or("");
             if first.starts_with(summary) {
                 first.to_string()
@@ -392,6 +444,23 @@ fn summary(ui: &Ui, report: &RunReport) -> String {
     {
         let shown: Vec<String> = d.lines().map(|l| render::untrusted(l, false)).collect();
         out.push_str(&format!("\n{}\n", shown.join("\n")));
+    }
+    let hits: Vec<&crate::scheduler::StepReport> = report
+        .steps
+        .iter()
+        .filter(|s| s.status == StepStatus::Cached)
+        .collect();
+    if !hits.is_empty() {
+        let saved: i64 = hits
+            .iter()
+            .filter_map(|s| s.cache.as_ref().and_then(|c| c.saved_ms))
+            .sum();
+        out.push_str(&format!(
+            "\n{} of {} steps from the cache (saved {})\n",
+            hits.len(),
+            report.steps.len(),
+            duration(u64::try_from(saved).unwrap_or(0))
+        ));
     }
     out.push_str(&format!(
         "\nrun {} {} ({} step{}) — nestr logs {}\n",

@@ -37,6 +37,14 @@ pub enum RunsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// What produced each step's result: an in-toto Statement v1 with a SLSA Provenance v1
+    /// predicate per step (JSON lines; subjects are the step's artifacts and outputs).
+    Provenance {
+        run: String,
+        /// Only this service's step.
+        #[arg(short = 's', long = "service", value_name = "SERVICE")]
+        service: Option<String>,
+    },
     /// Deletes old runs with their steps and logs (never a running one).
     Prune {
         /// Keep the newest N runs.
@@ -166,6 +174,15 @@ pub fn run(ws: &mut Workspace, args: RunsArgs, ui: &Ui) -> Result<ExitCode, CliE
                 )
             );
         }
+        Some(RunsCommand::Provenance { run, service }) => {
+            let statements = crate::cache::provenance::for_run(store, &run, service.as_deref())
+                .map_err(|e| CliError::usage(e.to_string()))?;
+            let mut out = std::io::stdout().lock();
+            for s in statements {
+                use std::io::Write;
+                writeln!(out, "{s}").map_err(CliError::output)?;
+            }
+        }
         Some(RunsCommand::Prune { keep, older_than }) => {
             let before = older_than
                 .map(|d| crate::store::now_ms() - i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
@@ -216,9 +233,4 @@ pub fn find_run(
     }
 }
 
-fn print_json<T: serde::Serialize>(v: &T) -> Result<ExitCode, CliError> {
-    let text = serde_json::to_string_pretty(v)
-        .map_err(|e| CliError::usage(format!("cannot write JSON: {e}")))?;
-    println!("{text}");
-    Ok(ExitCode::Ok)
-}
+use super::print_json;

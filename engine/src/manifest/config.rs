@@ -8,26 +8,46 @@ use super::validate::closest;
 use super::{Manifest, OperationSpec};
 use crate::model::ConfigField;
 
+/// What a plugin's `describe()` says that the manifest is checked against.
+#[derive(Debug, Clone)]
+pub struct PluginDoc {
+    /// The fields of its `config`.
+    pub config: Vec<ConfigField>,
+    /// Whether its results may be cached (`cache = true` on an operation it runs).
+    pub cacheable: bool,
+}
+
 impl Manifest {
-    /// Every problem of every operation's `config`, given the fields each plugin documents
-    /// (`None`: the plugin could not be loaded, which its steps report; nothing is checked).
+    /// Every problem of every operation's `config`, and every `cache = true` on a plugin that
+    /// is not cacheable, given what each plugin documents (`None`: the plugin could not be
+    /// loaded, which its steps report; nothing is checked).
     pub fn check_config(
         &self,
-        fields_of: &dyn Fn(&str) -> Option<Vec<ConfigField>>,
+        doc_of: &dyn Fn(&str) -> Option<PluginDoc>,
     ) -> Result<(), InvalidManifest> {
         let mut problems = Problems::new(&self.source);
         let ops = self
             .operations
             .iter()
             .chain(self.services.iter().flat_map(|s| s.operations.iter()));
-        let mut known: std::collections::HashMap<&str, Option<Vec<ConfigField>>> =
-            Default::default();
+        let mut known: std::collections::HashMap<&str, Option<PluginDoc>> = Default::default();
         for (name, op) in ops {
-            let fields = known
+            let doc = known
                 .entry(op.plugin.as_str())
-                .or_insert_with(|| fields_of(&op.plugin));
-            if let Some(fields) = fields {
-                check_one(name, op, fields, &mut problems);
+                .or_insert_with(|| doc_of(&op.plugin));
+            if let Some(doc) = doc {
+                check_one(name, op, &doc.config, &mut problems);
+                if let (false, true, Some(site)) = (doc.cacheable, op.cache, &op.cache_site) {
+                    problems.err(
+                        site.clone(),
+                        format!(
+                            "operation `{name}` sets `cache = true`, but plugin `{}` says its \
+                             results must not be cached (it acts on the world, e.g. deploys)",
+                            op.plugin
+                        ),
+                        "remove `cache = true` from this operation",
+                    );
+                }
             }
         }
         if problems.list.is_empty() {

@@ -15,8 +15,9 @@ use std::time::Duration;
 use indexmap::IndexMap;
 use serde::Serialize;
 
+pub use config::PluginDoc;
 pub use diagnostic::{InvalidManifest, Problem};
-pub use validate::{did_you_mean, normalize_origin, origin_of_url, valid_name};
+pub use validate::{did_you_mean, normalize_origin, origin_of_url, parse_size_text, valid_name};
 
 /// The file name nestr looks for.
 pub const FILE_NAME: &str = "nestr.toml";
@@ -43,6 +44,8 @@ pub struct Manifest {
     pub plugins: IndexMap<String, PluginDecl>,
     /// `[api]`: settings of `nestr serve`.
     pub api: ApiSettings,
+    /// `[cache]`: the local operation cache.
+    pub cache: CacheSettings,
     /// The text it was read from, for problems found after validation (plugin config).
     source: std::sync::Arc<str>,
 }
@@ -60,6 +63,71 @@ pub struct ApiSettings {
     pub max_queued: Option<usize>,
     /// Open connections; default 1,024 (and at most the descriptors the process may open).
     pub max_connections: Option<usize>,
+}
+
+/// The `[cache]` table.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CacheSettings {
+    /// Bytes the local cache may hold before the least recently used entries go; default 2 GiB.
+    pub max_size: Option<u64>,
+    /// The shared remote cache, if any (`NESTR_CACHE_REMOTE` may set or override it).
+    pub remote: Option<RemoteCache>,
+}
+
+/// A remote cache server speaking the Bazel remote-cache HTTP protocol (`[cache] remote`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RemoteCache {
+    /// `http(s)://host[:port][/prefix]`, without a trailing `/` and without credentials.
+    pub url: String,
+    /// Only read from it (CI consumers); results are never uploaded.
+    pub read_only: bool,
+    /// The environment variable holding the credential, if the server needs one.
+    pub secret: Option<String>,
+    pub auth: RemoteAuth,
+    /// How long one request may take.
+    #[serde(with = "humantime_serde_ms")]
+    pub timeout: std::time::Duration,
+}
+
+/// How the remote cache's credential is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RemoteAuth {
+    /// `Authorization: Bearer SECRET`.
+    Bearer,
+    /// `Authorization: Basic base64(SECRET)`, the secret being `user:password`.
+    Basic,
+}
+
+/// The remote cache's request timeout unless `remote_timeout` says otherwise.
+pub const DEFAULT_REMOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// A remote cache URL as stored: http or https, a host, no credentials, query or fragment, no
+/// trailing `/`. The error says what is wrong.
+pub fn remote_url(text: &str) -> Result<String, String> {
+    let u = url::Url::parse(text).map_err(|e| format!("is not a URL ({e})"))?;
+    if !matches!(u.scheme(), "http" | "https") {
+        return Err(format!("has scheme `{}`; use http or https", u.scheme()));
+    }
+    if u.host_str().is_none_or(str::is_empty) {
+        return Err("has no host".into());
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err("carries a credential, which would be shown and stored".into());
+    }
+    if u.query().is_some() || u.fragment().is_some() {
+        return Err("has a query or fragment".into());
+    }
+    Ok(u.as_str().trim_end_matches('/').to_string())
+}
+
+mod humantime_serde_ms {
+    pub fn serialize<S: serde::Serializer>(
+        d: &std::time::Duration,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.serialize_u128(d.as_millis())
+    }
 }
 
 /// A repository of the workspace.
@@ -124,6 +192,15 @@ pub struct OperationSpec {
     pub config: serde_json::Value,
     /// At most this many steps of the operation run at once, when set.
     pub concurrency: Option<u32>,
+    /// `cache = true`: a step whose key is stored is not run again.
+    pub cache: bool,
+    /// Where `cache = …` is written, if it is.
+    #[serde(skip)]
+    pub cache_site: Option<std::ops::Range<usize>>,
+    /// `inputs = [globs]`: the files of the service folder its key covers (default: all).
+    pub inputs: Option<Vec<String>>,
+    /// `outputs = [globs]`: the files a step produces, stored and restored with its result.
+    pub outputs: Vec<String>,
     /// Where the operation's `config` is written.
     #[serde(skip)]
     pub site: ConfigSite,

@@ -21,6 +21,18 @@ pub(crate) struct RawManifest {
     #[serde(default)]
     pub plugins: Named<RawPlugin>,
     pub api: Option<RawApi>,
+    pub cache: Option<RawCache>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawCache {
+    pub max_size: Option<Spanned<toml::Value>>,
+    pub remote: Option<Spanned<String>>,
+    pub remote_read_only: Option<Spanned<bool>>,
+    pub remote_secret: Option<Spanned<String>>,
+    pub remote_auth: Option<Spanned<String>>,
+    pub remote_timeout: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -67,7 +79,7 @@ pub(crate) struct RawService {
 /// A service's operation: its own definition, or `false` to turn a workspace default off.
 #[derive(Debug)]
 pub(crate) enum RawServiceOperation {
-    Own(RawOperation),
+    Own(Box<RawOperation>),
     Switch(bool),
 }
 
@@ -87,7 +99,7 @@ impl<'de> Deserialize<'de> for RawServiceOperation {
                 map: A,
             ) -> Result<Self::Value, A::Error> {
                 RawOperation::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(RawServiceOperation::Own)
+                    .map(|o| RawServiceOperation::Own(Box::new(o)))
             }
         }
         d.deserialize_any(V)
@@ -100,6 +112,10 @@ pub(crate) struct RawOperation {
     pub plugin: Spanned<String>,
     pub config: Option<Spanned<Named<toml::Value>>>,
     pub concurrency: Option<Spanned<i64>>,
+    pub cache: Option<Spanned<bool>>,
+    pub inputs: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    pub outputs: Vec<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -10,11 +10,13 @@ use toml::Spanned;
 
 use super::diagnostic::{InvalidManifest, Problems};
 use super::raw::{
-    Named, RawApi, RawGrants, RawManifest, RawOperation, RawPlugin, RawRepo, RawServiceOperation,
+    Named, RawApi, RawCache, RawGrants, RawManifest, RawOperation, RawPlugin, RawRepo,
+    RawServiceOperation,
 };
 use super::{
-    ApiSettings, BUILTIN_PLUGINS, ConfigKey, ConfigSite, ExecGrant, FsGrant, Grants, Manifest,
-    OperationSpec, Pin, PluginDecl, PluginSource, Repo, Service,
+    ApiSettings, BUILTIN_PLUGINS, CacheSettings, ConfigKey, ConfigSite, DEFAULT_REMOTE_TIMEOUT,
+    ExecGrant, FsGrant, Grants, Manifest, OperationSpec, Pin, PluginDecl, PluginSource, RemoteAuth,
+    RemoteCache, Repo, Service, remote_url,
 };
 
 const NAME_HELP: &str = "names use lower-case letters, digits, `-` and `_`, start with a letter or \
@@ -59,6 +61,7 @@ pub(crate) fn validate(path: &Path, source: &str) -> Result<Manifest, InvalidMan
     let services = v.services(&raw, &declared_plugins);
     v.cycles(&raw);
     let api = v.api(raw.api.as_ref());
+    let cache = v.cache(raw.cache.as_ref());
 
     if !v.p.list.is_empty() {
         return Err(InvalidManifest::new(path, source, v.p.list));
@@ -73,6 +76,7 @@ pub(crate) fn validate(path: &Path, source: &str) -> Result<Manifest, InvalidMan
         operations,
         plugins,
         api,
+        cache,
         source: std::sync::Arc::from(source),
     })
 }
@@ -87,11 +91,27 @@ mod keys {
         "operations",
         "plugins",
         "api",
+        "cache",
     ];
     pub const WORKSPACE: &[&str] = &["name", "description"];
     pub const REPO: &[&str] = &["url", "branch", "tag", "rev", "path"];
     pub const SERVICE: &[&str] = &["repo", "path", "depends_on", "tags", "operations"];
-    pub const OPERATION: &[&str] = &["plugin", "config", "concurrency"];
+    pub const OPERATION: &[&str] = &[
+        "plugin",
+        "config",
+        "concurrency",
+        "cache",
+        "inputs",
+        "outputs",
+    ];
+    pub const CACHE: &[&str] = &[
+        "max_size",
+        "remote",
+        "remote_read_only",
+        "remote_secret",
+        "remote_auth",
+        "remote_timeout",
+    ];
     pub const PLUGIN: &[&str] = &["path", "sha256", "grants"];
     pub const GRANTS: &[&str] = &[
         "exec",
@@ -172,6 +192,9 @@ fn unknown_keys(source: &str, problems: &mut Problems<'_>) {
     }
     if let Some(api) = table(root, "api") {
         check(api, keys::API, problems);
+    }
+    if let Some(cache) = table(root, "cache") {
+        check(cache, keys::CACHE, problems);
     }
 }
 
@@ -289,6 +312,38 @@ fn suggested_name(name: &str) -> String {
     }
 }
 
+/// A size in bytes: a whole number, or a string with a K/M/G/T suffix (powers of 1024; `B`,
+/// `iB` and `b` accepted after it): `"2G"`, `"500MiB"`, `"1024"`.
+pub(crate) fn parse_size(v: &toml::Value) -> Option<u64> {
+    match v {
+        toml::Value::Integer(n) => u64::try_from(*n).ok(),
+        toml::Value::String(s) => parse_size_text(s),
+        _ => None,
+    }
+}
+
+/// [`parse_size`] of a text (also the CLI's `--max-size`).
+pub fn parse_size_text(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(digits);
+    let n: u64 = n.parse().ok()?;
+    let unit = unit.trim().to_ascii_lowercase();
+    let unit = unit
+        .strip_suffix("ib")
+        .or_else(|| unit.strip_suffix('b'))
+        .unwrap_or(&unit);
+    let shift = match unit {
+        "" => 0,
+        "k" => 10,
+        "m" => 20,
+        "g" => 30,
+        "t" => 40,
+        _ => return None,
+    };
+    n.checked_mul(1u64 << shift)
+}
+
 fn valid_env_name(name: &str) -> bool {
     let mut chars = name.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
@@ -360,6 +415,127 @@ impl Validator<'_> {
             1,
             "write how many connections may be open at once (at least 1)",
         );
+        out
+    }
+
+    /// `inputs`/`outputs` globs: relative to the service folder, never leaving it, compiling.
+    fn globs(&mut self, raw: &[Spanned<String>], key: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for g in raw {
+            let pat = g.get_ref();
+            let leaves = pat.starts_with('/') || pat.split('/').any(|part| part == "..");
+            if pat.is_empty() || leaves {
+                self.p.err(
+                    g.span(),
+                    format!("`{key}` pattern {pat:?} does not name files inside the service folder"),
+                    "write a pattern relative to the service folder, e.g. \"src/**/*.rs\" or \"dist/**\" \
+                     (no leading `/`, no `..`)",
+                );
+                continue;
+            }
+            if let Err(e) = globset::Glob::new(pat) {
+                self.p.err(
+                    g.span(),
+                    format!("`{key}` pattern {pat:?} does not compile ({})", e.kind()),
+                    "write a glob such as \"src/**/*.rs\" (braces and brackets must be closed)",
+                );
+                continue;
+            }
+            out.push(pat.clone());
+        }
+        out
+    }
+
+    /// The `[cache]` table: the local store's size bound.
+    fn cache(&mut self, raw: Option<&RawCache>) -> CacheSettings {
+        let mut out = CacheSettings::default();
+        let Some(raw) = raw else { return out };
+        if let Some(v) = &raw.max_size {
+            match parse_size(v.get_ref()) {
+                Some(n) if n > 0 => out.max_size = Some(n),
+                _ => self.p.err(
+                    v.span(),
+                    "`max_size` is not a size",
+                    "write a size such as \"2G\", \"500M\" or a number of bytes",
+                ),
+            }
+        }
+        let remote_keys = [
+            raw.remote_read_only.as_ref().map(|v| v.span()),
+            raw.remote_secret.as_ref().map(|v| v.span()),
+            raw.remote_auth.as_ref().map(|v| v.span()),
+            raw.remote_timeout.as_ref().map(|v| v.span()),
+        ];
+        let Some(url) = &raw.remote else {
+            if let Some(span) = remote_keys.into_iter().flatten().next() {
+                self.p.err(
+                    span,
+                    "a remote cache setting without `remote`",
+                    "add `remote = \"https://cache.example.com/nestr\"` (the server's URL) or remove it",
+                );
+            }
+            return out;
+        };
+        let mut remote = RemoteCache {
+            url: String::new(),
+            read_only: raw.remote_read_only.as_ref().is_some_and(|v| *v.get_ref()),
+            secret: None,
+            auth: RemoteAuth::Bearer,
+            timeout: DEFAULT_REMOTE_TIMEOUT,
+        };
+        match remote_url(url.get_ref()) {
+            Ok(u) => remote.url = u,
+            Err(why) => self.p.err(
+                url.span(),
+                format!("`remote` {why}"),
+                "write the cache server's URL, such as \"https://cache.example.com/nestr\"; a \
+                 credential goes in `remote_secret`",
+            ),
+        }
+        if let Some(s) = &raw.remote_secret {
+            if valid_env_name(s.get_ref()) {
+                remote.secret = Some(s.get_ref().clone());
+            } else {
+                self.p.err(
+                    s.span(),
+                    "`remote_secret` is not an environment variable name",
+                    "name the environment variable that holds the credential, such as \"NESTR_CACHE_TOKEN\"",
+                );
+            }
+        }
+        if let Some(a) = &raw.remote_auth {
+            match a.get_ref().as_str() {
+                "bearer" => remote.auth = RemoteAuth::Bearer,
+                "basic" => remote.auth = RemoteAuth::Basic,
+                other => self.p.err(
+                    a.span(),
+                    format!("unknown `remote_auth` {other:?}"),
+                    "write \"bearer\" (the secret is a token) or \"basic\" (the secret is user:password)",
+                ),
+            }
+            if remote.secret.is_none() && raw.remote_secret.is_none() {
+                self.p.err(
+                    a.span(),
+                    "`remote_auth` without `remote_secret`",
+                    "add `remote_secret = \"VARIABLE\"`, the environment variable holding the credential",
+                );
+            }
+        }
+        if let Some(t) = &raw.remote_timeout {
+            match humantime::parse_duration(t.get_ref()) {
+                Ok(d) if !d.is_zero() && d <= std::time::Duration::from_secs(600) => {
+                    remote.timeout = d;
+                }
+                _ => self.p.err(
+                    t.span(),
+                    "`remote_timeout` is not a duration from 1ms to 10m",
+                    "write a duration such as \"5s\" or \"500ms\"",
+                ),
+            }
+        }
+        if !remote.url.is_empty() {
+            out.remote = Some(remote);
+        }
         out
     }
 
@@ -695,10 +871,16 @@ impl Validator<'_> {
                 });
             }
         }
+        let inputs = op.inputs.as_ref().map(|globs| self.globs(globs, "inputs"));
+        let outputs = self.globs(&op.outputs, "outputs");
         Some(OperationSpec {
             plugin: plugin.clone(),
             config: serde_json::Value::Object(config),
             concurrency,
+            cache: op.cache.as_ref().is_some_and(|c| *c.get_ref()),
+            cache_site: op.cache.as_ref().map(|c| c.span()),
+            inputs,
+            outputs,
             site,
         })
     }

@@ -521,6 +521,12 @@ struct Resolved {
     real: PathBuf,
 }
 
+/// Where a granted program is found now, as (the path spawned, the real file): what a step's
+/// key records about it.
+pub(crate) fn resolve_program_path(program: &str) -> Result<(PathBuf, PathBuf), String> {
+    resolve_program(program).map(|r| (r.path, r.real))
+}
+
 /// An absolute program path: absolute grants as they are; names looked up on the engine's PATH,
 /// through its absolute entries only (an empty or relative entry means "the current folder",
 /// which may be a service folder a plugin wrote into), to an executable regular file.

@@ -190,6 +190,16 @@ pub async fn run(ctx: &StepContext, cmd: Command) -> Result<Output, types::Error
         let _ = tokio::time::timeout(Duration::from_millis(500), r).await;
     }
     let status = status.map_err(|e| types::Error::Failed(format!("waiting for `{shown}`: {e}")))?;
+    let masker = ctx.log.masker();
+    ctx.programs.push(crate::cache::provenance::ProgramRun {
+        argv: std::iter::once(program.to_string_lossy().into_owned())
+            .chain(cmd.args.iter().cloned())
+            .map(|a| masker.mask(&clip(&a, MAX_ECHO)))
+            .collect(),
+        exit_code: status.code(),
+        signal: status.signal(),
+        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+    });
     let tail = tail.lock().map(|t| t.text()).unwrap_or_default();
     Ok(Output {
         exit_code: status.code(),

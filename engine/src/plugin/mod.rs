@@ -78,6 +78,19 @@ pub struct PluginInfo {
     pub operations: Vec<String>,
     pub capabilities: Declared,
     pub config: Vec<ConfigField>,
+    /// Whether its results may be cached. Contract 0.1.0 has no word for it: every plugin is
+    /// cacheable except the built-in `http-deploy`, which acts on the world.
+    pub cacheable: bool,
+}
+
+impl PluginInfo {
+    /// What the manifest is checked against.
+    pub fn doc(&self) -> crate::manifest::PluginDoc {
+        crate::manifest::PluginDoc {
+            config: self.config.clone(),
+            cacheable: self.cacheable,
+        }
+    }
 }
 
 pub use crate::model::ConfigField;
@@ -139,6 +152,8 @@ pub struct StepOutcome {
     pub artifacts: Vec<crate::model::Artifact>,
     pub metrics: serde_json::Value,
     pub duration: Duration,
+    /// The programs it ran (and how many more were not recorded).
+    pub programs: (Vec<crate::cache::provenance::ProgramRun>, u64),
 }
 
 impl StepOutcome {
@@ -155,6 +170,7 @@ impl StepOutcome {
             artifacts: Vec::new(),
             metrics: serde_json::json!({}),
             duration: Duration::ZERO,
+            programs: Default::default(),
         }
     }
 }
@@ -270,6 +286,22 @@ impl Host {
             .map(|(_, b)| *b)
     }
 
+    /// The sha256 of a built-in plugin's component, hex (computed once per process).
+    pub fn builtin_digest(name: &str) -> Option<String> {
+        static DIGESTS: std::sync::OnceLock<Vec<(&'static str, String)>> =
+            std::sync::OnceLock::new();
+        DIGESTS
+            .get_or_init(|| {
+                BUILTIN_WASM
+                    .iter()
+                    .map(|(n, b)| (*n, hex::encode(Sha256::digest(b))))
+                    .collect()
+            })
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, d)| d.clone())
+    }
+
     /// Reads a plugin file, refusing anything but a regular file (a symbolic link to a device or
     /// a FIFO included: the file is opened once, without blocking, and checked as opened),
     /// oversized files (read with a hard cap, whatever size the file claims) and a sha256 that
@@ -382,6 +414,8 @@ impl Host {
             pre,
         };
         plugin.info = self.describe(&plugin).await?;
+        // Contract 0.1.0 cannot say "not cacheable"; the built-in deploy plugin is not.
+        plugin.info.cacheable = !(source == "builtin" && name == "http-deploy");
         if let Ok(mut m) = self.compiled.lock() {
             if m.len() >= MAX_COMPILED {
                 m.clear();
@@ -423,6 +457,7 @@ impl Host {
             audit: Arc::new(|_| {}),
             denials: Denials::default(),
             containment: crate::contain::Containment::new("describe", caps::DEFAULT_PIDS),
+            programs: Default::default(),
         });
         let mut store = self
             .store(ctx, caps::DEFAULT_MEMORY_MB, limits::DESCRIBE_TIMEOUT, None)
@@ -625,6 +660,7 @@ impl Host {
         }
         seal(&mut outcome, ctx.log.masker());
         outcome.duration = ctx.started.elapsed();
+        outcome.programs = ctx.programs.take();
         ctx.log.finish();
         outcome
     }
@@ -638,6 +674,7 @@ fn empty_info(name: &str) -> PluginInfo {
         operations: vec![],
         capabilities: Declared::default(),
         config: vec![],
+        cacheable: true,
     }
 }
 
@@ -678,6 +715,7 @@ fn convert_info(i: types::PluginInfo) -> PluginInfo {
                 description: text(f.description, 1024),
             })
             .collect(),
+        cacheable: true,
     }
 }
 
@@ -735,34 +773,37 @@ pub fn check_config(manifest: &Manifest) -> Result<(), crate::manifest::InvalidM
     if used.is_empty() {
         return Ok(());
     }
-    let fields: std::collections::HashMap<String, Vec<ConfigField>> = std::thread::scope(|s| {
-        s.spawn(|| {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return Default::default();
-            };
-            let Ok(host) = Host::shared() else {
-                return Default::default();
-            };
-            rt.block_on(async {
-                let mut out = std::collections::HashMap::new();
-                for name in used {
-                    match load_named(&host, manifest, name).await {
-                        Ok(p) => {
-                            out.insert(name.to_string(), p.info.config);
+    let docs: std::collections::HashMap<String, crate::manifest::PluginDoc> =
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                else {
+                    return Default::default();
+                };
+                let Ok(host) = Host::shared() else {
+                    return Default::default();
+                };
+                rt.block_on(async {
+                    let mut out = std::collections::HashMap::new();
+                    for name in used {
+                        match load_named(&host, manifest, name).await {
+                            Ok(p) => {
+                                out.insert(name.to_string(), p.info.doc());
+                            }
+                            Err(e) => {
+                                tracing::debug!(plugin = name, error = %e, "config not checked")
+                            }
                         }
-                        Err(e) => tracing::debug!(plugin = name, error = %e, "config not checked"),
                     }
-                }
-                out
+                    out
+                })
             })
-        })
-        .join()
-        .unwrap_or_default()
-    });
-    manifest.check_config(&|name| fields.get(name).cloned())
+            .join()
+            .unwrap_or_default()
+        });
+    manifest.check_config(&|name| docs.get(name).cloned())
 }
 
 /// The innermost message of an error chain.

@@ -50,6 +50,8 @@ pub struct StepContext {
     pub denials: Denials,
     /// Where the step's programs are contained (made at the first `exec`).
     pub containment: Containment,
+    /// The programs the step ran, for its provenance.
+    pub programs: ProgramRuns,
 }
 
 impl StepContext {
@@ -123,6 +125,33 @@ impl Denials {
     /// True when the engine refused anything in this step.
     pub fn any(&self) -> bool {
         self.seen.lock().is_ok_and(|s| !s.is_empty())
+    }
+}
+
+/// The programs a step ran (argv, exit, duration), at most
+/// [`crate::cache::provenance::MAX_PROGRAM_RUNS`]; the rest are counted.
+#[derive(Default)]
+pub struct ProgramRuns {
+    runs: Mutex<(Vec<crate::cache::provenance::ProgramRun>, u64)>,
+}
+
+impl ProgramRuns {
+    pub fn push(&self, run: crate::cache::provenance::ProgramRun) {
+        if let Ok(mut r) = self.runs.lock() {
+            if r.0.len() < crate::cache::provenance::MAX_PROGRAM_RUNS {
+                r.0.push(run);
+            } else {
+                r.1 += 1;
+            }
+        }
+    }
+
+    /// What was recorded, and how many more ran.
+    pub fn take(&self) -> (Vec<crate::cache::provenance::ProgramRun>, u64) {
+        self.runs
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default()
     }
 }
 

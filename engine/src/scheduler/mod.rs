@@ -22,10 +22,12 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::task::JoinSet;
 
+use crate::cache::provenance::StepProvenance;
+use crate::cache::{Blobs, StepKey};
 use crate::contain::Containment;
 use crate::git;
 use crate::manifest::Manifest;
-use crate::model::ContinueMode;
+use crate::model::{CacheMode, ContinueMode};
 use crate::model::{RunStatus, StepStatus};
 use crate::plugin::caps::{self, Effective};
 use crate::plugin::sink::{DEFAULT_OUTPUT_CAP, StepLog};
@@ -43,6 +45,8 @@ pub struct RunOptions {
     /// Steps at once.
     pub jobs: usize,
     pub continue_mode: ContinueMode,
+    /// How operations with `cache = true` use the cache.
+    pub cache: CacheMode,
 }
 
 impl Default for RunOptions {
@@ -50,6 +54,7 @@ impl Default for RunOptions {
         RunOptions {
             jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
             continue_mode: ContinueMode::Never,
+            cache: CacheMode::ReadWrite,
         }
     }
 }
@@ -83,6 +88,8 @@ pub struct StepReport {
     pub reason: Option<String>,
     /// Files the step produced: `[{"path", "kind", "sha256"}]`.
     pub artifacts: Vec<crate::model::Artifact>,
+    /// Its cache key and whether it was a hit.
+    pub cache: Option<crate::store::StepCache>,
 }
 
 /// The result of a run.
@@ -136,7 +143,11 @@ pub fn record(
         RunSpec {
             operation: &plan.operation,
             selection: serde_json::to_value(sel).unwrap_or_default(),
-            options: serde_json::json!({"jobs": opts.jobs, "continue": opts.continue_mode.as_str()}),
+            options: serde_json::json!({
+                "jobs": opts.jobs,
+                "continue": opts.continue_mode.as_str(),
+                "cache": opts.cache.as_str(),
+            }),
             steps: &steps,
         },
     )?;
@@ -228,12 +239,15 @@ impl Started {
             .iter()
             .filter_map(|repo| std::fs::canonicalize(manifest.repo_dir(repo)).ok())
             .collect();
+        let blobs = Blobs::new(recorder.state_dir());
         let exec = Executor {
             manifest,
             protected,
             rec: &recorder,
             cancel: cancel.clone(),
             opts,
+            blobs,
+            stored: std::sync::atomic::AtomicUsize::new(0),
         };
         let reports = exec.execute(&plan).await?;
         let status = if cancel.is_cancelled() {
@@ -265,6 +279,15 @@ struct Executor<'a> {
     rec: &'a Recorder,
     cancel: Cancel,
     opts: RunOptions,
+    blobs: Blobs,
+    /// Results stored in the cache by this run.
+    stored: std::sync::atomic::AtomicUsize,
+}
+
+/// What a step that runs keeps for when it ends: where it ran and what produced it.
+struct Running {
+    service_dir: PathBuf,
+    provenance: StepProvenance,
 }
 
 /// A step ready to start, or the outcome that ends it before it starts.
@@ -299,6 +322,8 @@ impl Executor<'_> {
         // Which step each task runs: a task that panics still ends its step.
         let mut tasks: HashMap<tokio::task::Id, usize> = HashMap::new();
         let mut first_failure: Option<String> = None;
+        let keys = self.keys(plan);
+        let mut running_info: Vec<Option<Running>> = (0..plan.steps.len()).map(|_| None).collect();
 
         loop {
             let mut i = 0;
@@ -351,8 +376,25 @@ impl Executor<'_> {
                     i += 1;
                     continue;
                 }
-                // Start it.
+                // Start it: from the cache when its result is stored, else by its plugin.
                 pending.remove(i);
+                let key = keys.get(idx).and_then(Option::as_ref);
+                if let Some(key) = key
+                    && self.cached(step)
+                    && self.opts.cache.reads()
+                {
+                    match self.try_hit(idx, step, key)? {
+                        Ok(report) => {
+                            settle(&mut done, &mut first_failure, step, &report);
+                            reports[idx] = Some(report);
+                            continue;
+                        }
+                        Err(None) => {}
+                        Err(Some(why)) => {
+                            tracing::warn!(service = %step.service, "cache entry unusable: {why}");
+                        }
+                    }
+                }
                 let plugin_name = step.plugin.clone().unwrap_or_default();
                 let plugin = match plugins.get(&plugin_name) {
                     Some(p) => p.clone(),
@@ -369,7 +411,20 @@ impl Executor<'_> {
                 };
                 let prepared = match (&host, plugin) {
                     (Ok(h), Ok(p)) => match self.prepare(idx, step, &p, &mut heads)? {
-                        Prepared::Ready(req, ctx) => Ok((h.clone(), p, req, ctx)),
+                        Prepared::Ready(req, ctx) => {
+                            let repo = m_repo(self.manifest, &step.service);
+                            running_info[idx] = Some(Running {
+                                service_dir: ctx.service_dir.clone(),
+                                provenance: StepProvenance {
+                                    repo: repo.map(|r| r.name.clone()),
+                                    url: repo.map(|r| crate::redact::text(&r.url)),
+                                    commit: req.commit.clone(),
+                                    branch: req.branch.clone(),
+                                    ..StepProvenance::default()
+                                },
+                            });
+                            Ok((h.clone(), p, req, ctx))
+                        }
                         Prepared::Refused(outcome) => Err(outcome),
                     },
                     (_, Err(e)) => Err(StepOutcome::new(
@@ -446,11 +501,237 @@ impl Executor<'_> {
                 }
             };
             let step = &plan.steps[idx];
-            let report = self.finish(idx, outcome)?;
+            let report = match running_info[idx].take() {
+                Some(info) => self.finish_ran(
+                    idx,
+                    step,
+                    keys.get(idx).and_then(Option::as_ref),
+                    outcome,
+                    info,
+                )?,
+                None => self.finish(idx, outcome)?,
+            };
             settle(&mut done, &mut first_failure, step, &report);
             reports[idx] = Some(report);
         }
+        if self.stored.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            let max = self
+                .manifest
+                .cache
+                .max_size
+                .unwrap_or(crate::cache::DEFAULT_MAX_SIZE);
+            if let Err(e) = crate::cache::prune(&mut self.rec.store(), &self.blobs, Some(max), None)
+            {
+                tracing::warn!("the cache could not be pruned: {e}");
+            }
+        }
         Ok(reports.into_iter().flatten().collect())
+    }
+
+    /// Whether `step`'s operation has `cache = true` (and this run uses the cache at all).
+    fn cached(&self, step: &PlannedStep) -> bool {
+        self.opts.cache != CacheMode::Off
+            && self
+                .manifest
+                .service(&step.service)
+                .and_then(|s| self.manifest.operation(s, self.rec.operation()))
+                .is_some_and(|o| o.cache)
+    }
+
+    /// The key of every step that will start (computed before any runs; none for a step that
+    /// is skipped by plan, or whose key cannot be computed: it runs uncached), recorded with the
+    /// steps.
+    fn keys(&self, plan: &Plan) -> Vec<Option<StepKey>> {
+        let state_dir = self.rec.state_dir().to_path_buf();
+        let (keys, learned) = {
+            let store = self.rec.store();
+            let mut k = crate::cache::Keys::new(
+                self.manifest,
+                self.rec.operation(),
+                &state_dir,
+                Some(&store),
+            );
+            let keys: Vec<Option<StepKey>> = plan
+                .steps
+                .iter()
+                .map(|step| {
+                    if step.skip.is_some() || step.plugin.is_none() {
+                        return None;
+                    }
+                    match k.key(&step.service) {
+                        Ok(key) => Some(key),
+                        Err(e) => {
+                            tracing::debug!(service = %step.service, "no cache key: {e}");
+                            None
+                        }
+                    }
+                })
+                .collect();
+            (keys, std::mem::take(&mut k.learned))
+        };
+        if let Err(e) = self.rec.store().remember_program_digests(&learned) {
+            tracing::debug!("program digests not remembered: {e}");
+        }
+        let rows: Vec<(usize, &StepKey)> = keys
+            .iter()
+            .enumerate()
+            .filter_map(|(i, k)| k.as_ref().map(|k| (i, k)))
+            .collect();
+        if let Err(e) = self.rec.record_keys(&rows) {
+            tracing::warn!("the steps' cache keys could not be recorded: {e}");
+        }
+        keys
+    }
+
+    /// Ends step `idx` from the cache when a usable result is stored under `key`: its outputs
+    /// restored, its log replayed, its report the stored one, status `cached`. `Err(None)`:
+    /// nothing stored; `Err(Some(why))`: stored but unusable (the step runs).
+    fn try_hit(
+        &self,
+        idx: usize,
+        step: &PlannedStep,
+        key: &StepKey,
+    ) -> Result<Result<StepReport, Option<String>>, PlanError> {
+        let m = self.manifest;
+        let Some(service) = m.service(&step.service) else {
+            return Ok(Err(None));
+        };
+        let Some(repo) = m.repo(&service.repo) else {
+            return Ok(Err(None));
+        };
+        let Ok(dir) = service_dir(&m.repo_dir(repo), &service.path) else {
+            return Ok(Err(None));
+        };
+        let started = Instant::now();
+        let hit = match crate::cache::lookup(&mut self.rec.store(), &self.blobs, &key.key, &dir) {
+            Ok(Some(hit)) => hit,
+            Ok(None) => return Ok(Err(None)),
+            Err(why) => return Ok(Err(Some(why))),
+        };
+        let digest = key.manifest["plugin"]["digest"]
+            .as_str()
+            .unwrap_or_default();
+        self.rec.start_step(idx, digest, &key.manifest["grants"])?;
+        let secrets: Vec<String> = m
+            .plugins
+            .get(step.plugin.as_deref().unwrap_or_default())
+            .map(|d| {
+                d.grants
+                    .secrets
+                    .iter()
+                    .filter_map(|n| std::env::var(n).ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let masker = Arc::new(Redactor::new(secrets.iter().map(String::as_str)));
+        let log = StepLog::new(
+            self.rec.step_id(idx),
+            masker,
+            u64::MAX / 4,
+            vec![self.rec.log_sink(idx)],
+        );
+        let r = hit.result;
+        log.system(format!(
+            "[nestr: cached — not run; the result stored by run {} under key {}… is used, its \
+             log follows{}]",
+            r.run_id,
+            &key.key[..12],
+            if r.outputs.is_empty() {
+                String::new()
+            } else {
+                format!(" ({} output files restored)", r.outputs.len())
+            }
+        ));
+        for piece in &hit.log {
+            log.lines(piece.stream, piece.level.as_deref(), &piece.text);
+        }
+        let (commit, branch) = git::head_and_branch(m, repo);
+        let provenance = StepProvenance {
+            repo: Some(repo.name.clone()),
+            url: Some(crate::redact::text(&repo.url)),
+            commit,
+            branch,
+            outputs: r.outputs.clone(),
+            cached_from: Some(r.run_id.clone()),
+            ..StepProvenance::default()
+        };
+        let end = StepEnd {
+            summary: r.summary,
+            reason: None,
+            tests: r.tests,
+            artifacts: r.artifacts,
+            metrics: r.metrics,
+            duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            cache_hit: Some(("local", r.duration_ms)),
+            provenance: serde_json::to_string(&provenance).ok(),
+        };
+        Ok(Ok(self.rec.finish_step(idx, StepStatus::Cached, end)?))
+    }
+
+    /// Records how a step that ran ended, with what produced it; a succeeded step of a cached
+    /// operation is stored under its key first.
+    fn finish_ran(
+        &self,
+        idx: usize,
+        step: &PlannedStep,
+        key: Option<&StepKey>,
+        mut outcome: StepOutcome,
+        info: Running,
+    ) -> Result<StepReport, PlanError> {
+        let mut provenance = info.provenance;
+        let (runs, more) = std::mem::take(&mut outcome.programs);
+        provenance.programs_run = runs;
+        provenance.programs_not_recorded = more;
+        if let Some(key) = key
+            && outcome.status == StepStatus::Succeeded
+            && self.cached(step)
+            && self.opts.cache.writes()
+        {
+            self.rec.writer().flush();
+            let outputs = self
+                .manifest
+                .service(&step.service)
+                .and_then(|s| self.manifest.operation(s, self.rec.operation()))
+                .map(|o| o.outputs.clone())
+                .unwrap_or_default();
+            let stored = crate::cache::store_result(
+                &mut self.rec.store(),
+                &self.blobs,
+                &crate::cache::ToStore {
+                    key: &key.key,
+                    operation: self.rec.operation(),
+                    service: &step.service,
+                    run_id: self.rec.run_id(),
+                    step_id: self.rec.step_id(idx),
+                    summary: &outcome.summary,
+                    tests: outcome.tests,
+                    artifacts: &outcome.artifacts,
+                    metrics: &outcome.metrics,
+                    duration_ms: u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
+                    service_dir: &info.service_dir,
+                    outputs: &outputs,
+                },
+            );
+            match stored {
+                Ok(outputs) => {
+                    provenance.outputs = outputs;
+                    self.stored
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => tracing::warn!(service = %step.service, "result not cached: {e}"),
+            }
+        }
+        let end = StepEnd {
+            summary: outcome.summary,
+            reason: outcome.reason,
+            tests: outcome.tests,
+            artifacts: outcome.artifacts,
+            metrics: outcome.metrics,
+            duration_ms: u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
+            cache_hit: None,
+            provenance: serde_json::to_string(&provenance).ok(),
+        };
+        Ok(self.rec.finish_step(idx, outcome.status, end)?)
     }
 
     /// Capabilities, service folder, log and request of a step; or why it cannot start.
@@ -566,6 +847,7 @@ impl Executor<'_> {
             audit: Arc::new(move |e| audit_writer.audit(e)),
             denials: Default::default(),
             containment: Containment::new(&marker, pids),
+            programs: Default::default(),
         });
         let request = StepRequest {
             operation: self.rec.operation().to_string(),
@@ -596,9 +878,16 @@ impl Executor<'_> {
             artifacts: outcome.artifacts,
             metrics: outcome.metrics,
             duration_ms: u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
+            cache_hit: None,
+            provenance: None,
         };
         Ok(self.rec.finish_step(idx, outcome.status, end)?)
     }
+}
+
+/// The repository of service `name`.
+fn m_repo<'m>(m: &'m Manifest, name: &str) -> Option<&'m crate::manifest::Repo> {
+    m.service(name).and_then(|s| m.repo(&s.repo))
 }
 
 /// Records how a step that ran (or was refused) ended: for its dependents, and as the run's first

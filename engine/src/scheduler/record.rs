@@ -59,6 +59,8 @@ struct Slot {
     id: i64,
     /// When it started (Unix ms), once it has.
     started: Option<(i64, Instant)>,
+    /// Its cache key, once computed.
+    key: Option<String>,
 }
 
 /// Records one run; shared by the tasks or threads that execute its steps.
@@ -110,6 +112,7 @@ impl Recorder {
                 plugin: plugin.to_string(),
                 id,
                 started: None,
+                key: None,
             })
             .collect();
         let mut rec = Recorder {
@@ -183,6 +186,25 @@ impl Recorder {
         }
     }
 
+    /// The run's store connection (held while the guard lives: keep it short).
+    pub fn store(&self) -> MutexGuard<'_, Store> {
+        lock(&self.store)
+    }
+
+    /// Records the cache keys of steps (`(index, key)`), their manifests once each.
+    pub fn record_keys(&self, keys: &[(usize, &crate::cache::StepKey)]) -> Result<(), StoreError> {
+        let rows: Vec<(i64, String, String)> = {
+            let mut slots = lock(&self.slots);
+            keys.iter()
+                .map(|(idx, k)| {
+                    slots[*idx].key = Some(k.key.clone());
+                    (slots[*idx].id, k.key.clone(), k.text.clone())
+                })
+                .collect()
+        };
+        lock(&self.store).record_step_keys(&rows)
+    }
+
     /// The store id of step `idx`.
     pub fn step_id(&self, idx: usize) -> i64 {
         lock(&self.slots)[idx].id
@@ -248,10 +270,16 @@ impl Recorder {
         status: StepStatus,
         end: StepEnd,
     ) -> Result<StepReport, StoreError> {
-        let (id, name, plugin, started) = {
+        let (id, name, plugin, started, key) = {
             let slots = lock(&self.slots);
             let s = &slots[idx];
-            (s.id, s.name.clone(), s.plugin.clone(), s.started)
+            (
+                s.id,
+                s.name.clone(),
+                s.plugin.clone(),
+                s.started,
+                s.key.clone(),
+            )
         };
         self.writer().flush();
         lock(&self.store).finish_step(id, status, &end)?;
@@ -270,6 +298,14 @@ impl Recorder {
             tests: end.tests,
             reason: end.reason,
             artifacts: end.artifacts,
+            cache: key.map(|key| crate::store::StepCache {
+                key,
+                hit: end.cache_hit.is_some(),
+                source: end.cache_hit.map(|(s, _)| s.to_string()),
+                saved_ms: end
+                    .cache_hit
+                    .map(|(_, ms)| i64::try_from(ms).unwrap_or(i64::MAX)),
+            }),
         };
         self.events.send(Event::StepFinished {
             run_id: self.run_id.clone(),

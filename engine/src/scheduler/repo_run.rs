@@ -133,6 +133,8 @@ impl Progress for RepoRun<'_> {
             artifacts: Vec::new(),
             metrics: serde_json::json!({"old_head": o.old_head, "head": o.head}),
             duration_ms: u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+            cache_hit: None,
+            provenance: None,
         };
         if let Err(e) = self.rec.finish_step(idx, status, end) {
             tracing::error!(repo = %o.name, error = %e, "could not record the step end");

@@ -1,8 +1,9 @@
 //! The embedded SQLite store at `<state dir>/state.db` (`.nestr/` beside the manifest by default):
 //! opening with WAL, `busy_timeout` and foreign keys, applying the migrations in `migrations/`
 //! (embedded in the binary), refusing databases newer than this binary, and typed queries per
-//! table group (`repos.rs`, `runs.rs`, `tokens.rs`). Every write runs in a `BEGIN IMMEDIATE` transaction.
+//! table group (`repos.rs`, `runs.rs`, `tokens.rs`, `cache.rs`). Every write runs in a `BEGIN IMMEDIATE` transaction.
 
+mod cache;
 mod repos;
 mod runs;
 mod tokens;
@@ -14,10 +15,11 @@ use include_dir::{Dir, include_dir};
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use rusqlite_migration::{M, Migrations};
 
+pub use cache::{CacheEntry, CacheStats};
 pub use repos::{RepoRecord, RepoRow, SyncEvent};
 pub use runs::{
     AuditEntry, JournalEntry, LogChunk, LogLine, NewRun, RunFilter, RunHead, RunOwner, RunPage,
-    RunRow, RunSummary, ServiceLogLine, StepEnd, StepRow,
+    RunRow, RunSummary, ServiceLogLine, StepCache, StepEnd, StepRow,
 };
 pub use tokens::{ActiveToken, TokenRow, token_hash};
 

@@ -115,6 +115,10 @@ pub struct StepEnd {
     pub artifacts: Vec<Artifact>,
     pub metrics: serde_json::Value,
     pub duration_ms: u64,
+    /// A hit: where it came from (`local`, `remote`) and the time it saved, ms.
+    pub cache_hit: Option<(&'static str, u64)>,
+    /// What produced the result (JSON, see `crate::cache::provenance`).
+    pub provenance: Option<String>,
 }
 
 /// One stored line of a step's log.
@@ -209,6 +213,24 @@ pub struct StepRow {
     pub tests: Option<TestCounts>,
     pub artifacts: Vec<Artifact>,
     pub metrics: serde_json::Value,
+    /// The step's cache key and whether it was a hit (steps of operation runs).
+    pub cache: Option<StepCache>,
+    /// What produced its result (JSON of `crate::cache::provenance::StepProvenance`).
+    #[serde(skip)]
+    pub provenance: Option<String>,
+}
+
+/// A step's place in the operation cache.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct StepCache {
+    /// sha256 of its key manifest (`GET /api/runs/{id}/steps/{service}/key`).
+    pub key: String,
+    /// Not run: the stored result under this key was used.
+    pub hit: bool,
+    /// Where a hit came from: `local` or `remote`.
+    pub source: Option<String>,
+    /// The time a hit saved (how long the step ran when its result was stored), ms.
+    pub saved_ms: Option<i64>,
 }
 
 /// A chunk from the columns `step_id, first_seq, last_seq, at, stream, level, text` of a row,
@@ -470,7 +492,8 @@ impl Store {
             tx.execute(
                 "UPDATE steps SET status = ?2, finished_at = ?3, duration_ms = ?4, summary = ?5,
                     reason = ?6, tests_passed = ?7, tests_failed = ?8, tests_skipped = ?9,
-                    artifacts = ?10, metrics = ?11
+                    artifacts = ?10, metrics = ?11, cache_source = ?12, saved_ms = ?13,
+                    provenance = coalesce(?14, provenance)
                  WHERE id = ?1",
                 params![
                     step_id,
@@ -483,7 +506,11 @@ impl Store {
                     f,
                     s,
                     serde_json::to_string(&end.artifacts).unwrap_or_else(|_| "[]".into()),
-                    end.metrics.to_string()
+                    end.metrics.to_string(),
+                    end.cache_hit.map(|(s, _)| s),
+                    end.cache_hit
+                        .map(|(_, ms)| i64::try_from(ms).unwrap_or(i64::MAX)),
+                    end.provenance
                 ],
             )?;
             step_journal(tx, step_id, JournalKind::StepFinished, status.as_str(), now)
@@ -578,7 +605,8 @@ impl Store {
         let Some(mut run) = run else { return Ok(None) };
         let mut stmt = self.conn().prepare_cached(
             "SELECT id, service, plugin, plugin_digest, status, started_at, finished_at, duration_ms,
-                    summary, reason, tests_passed, tests_failed, tests_skipped, metrics, artifacts
+                    summary, reason, tests_passed, tests_failed, tests_skipped, metrics, artifacts,
+                    cache_key, cache_source, saved_ms, provenance
              FROM steps WHERE run_id = ?1 ORDER BY id",
         )?;
         let steps = stmt.query_map([run_id], |r| {
@@ -608,6 +636,13 @@ impl Store {
                 },
                 metrics: serde_json::from_str(&metrics).unwrap_or(serde_json::Value::Null),
                 artifacts: serde_json::from_str(&r.get::<_, String>(14)?).unwrap_or_default(),
+                cache: r.get::<_, Option<String>>(15)?.map(|key| StepCache {
+                    key,
+                    hit: matches!(r.get::<_, Option<String>>(16), Ok(Some(_))),
+                    source: r.get(16).ok().flatten(),
+                    saved_ms: r.get(17).ok().flatten(),
+                }),
+                provenance: r.get(18)?,
             })
         })?;
         run.steps = steps.collect::<Result<_, _>>()?;

@@ -1,0 +1,529 @@
+//! Step keys. A step's key is the sha256 of its *key manifest*: a canonical JSON document (keys
+//! sorted) of everything that can change the step's result — the cache format, the operation,
+//! the service, the plugin's digest and contract, the operation's `config`, `inputs`, `outputs`
+//! and the plugin's grants, the programs those grants name (resolved on PATH, by path and
+//! content digest), the granted environment (unset distinct from empty; values by digest,
+//! secrets by an HMAC under a per-workspace key), the service's inputs (its folder's git tree at
+//! HEAD plus every uncommitted change, or the files its `inputs` globs match, by content) and the
+//! keys of the same operation on the services it depends on. Keys are computed from the manifest,
+//! git and the file system: no plugin runs.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use hmac::Mac;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use crate::manifest::{Manifest, Service};
+use crate::store::Store;
+
+/// The version of the key manifest's layout: a new one misses every old entry.
+pub const FORMAT: u32 = 1;
+
+/// A step's key and the document it is the hash of.
+#[derive(Debug, Clone)]
+pub struct StepKey {
+    /// sha256 of `text`, hex.
+    pub key: String,
+    pub manifest: Value,
+    /// The canonical JSON text of `manifest`.
+    pub text: String,
+}
+
+impl StepKey {
+    fn of(manifest: Value) -> StepKey {
+        let manifest = canonical(manifest);
+        let text = manifest.to_string();
+        StepKey {
+            key: hex::encode(Sha256::digest(text.as_bytes())),
+            manifest,
+            text,
+        }
+    }
+}
+
+/// `v` with every object's keys in sorted order (whatever order serde_json keeps maps in).
+pub fn canonical(v: Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let sorted: BTreeMap<String, Value> =
+                m.into_iter().map(|(k, v)| (k, canonical(v))).collect();
+            Value::Object(sorted.into_iter().collect())
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(canonical).collect()),
+        other => other,
+    }
+}
+
+/// What one repository's inputs are: the tree at HEAD and every uncommitted change.
+struct RepoInputs {
+    repo: git2::Repository,
+    /// The commit checked out.
+    head: Option<git2::Oid>,
+    /// Each changed path (relative to the repository, `/`-separated) → `sha256:HEX` of its
+    /// content in the work tree, or `deleted`.
+    dirty: BTreeMap<String, String>,
+}
+
+/// Computes the keys of one operation's steps; memoises per repository, program and service.
+pub struct Keys<'a> {
+    manifest: &'a Manifest,
+    operation: &'a str,
+    repos: HashMap<String, Result<RepoInputs, String>>,
+    plugins: HashMap<String, Result<String, String>>,
+    programs: HashMap<String, Value>,
+    keys: HashMap<String, Result<StepKey, String>>,
+    secret_key: Option<Vec<u8>>,
+    store: Option<&'a Store>,
+    /// Program digests newly computed, to remember in the store.
+    pub learned: Vec<(String, u64, i64, String)>,
+}
+
+impl<'a> Keys<'a> {
+    /// `state_dir` holds the per-workspace secret key (made on first use); `store` remembers
+    /// program digests between runs.
+    pub fn new(
+        manifest: &'a Manifest,
+        operation: &'a str,
+        state_dir: &Path,
+        store: Option<&'a Store>,
+    ) -> Keys<'a> {
+        Keys {
+            manifest,
+            operation,
+            repos: HashMap::new(),
+            plugins: HashMap::new(),
+            programs: HashMap::new(),
+            keys: HashMap::new(),
+            secret_key: secret_key(state_dir).ok(),
+            store,
+            learned: Vec::new(),
+        }
+    }
+
+    /// The key of `service`'s step of the operation (or, for a service without the operation,
+    /// of its inputs alone: what its dependents depend on). An error says why no key could be
+    /// computed (the step then runs uncached).
+    pub fn key(&mut self, service: &str) -> Result<StepKey, String> {
+        let mut stack = Vec::new();
+        self.key_inner(service, &mut stack)
+    }
+
+    fn key_inner(&mut self, name: &str, stack: &mut Vec<String>) -> Result<StepKey, String> {
+        if let Some(k) = self.keys.get(name) {
+            return k.clone();
+        }
+        if stack.iter().any(|s| s == name) {
+            return Err(format!("a dependency cycle through `{name}`"));
+        }
+        let manifest = self.manifest;
+        let Some(service) = manifest.service(name) else {
+            return Err(format!("service `{name}` is not in the manifest"));
+        };
+        stack.push(name.to_string());
+        let mut deps = serde_json::Map::new();
+        let mut failed = None;
+        for d in &service.depends_on {
+            match self.key_inner(d, stack) {
+                Ok(k) => {
+                    deps.insert(d.clone(), Value::String(k.key));
+                }
+                Err(e) => failed = Some(format!("dependency `{d}`: {e}")),
+            }
+        }
+        stack.pop();
+        let result = match failed {
+            Some(e) => Err(e),
+            None => self.own_manifest(service, deps).map(StepKey::of),
+        };
+        self.keys.insert(name.to_string(), result.clone());
+        result
+    }
+
+    fn own_manifest(
+        &mut self,
+        service: &Service,
+        deps: serde_json::Map<String, Value>,
+    ) -> Result<Value, String> {
+        let manifest = self.manifest;
+        let op = manifest.operation(service, self.operation);
+        let outputs: Vec<String> = op.map(|o| o.outputs.clone()).unwrap_or_default();
+        let inputs = self.inputs(service, op.and_then(|o| o.inputs.as_deref()), &outputs)?;
+        let Some(op) = op else {
+            return Ok(json!({
+                "format": FORMAT,
+                "service": service.name,
+                "operation": null,
+                "inputs": inputs,
+                "deps": deps,
+            }));
+        };
+        let digest = self.plugin_digest(&op.plugin)?;
+        let grants = manifest
+            .plugins
+            .get(&op.plugin)
+            .map(|d| d.grants.clone())
+            .unwrap_or_default();
+        let mut programs = serde_json::Map::new();
+        for g in &grants.exec {
+            programs.insert(g.program.clone(), self.program(&g.program));
+        }
+        let env: serde_json::Map<String, Value> = grants
+            .env
+            .iter()
+            .map(|n| {
+                let v = std::env::var_os(n).map(
+                    |v| json!({ "sha256": hex::encode(Sha256::digest(v.as_encoded_bytes())) }),
+                );
+                (n.clone(), v.unwrap_or(Value::Null))
+            })
+            .collect();
+        let secrets: serde_json::Map<String, Value> = grants
+            .secrets
+            .iter()
+            .map(|n| {
+                let v = std::env::var_os(n).map(|v| match &self.secret_key {
+                    Some(k) => Value::String(format!("hmac-sha256:{}", hmac(k, &v))),
+                    // No key to hide it under: a value that never matches.
+                    None => Value::String(format!("unkeyed:{}", crate::scheduler::new_run_id())),
+                });
+                (n.clone(), v.unwrap_or(Value::Null))
+            })
+            .collect();
+        Ok(json!({
+            "format": FORMAT,
+            "service": service.name,
+            "operation": self.operation,
+            "plugin": {
+                "name": op.plugin,
+                "digest": digest,
+                "contract": crate::plugin::CONTRACT,
+            },
+            "config": op.config,
+            "grants": serde_json::to_value(&grants).unwrap_or(Value::Null),
+            "programs": programs,
+            "env": env,
+            "secrets": secrets,
+            "outputs": outputs,
+            "inputs": inputs,
+            "deps": deps,
+        }))
+    }
+
+    /// The service's inputs: its folder's tree at HEAD and its uncommitted changes, or with
+    /// `globs` the files they match, by content. Files matching `outputs` are left out.
+    fn inputs(
+        &mut self,
+        service: &Service,
+        globs: Option<&[String]>,
+        outputs: &[String],
+    ) -> Result<Value, String> {
+        let manifest = self.manifest;
+        let Some(repo) = manifest.repo(&service.repo) else {
+            return Err(format!(
+                "repository `{}` is not in the manifest",
+                service.repo
+            ));
+        };
+        let dir = manifest.repo_dir(repo);
+        let inputs = self
+            .repos
+            .entry(repo.name.clone())
+            .or_insert_with(|| repo_inputs(&dir))
+            .as_ref()
+            .map_err(Clone::clone)?;
+        let prefix = rel_prefix(&service.path);
+        let outputs = globset(outputs)?;
+        let in_service = |p: &str| -> Option<String> {
+            let rel = if prefix.is_empty() {
+                p
+            } else {
+                p.strip_prefix(&prefix)?
+            };
+            (!outputs.is_match(rel)).then(|| rel.to_string())
+        };
+        let head_tree = inputs
+            .head
+            .and_then(|h| inputs.repo.find_commit(h).ok())
+            .and_then(|c| c.tree().ok());
+        let Some(globs) = globs else {
+            let tree = match (&head_tree, prefix.is_empty()) {
+                (Some(t), true) => Some(t.id().to_string()),
+                (Some(t), false) => t
+                    .get_path(Path::new(prefix.trim_end_matches('/')))
+                    .ok()
+                    .map(|e| e.id().to_string()),
+                (None, _) => None,
+            };
+            let dirty: serde_json::Map<String, Value> = inputs
+                .dirty
+                .iter()
+                .filter_map(|(p, d)| in_service(p).map(|rel| (rel, Value::String(d.clone()))))
+                .collect();
+            return Ok(json!({
+                "repo": repo.name,
+                "path": service.path.to_string_lossy(),
+                "tree": tree,
+                "uncommitted": dirty,
+            }));
+        };
+        let matcher = globset(globs)?;
+        let mut files = BTreeMap::new();
+        if let Some(tree) = &head_tree {
+            tree.walk(git2::TreeWalkMode::PreOrder, |root, entry| {
+                if entry.kind() == Some(git2::ObjectType::Blob) {
+                    let path = format!("{root}{}", entry.name().unwrap_or_default());
+                    if let Some(rel) = in_service(&path)
+                        && matcher.is_match(&rel)
+                    {
+                        files.insert(rel, format!("git:{}", entry.id()));
+                    }
+                }
+                git2::TreeWalkResult::Ok
+            })
+            .map_err(|e| format!("cannot read the tree of `{}`: {}", repo.name, e.message()))?;
+        }
+        for (p, d) in &inputs.dirty {
+            if let Some(rel) = in_service(p)
+                && matcher.is_match(&rel)
+            {
+                if d == "deleted" {
+                    files.remove(&rel);
+                } else {
+                    files.insert(rel, d.clone());
+                }
+            }
+        }
+        Ok(json!({
+            "repo": repo.name,
+            "path": service.path.to_string_lossy(),
+            "globs": globs,
+            "files": files,
+        }))
+    }
+
+    fn plugin_digest(&mut self, name: &str) -> Result<String, String> {
+        let manifest = self.manifest;
+        self.plugins
+            .entry(name.to_string())
+            .or_insert_with(|| plugin_digest(manifest, name))
+            .clone()
+    }
+
+    /// `{path, sha256}` of a granted program as PATH resolves it now, or null when it is not
+    /// found.
+    fn program(&mut self, program: &str) -> Value {
+        if let Some(v) = self.programs.get(program) {
+            return v.clone();
+        }
+        let v = match crate::plugin::caps::resolve_program_path(program) {
+            Ok((path, real)) => match self.file_digest(&real) {
+                Some(d) => json!({ "path": path.to_string_lossy(), "sha256": d }),
+                None => json!({ "path": path.to_string_lossy(), "sha256": null }),
+            },
+            Err(_) => Value::Null,
+        };
+        self.programs.insert(program.to_string(), v.clone());
+        v
+    }
+
+    /// The sha256 of a file, remembered in the store by path, size and modification time.
+    fn file_digest(&mut self, path: &Path) -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path).ok()?;
+        let mtime = meta.mtime() * 1_000_000_000 + meta.mtime_nsec();
+        let shown = path.to_string_lossy().into_owned();
+        if let Some(store) = self.store
+            && let Ok(Some(d)) = store.program_digest(&shown, meta.size(), mtime)
+        {
+            return Some(d);
+        }
+        let d = sha256_file(path).ok()?;
+        self.learned.push((shown, meta.size(), mtime, d.clone()));
+        Some(d)
+    }
+}
+
+/// A glob set of `patterns` (checked when the manifest loads).
+fn globset(patterns: &[String]) -> Result<globset::GlobSet, String> {
+    let mut b = globset::GlobSetBuilder::new();
+    for p in patterns {
+        b.add(
+            globset::GlobBuilder::new(p)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| format!("pattern {p:?}: {e}"))?,
+        );
+    }
+    b.build().map_err(|e| e.to_string())
+}
+
+/// `path/` of a service folder inside its repository (`` for the repository itself).
+fn rel_prefix(path: &Path) -> String {
+    let parts: Vec<String> = path
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect();
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("{}/", parts.join("/"))
+    }
+}
+
+fn repo_inputs(dir: &Path) -> Result<RepoInputs, String> {
+    let repo = crate::git::open_exact(dir).ok_or_else(|| {
+        format!(
+            "{} is not a git repository: run `nestr assemble`",
+            dir.display()
+        )
+    })?;
+    let head = crate::git::head_oid(&repo);
+    let mut options = git2::StatusOptions::new();
+    options
+        .include_untracked(true)
+        .recurse_untracked_dirs(true)
+        .include_ignored(false)
+        .exclude_submodules(true)
+        .renames_head_to_index(false);
+    let mut dirty = BTreeMap::new();
+    {
+        let statuses = repo.statuses(Some(&mut options)).map_err(|e| {
+            format!(
+                "cannot read the status of {}: {}",
+                dir.display(),
+                e.message()
+            )
+        })?;
+        for entry in statuses.iter() {
+            let Ok(path) = entry.path() else { continue };
+            let full = dir.join(path);
+            let digest = match std::fs::symlink_metadata(&full) {
+                Err(_) => "deleted".to_string(),
+                Ok(m) if m.file_type().is_symlink() => match std::fs::read_link(&full) {
+                    Ok(t) => format!(
+                        "symlink:{}",
+                        hex::encode(Sha256::digest(t.as_os_str().as_encoded_bytes()))
+                    ),
+                    Err(_) => "unreadable".to_string(),
+                },
+                Ok(m) if m.is_file() => match sha256_file(&full) {
+                    Ok(d) => format!("sha256:{d}"),
+                    Err(_) => "unreadable".to_string(),
+                },
+                Ok(_) => "other".to_string(),
+            };
+            dirty.insert(path.to_string(), digest);
+        }
+    }
+    Ok(RepoInputs { repo, head, dirty })
+}
+
+/// The sha256 of a plugin's component, as the host would load it (nothing is compiled).
+pub fn plugin_digest(manifest: &Manifest, name: &str) -> Result<String, String> {
+    use crate::manifest::PluginSource;
+    match manifest.plugins.get(name).map(|d| &d.source) {
+        Some(PluginSource::File { path, sha256 }) => {
+            // Read as the host reads it: a regular file within the size bound, matching its pin.
+            let full = manifest.root.join(path);
+            crate::plugin::Host::read_file(name, &full, sha256.as_deref())
+                .map(|bytes| hex::encode(Sha256::digest(&bytes)))
+                .map_err(|e| e.to_string())
+        }
+        _ => crate::plugin::Host::builtin_digest(name)
+            .ok_or_else(|| format!("plugin `{name}` is neither built in nor declared with a path")),
+    }
+}
+
+/// Whether `text` is a sha256 digest in lower-case hex.
+pub fn is_digest(text: &str) -> bool {
+    text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// sha256 of a regular file's content, hex, read in pieces. Anything else (a FIFO, a device —
+/// also behind a symbolic link, or swapped in after a check) is an error: the file is opened
+/// without blocking and checked as opened, so a FIFO never stalls and `/dev/zero` is never read.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+fn hmac(key: &[u8], value: &std::ffi::OsStr) -> String {
+    let Ok(mut mac) = hmac::Hmac::<Sha256>::new_from_slice(key) else {
+        return String::new();
+    };
+    mac.update(value.as_encoded_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// The workspace's key for secrets in key manifests: 32 random bytes in
+/// `STATE/cache/secret.key` (mode 0600), made on first use.
+fn secret_key(state_dir: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let path: PathBuf = state_dir.join("cache").join("secret.key");
+    if let Ok(k) = std::fs::read(&path)
+        && k.len() == 32
+    {
+        return Ok(k);
+    }
+    std::fs::create_dir_all(state_dir.join("cache"))?;
+    let mut key = vec![0u8; 32];
+    getrandom::fill(&mut key).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(&key)?;
+    f.sync_all()?;
+    // Two processes making it at once: the first one's stays.
+    if std::fs::hard_link(&tmp, &path).is_err() {
+        let _ = std::fs::remove_file(&tmp);
+        return std::fs::read(&path);
+    }
+    let _ = std::fs::remove_file(&tmp);
+    Ok(key)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_sorts_keys_at_every_depth() {
+        let v = canonical(json!({"b": {"z": 1, "a": [ {"y": 1, "x": 2} ]}, "a": null}));
+        assert_eq!(
+            v.to_string(),
+            r#"{"a":null,"b":{"a":[{"x":2,"y":1}],"z":1}}"#
+        );
+    }
+
+    #[test]
+    fn service_prefixes() {
+        assert_eq!(rel_prefix(Path::new(".")), "");
+        assert_eq!(rel_prefix(Path::new("svc/api")), "svc/api/");
+    }
+}

@@ -1,0 +1,356 @@
+//! Queries of the operation cache: key manifests (`key_manifests`), each step's key and hit
+//! (`steps.cache_key`, `cache_source`, `saved_ms`, `provenance`), stored results
+//! (`cache_entries` with the blobs each holds, `cache_blobs`), and remembered program digests
+//! (`program_digests`). The blobs themselves are files (see `crate::cache::local`).
+
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+
+use super::{Store, StoreError, now_ms};
+
+/// A stored result.
+#[derive(Debug, Clone)]
+pub struct CacheEntry {
+    pub key: String,
+    pub operation: String,
+    pub service: String,
+    /// JSON: see `crate::cache::StoredResult`.
+    pub result: String,
+    pub run_id: Option<String>,
+    pub created_at: i64,
+}
+
+/// What `nestr cache stats` shows.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct CacheStats {
+    pub entries: i64,
+    /// Bytes of blobs the entries hold (compressed; a blob shared by two entries counts once).
+    pub bytes: i64,
+    pub blobs: i64,
+    /// Steps that were hits, over all recorded runs.
+    pub hits: i64,
+    /// Steps with a key that ran (misses), over all recorded runs.
+    pub misses: i64,
+    /// Time the hits saved, ms.
+    pub saved_ms: i64,
+}
+
+impl Store {
+    /// Records the keys of steps (`(step id, key, key manifest text)`), each manifest once.
+    pub fn record_step_keys(&mut self, keys: &[(i64, String, String)]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.write(|tx| {
+            let mut put = tx.prepare_cached(
+                "INSERT OR IGNORE INTO key_manifests (key, manifest) VALUES (?1, ?2)",
+            )?;
+            let mut set = tx.prepare_cached("UPDATE steps SET cache_key = ?2 WHERE id = ?1")?;
+            for (id, key, text) in keys {
+                put.execute(params![key, text])?;
+                set.execute(params![id, key])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The key manifest stored for `key`.
+    pub fn key_manifest(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT manifest FROM key_manifests WHERE key = ?1",
+                [key],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// The key of the step of `service` in run `run_id`, if it has one.
+    pub fn step_key(&self, run_id: &str, service: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT cache_key FROM steps WHERE run_id = ?1 AND service = ?2",
+                [run_id, service],
+                |r| r.get::<_, Option<String>>(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
+    /// The run that stored the entry under `key`, or else the newest run with a step of that
+    /// key.
+    pub fn key_run(&self, key: &str) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT coalesce(
+                    (SELECT run_id FROM cache_entries WHERE key = ?1),
+                    (SELECT run_id FROM steps WHERE cache_key = ?1 ORDER BY id DESC LIMIT 1))",
+                [key],
+                |r| r.get(0),
+            )
+            .optional()?
+            .flatten())
+    }
+
+    /// Other keys `service`'s steps of `operation` had, newest first (at most `limit`): what
+    /// `cache explain` compares against. Stored entries come first.
+    pub fn other_keys(
+        &self,
+        operation: &str,
+        service: &str,
+        not: &str,
+        limit: usize,
+    ) -> Result<Vec<String>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT key FROM (
+                SELECT key, 0 AS o, created_at AS at FROM cache_entries
+                    WHERE operation = ?1 AND service = ?2 AND key != ?3
+                UNION ALL
+                SELECT s.cache_key, 1, s.id FROM steps s JOIN runs r ON r.id = s.run_id
+                    WHERE r.operation = ?1 AND s.service = ?2 AND s.cache_key IS NOT NULL
+                      AND s.cache_key != ?3)
+             ORDER BY o, at DESC LIMIT ?4",
+        )?;
+        let rows = stmt.query_map(params![operation, service, not, limit * 4], |r| r.get(0))?;
+        let mut out: Vec<String> = Vec::new();
+        for k in rows {
+            let k: String = k?;
+            if !out.contains(&k) {
+                out.push(k);
+            }
+            if out.len() >= usize::try_from(limit).unwrap_or(usize::MAX) {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// The stored result under `key`, marked used now.
+    pub fn cache_entry(&mut self, key: &str) -> Result<Option<CacheEntry>, StoreError> {
+        let entry = self
+            .conn()
+            .query_row(
+                "SELECT key, operation, service, result, run_id, created_at FROM cache_entries
+                 WHERE key = ?1",
+                [key],
+                |r| {
+                    Ok(CacheEntry {
+                        key: r.get(0)?,
+                        operation: r.get(1)?,
+                        service: r.get(2)?,
+                        result: r.get(3)?,
+                        run_id: r.get(4)?,
+                        created_at: r.get(5)?,
+                    })
+                },
+            )
+            .optional()?;
+        if entry.is_some() {
+            self.conn().execute(
+                "UPDATE cache_entries SET used_at = ?2 WHERE key = ?1",
+                params![key, now_ms()],
+            )?;
+        }
+        Ok(entry)
+    }
+
+    /// Stores a result with the blobs it holds (`(digest, stored size)`); an entry already
+    /// stored under the key is replaced.
+    pub fn put_cache_entry(
+        &mut self,
+        entry: &CacheEntry,
+        blobs: &[(String, u64)],
+    ) -> Result<(), StoreError> {
+        let size: u64 = blobs.iter().map(|(_, s)| s).sum();
+        let now = now_ms();
+        self.write(|tx| {
+            tx.execute("DELETE FROM cache_entries WHERE key = ?1", [&entry.key])?;
+            tx.execute(
+                "INSERT INTO cache_entries (key, operation, service, result, size, run_id,
+                     created_at, used_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+                params![
+                    entry.key,
+                    entry.operation,
+                    entry.service,
+                    entry.result,
+                    i64::try_from(size).unwrap_or(i64::MAX),
+                    entry.run_id,
+                    now
+                ],
+            )?;
+            let mut put = tx.prepare_cached(
+                "INSERT OR IGNORE INTO cache_blobs (key, digest, size) VALUES (?1, ?2, ?3)",
+            )?;
+            for (d, s) in blobs {
+                put.execute(params![entry.key, d, i64::try_from(*s).unwrap_or(i64::MAX)])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Drops the entry under `key` (its blobs were found missing or corrupt).
+    pub fn drop_cache_entry(&mut self, key: &str) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM cache_entries WHERE key = ?1", [key])?;
+            Ok(())
+        })
+    }
+
+    /// Deletes entries used before `older_than` (Unix ms), then the least recently used ones
+    /// until the blobs they hold fit in `max_size` bytes. Returns how many entries went and the
+    /// digests of blobs no entry holds any more (for the caller to delete).
+    pub fn prune_cache(
+        &mut self,
+        max_size: Option<u64>,
+        older_than: Option<i64>,
+    ) -> Result<(usize, Vec<String>), StoreError> {
+        self.write(|tx| {
+            let mut removed = 0usize;
+            // The digests of the entries that go, to check whether anything else holds them.
+            tx.execute_batch("CREATE TEMP TABLE IF NOT EXISTS gone (digest TEXT PRIMARY KEY) WITHOUT ROWID; DELETE FROM gone;")?;
+            let forget = |tx: &rusqlite::Transaction<'_>, key: &str| -> rusqlite::Result<()> {
+                tx.execute(
+                    "INSERT OR IGNORE INTO gone SELECT digest FROM cache_blobs WHERE key = ?1",
+                    [key],
+                )?;
+                tx.execute("DELETE FROM cache_entries WHERE key = ?1", [key])?;
+                Ok(())
+            };
+            if let Some(t) = older_than {
+                let keys: Vec<String> = tx
+                    .prepare("SELECT key FROM cache_entries WHERE used_at < ?1")?
+                    .query_map([t], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                for k in &keys {
+                    forget(tx, k)?;
+                }
+                removed += keys.len();
+            }
+            if let Some(max) = max_size {
+                let max = i64::try_from(max).unwrap_or(i64::MAX);
+                let mut total: i64 = tx.query_row(
+                    "SELECT coalesce(sum(size), 0) FROM (SELECT digest, max(size) AS size
+                         FROM cache_blobs GROUP BY digest)",
+                    [],
+                    |r| r.get(0),
+                )?;
+                let lru: Vec<(String, i64)> = tx
+                    .prepare("SELECT key, size FROM cache_entries ORDER BY used_at, key")?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                for (k, size) in lru {
+                    if total <= max {
+                        break;
+                    }
+                    forget(tx, &k)?;
+                    total -= size;
+                    removed += 1;
+                }
+            }
+            let orphans: Vec<String> = tx
+                .prepare(
+                    "SELECT digest FROM gone WHERE digest NOT IN (SELECT digest FROM cache_blobs)",
+                )?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            tx.execute("DELETE FROM gone", [])?;
+            Ok((removed, orphans))
+        })
+    }
+
+    /// Whether any entry holds blob `digest`.
+    pub fn blob_held(&self, digest: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT 1 FROM cache_blobs WHERE digest = ?1 LIMIT 1",
+                [digest],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    pub fn cache_stats(&self) -> Result<CacheStats, StoreError> {
+        self.snapshot(|s| {
+            let (entries, _): (i64, i64) = s.conn().query_row(
+                "SELECT count(*), coalesce(sum(size), 0) FROM cache_entries",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let (blobs, bytes): (i64, i64) = s.conn().query_row(
+                "SELECT count(*), coalesce(sum(size), 0) FROM (SELECT digest, max(size) AS size
+                     FROM cache_blobs GROUP BY digest)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            let (hits, misses, saved): (i64, i64, i64) = s.conn().query_row(
+                "SELECT coalesce(sum(status = 'cached'), 0),
+                        coalesce(sum(status != 'cached' AND cache_key IS NOT NULL
+                                     AND started_at IS NOT NULL), 0),
+                        coalesce(sum(saved_ms), 0)
+                 FROM steps",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )?;
+            Ok(CacheStats {
+                entries,
+                bytes,
+                blobs,
+                hits,
+                misses,
+                saved_ms: saved,
+            })
+        })
+    }
+
+    /// The remembered sha256 of the program file at `path`, if its size and modification time
+    /// are still those it was hashed at.
+    pub fn program_digest(
+        &self,
+        path: &str,
+        size: u64,
+        mtime_ns: i64,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(self
+            .conn()
+            .prepare_cached(
+                "SELECT sha256 FROM program_digests WHERE path = ?1 AND size = ?2 AND mtime_ns = ?3",
+            )?
+            .query_row(
+                params![path, i64::try_from(size).unwrap_or(i64::MAX), mtime_ns],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// Remembers program digests (`(path, size, mtime ns, sha256)`).
+    pub fn remember_program_digests(
+        &mut self,
+        digests: &[(String, u64, i64, String)],
+    ) -> Result<(), StoreError> {
+        if digests.is_empty() {
+            return Ok(());
+        }
+        self.write(|tx| {
+            let mut put = tx.prepare_cached(
+                "INSERT OR REPLACE INTO program_digests (path, size, mtime_ns, sha256)
+                 VALUES (?1, ?2, ?3, ?4)",
+            )?;
+            for (p, size, mtime, d) in digests {
+                put.execute(params![
+                    p,
+                    i64::try_from(*size).unwrap_or(i64::MAX),
+                    mtime,
+                    d
+                ])?;
+            }
+            Ok(())
+        })
+    }
+}
