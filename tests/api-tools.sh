@@ -3,6 +3,8 @@
 # `promtool=PATH` and `st=PATH`:
 # - promtool, from Debian's `prometheus` package (unpacked with dpkg -x, not installed), unless
 #   one is on PATH;
+# - nginx, from Debian's `nginx` package (unpacked the same way; it has the WebDAV module the
+#   remote-cache tests serve `PUT` with), unless one is on PATH; prints `nginx=PATH`;
 # - schemathesis and in-toto-attestation (the in-toto framework's Python bindings, which the
 #   provenance tests validate statements with), from PyPI, in a virtualenv; also prints
 #   `python=PATH` of that virtualenv.
@@ -22,6 +24,16 @@ else
       && dpkg -x prometheus_*.deb prometheus && rm -f prometheus_*.deb)
   fi
   echo "promtool=$dir/prometheus/usr/bin/promtool"
+fi
+if command -v nginx >/dev/null 2>&1; then
+  echo "nginx=$(command -v nginx)"
+else
+  if [ ! -x "$dir/nginx/usr/sbin/nginx" ]; then
+    (cd "$dir" && rm -f nginx_*.deb \
+      && { apt-get download nginx >&2 || { apt-get update -qq >&2 && apt-get download nginx >&2; }; } \
+      && dpkg -x nginx_*.deb nginx && rm -f nginx_*.deb)
+  fi
+  echo "nginx=$dir/nginx/usr/sbin/nginx"
 fi
 if [ ! -x "$dir/venv/bin/st" ]; then
   python3 -m venv "$dir/venv" >&2

@@ -3,12 +3,14 @@
 //! the key changing misses with `cache explain` naming it; a failed step is never stored; a
 //! corrupt or deleted blob is a miss, never a false hit; two processes fill the cache at once;
 //! prune; `cache = true` on the deploy plugin is a manifest error; `affected` by base ref and by
-//! two lock files across three repositories; provenance validated by the in-toto bindings.
+//! two lock files across three repositories; provenance validated by the in-toto bindings; the
+//! remote cache through a real nginx (two workspaces share results; a wrong credential, a corrupt
+//! blob, a read-only client, a server that is down and one that never answers).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use crate::support::{Sandbox, TestResult, git, tools};
+use crate::support::{Nginx, Sandbox, TestResult, git, tools};
 
 /// Two repositories: `lib` (service `lib`) and `app` (service `app`, depending on `lib`). Each
 /// `build` runs `tool` (a script on PATH in `bin/`) and writes `out/result.txt`.
@@ -18,6 +20,11 @@ fn two_repo_ws(sb: &Sandbox, extra_grants: &str) -> PathBuf {
     let bin = sb.path().join("bin");
     std::fs::create_dir_all(&bin).expect("bin");
     write_tool(&bin, "v1");
+    two_repo_ws_at(sb, "ws", extra_grants, "")
+}
+
+/// Another workspace of the same two repositories in `dir`, its manifest ending with `tail`.
+fn two_repo_ws_at(sb: &Sandbox, dir: &str, extra_grants: &str, tail: &str) -> PathBuf {
     let m = format!(
         r#"[workspace]
 name = "cached"
@@ -41,9 +48,9 @@ outputs = ["out/**"]
 
 [plugins.command]
 grants = {{ exec = ["tool"], env = ["PATH"{extra_grants}], fs = "read-write" }}
-"#
+{tail}"#
     );
-    let ws = sb.workspace(&m);
+    let ws = sb.workspace_at(dir, &m);
     sb.nestr(&ws, &["assemble", "-q"]).ok();
     ws
 }
@@ -556,6 +563,164 @@ fn provenance_is_an_in_toto_statement_the_bindings_validate() -> TestResult {
         serde_json::json!(["PATH"])
     );
     assert!(!out.contains(&path_env(&sb)), "PATH's value leaked");
+    Ok(())
+}
+
+/// Runs `build` in `ws` with `env`; returns (status and cache source by service, stderr).
+fn remote_build(
+    sb: &Sandbox,
+    ws: &Path,
+    env: &[(&str, &str)],
+) -> (HashMap<String, (String, String)>, String) {
+    let path = path_env(sb);
+    let mut all_env: Vec<(&str, &str)> = vec![("PATH", path.as_str())];
+    all_env.extend_from_slice(env);
+    sb.nestr(ws, &["assemble", "-q"]).ok();
+    let run = sb.nestr_with(ws, &["run", "build", "--json"], &all_env);
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}\n{}", run.stdout, run.stderr));
+    let steps = v["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .map(|s| {
+            (
+                s["service"].as_str().unwrap_or_default().to_string(),
+                (
+                    s["status"].as_str().unwrap_or_default().to_string(),
+                    s["cache"]["source"].as_str().unwrap_or("-").to_string(),
+                ),
+            )
+        })
+        .collect();
+    (steps, run.stderr)
+}
+
+fn all(steps: &HashMap<String, (String, String)>, status: &str, source: &str) -> bool {
+    steps.len() == 2 && steps.values().all(|(st, so)| st == status && so == source)
+}
+
+#[test]
+fn the_remote_cache_through_real_nginx_shares_results_and_never_fails_a_run() -> TestResult {
+    let sb = Sandbox::new();
+    two_repo_ws(&sb, "");
+    let token = "s3cret-token";
+    let nginx = Nginx::start(&sb.path().join("nginx"), Some(token))?;
+    let tail = format!(
+        "\n[cache]\nremote = \"{}/\"\nremote_secret = \"CACHE_TOKEN\"\nremote_timeout = \"2s\"\n",
+        nginx.url
+    );
+    let with_token = [("CACHE_TOKEN", token)];
+
+    // The first workspace runs and uploads: two entries and their blobs.
+    let one = two_repo_ws_at(&sb, "one", "", &tail);
+    let (steps, err) = remote_build(&sb, &one, &with_token);
+    assert!(all(&steps, "succeeded", "-"), "{steps:?}\n{err}");
+    assert!(!err.contains("remote cache"), "{err}");
+    let files = nginx.files();
+    assert_eq!(
+        files.iter().filter(|f| f.starts_with("ac/")).count(),
+        2,
+        "{files:?}"
+    );
+    assert!(
+        files.iter().filter(|f| f.starts_with("cas/")).count() >= 3,
+        "{files:?}"
+    );
+
+    // A second, separate workspace: every step is a hit from the remote, outputs restored.
+    let two = two_repo_ws_at(&sb, "two", "", &tail);
+    let (steps, err) = remote_build(&sb, &two, &with_token);
+    assert!(all(&steps, "cached", "remote"), "{steps:?}\n{err}");
+    for f in [
+        "lib/out/result.txt",
+        "lib/out/data.bin",
+        "app/out/result.txt",
+    ] {
+        assert_eq!(
+            std::fs::read(one.join(f))?,
+            std::fs::read(two.join(f))?,
+            "{f}"
+        );
+    }
+    // Its next run hits locally.
+    let (steps, _) = remote_build(&sb, &two, &with_token);
+    assert!(all(&steps, "cached", "local"), "{steps:?}");
+
+    // A wrong credential: a warning, and the steps run.
+    let three = two_repo_ws_at(&sb, "three", "", &tail);
+    let (steps, err) = remote_build(&sb, &three, &[("CACHE_TOKEN", "wrong")]);
+    assert!(all(&steps, "succeeded", "-"), "{steps:?}\n{err}");
+    assert!(err.contains("refused the credential"), "{err}");
+    assert!(!err.contains(token), "the credential is never shown: {err}");
+    // No credential at all: the remote is not used, said once.
+    let four = two_repo_ws_at(&sb, "four", "", &tail);
+    let (steps, err) = remote_build(&sb, &four, &[]);
+    assert!(all(&steps, "succeeded", "-"), "{steps:?}\n{err}");
+    assert!(
+        err.contains("CACHE_TOKEN") && err.contains("not set"),
+        "{err}"
+    );
+
+    // A corrupt blob served: a miss (never a false hit), and the good blob is uploaded again.
+    for f in nginx.files().iter().filter(|f| f.starts_with("cas/")) {
+        std::fs::write(nginx.data.join(f), b"not what its name says")?;
+    }
+    let five = two_repo_ws_at(&sb, "five", "", &tail);
+    let (steps, err) = remote_build(&sb, &five, &with_token);
+    assert!(all(&steps, "succeeded", "-"), "{steps:?}\n{err}");
+    assert!(err.contains("corrupt"), "{err}");
+    let six = two_repo_ws_at(&sb, "six", "", &tail);
+    let (steps, err) = remote_build(&sb, &six, &with_token);
+    assert!(
+        all(&steps, "cached", "remote"),
+        "repaired: {steps:?}\n{err}"
+    );
+
+    // Read-only: a miss runs and nothing is uploaded.
+    let seven = two_repo_ws_at(&sb, "seven", "", &tail);
+    sb.nestr(&seven, &["assemble", "-q"]).ok();
+    std::fs::write(seven.join("lib/README.md"), "# lib, changed here only\n")?;
+    let before = nginx.files();
+    let (steps, err) = remote_build(
+        &sb,
+        &seven,
+        &[
+            ("CACHE_TOKEN", token),
+            ("NESTR_CACHE_REMOTE_READ_ONLY", "1"),
+        ],
+    );
+    assert!(all(&steps, "succeeded", "-"), "{steps:?}\n{err}");
+    assert_eq!(nginx.files(), before, "a read-only client uploads nothing");
+
+    // The server down: a warning, the steps run, the run succeeds.
+    drop(nginx);
+    let eight = two_repo_ws_at(&sb, "eight", "", &tail);
+    let (steps, err) = remote_build(&sb, &eight, &with_token);
+    assert!(all(&steps, "succeeded", "-"), "{steps:?}\n{err}");
+    assert!(err.contains("cannot be reached"), "{err}");
+
+    // A server that accepts and never answers: past remote_timeout, a warning and a miss.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("http://{}", silent.local_addr()?);
+    let held = std::thread::spawn(move || {
+        let mut conns = Vec::new();
+        for c in silent.incoming().take(4) {
+            conns.push(c);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(30));
+        drop(conns);
+    });
+    let nine = two_repo_ws_at(&sb, "nine", "", &tail);
+    let (steps, err) = remote_build(
+        &sb,
+        &nine,
+        &[("CACHE_TOKEN", token), ("NESTR_CACHE_REMOTE", url.as_str())],
+    );
+    assert!(all(&steps, "succeeded", "-"), "{steps:?}\n{err}");
+    assert!(err.contains("did not answer in time"), "{err}");
+    drop(held);
     Ok(())
 }
 

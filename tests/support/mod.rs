@@ -308,3 +308,92 @@ pub fn tools() -> Result<std::collections::HashMap<String, String>, Box<dyn std:
         })
         .collect())
 }
+
+/// nginx from Debian's package on a loopback port, serving a folder with WebDAV `PUT` (the
+/// remote-cache setup bazel's docs describe); with `token`, every request must carry
+/// `Authorization: Bearer TOKEN`. Stopped when dropped.
+pub struct Nginx {
+    child: std::process::Child,
+    pub url: String,
+    /// What it serves: `ac/` and `cas/` appear here.
+    pub data: PathBuf,
+}
+
+impl Nginx {
+    pub fn start(dir: &Path, token: Option<&str>) -> Result<Nginx, Box<dyn std::error::Error>> {
+        let bin = tools()?
+            .remove("nginx")
+            .ok_or("api-tools.sh printed no nginx")?;
+        let data = dir.join("data");
+        let tmp = dir.join("tmp");
+        std::fs::create_dir_all(&data)?;
+        std::fs::create_dir_all(&tmp)?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let auth = token.map_or(String::new(), |t| {
+            format!("if ($http_authorization != \"Bearer {t}\") {{ return 401; }}")
+        });
+        let d = dir.display();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log;\nevents {{ worker_connections 256; }}\nhttp {{\n\
+             access_log off;\nclient_body_temp_path {t};\nproxy_temp_path {t};\n\
+             fastcgi_temp_path {t};\nuwsgi_temp_path {t};\nscgi_temp_path {t};\n\
+             client_max_body_size 0;\nserver {{\nlisten 127.0.0.1:{port};\n\
+             location / {{\n{auth}\nroot {data};\ndav_methods PUT;\ncreate_full_put_path on;\n\
+             dav_access user:rw group:r all:r;\n}}\n}}\n}}\n",
+            t = tmp.display(),
+            data = data.display(),
+        );
+        std::fs::write(dir.join("nginx.conf"), conf)?;
+        let child = Command::new(&bin)
+            .arg("-p")
+            .arg(dir)
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let mut nginx = Nginx {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+            data,
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = nginx.child.try_wait() {
+                let log = std::fs::read_to_string(dir.join("error.log")).unwrap_or_default();
+                return Err(format!("nginx exited ({status}): {log}").into());
+            }
+            if std::time::Instant::now() > deadline {
+                return Err("nginx did not listen within 10 s".into());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(nginx)
+    }
+
+    /// Every file it serves, relative to its folder (`ac/…`, `cas/…`), sorted.
+    pub fn files(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for sub in ["ac", "cas"] {
+            if let Ok(entries) = std::fs::read_dir(self.data.join(sub)) {
+                for e in entries.flatten() {
+                    out.push(format!("{sub}/{}", e.file_name().to_string_lossy()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

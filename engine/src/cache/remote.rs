@@ -57,6 +57,9 @@ pub struct Remote {
     down: AtomicBool,
     /// Where fetched blobs are written while they are checked.
     tmp: PathBuf,
+    /// Keys whose entry named a blob the server served corrupt: when this run stores their
+    /// result, every blob is uploaded again (not skipped because the server has one by that name).
+    repair: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// An entry fetched and checked, its blobs already in the local store: ready to be recorded.
@@ -156,6 +159,7 @@ impl Remote {
             agent,
             down: AtomicBool::new(false),
             tmp: state_dir.join("cache").join("tmp"),
+            repair: Default::default(),
         }))
     }
 
@@ -249,8 +253,16 @@ impl Remote {
                 .map(|o| (o.sha256.as_str(), Some(o.size))),
         );
         for (digest, size) in digests {
-            if !blobs.has(digest) {
-                self.fetch_blob(digest, size, blobs)?;
+            if !blobs.has(digest)
+                && let Err(why) = self.fetch_blob(digest, size, blobs)
+            {
+                if why.contains("corrupt") || why.contains("missing") {
+                    self.repair
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(key.to_string());
+                }
+                return Err(why);
             }
             let stored = blobs
                 .stored_size(digest)
@@ -331,9 +343,14 @@ impl Remote {
         }
         let result: StoredResult =
             serde_json::from_str(&entry.result).map_err(|e| e.to_string())?;
+        let repair = self
+            .repair
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&entry.key);
         let digests = std::iter::once(&result.log).chain(result.outputs.iter().map(|o| &o.sha256));
         for digest in digests {
-            self.upload_blob(digest, blobs)?;
+            self.upload_blob(digest, blobs, repair)?;
         }
         let body = serde_json::to_vec(&RemoteEntry {
             format: FORMAT.into(),
@@ -346,13 +363,16 @@ impl Remote {
         self.put(&format!("ac/{}", entry.key), Body::Bytes(body))
     }
 
-    fn upload_blob(&self, digest: &str, blobs: &Blobs) -> Result<(), String> {
+    /// Uploads a blob unless the server has one by that name (`always`: even then).
+    fn upload_blob(&self, digest: &str, blobs: &Blobs, always: bool) -> Result<(), String> {
         let path = format!("cas/{digest}");
-        let resp = self.get(&path, true)?;
-        match resp.status().as_u16() {
-            200 => return Ok(()),
-            404 => {}
-            s => return Err(Self::status_error(&path, s)),
+        if !always {
+            let resp = self.get(&path, true)?;
+            match resp.status().as_u16() {
+                200 => return Ok(()),
+                404 => {}
+                s => return Err(Self::status_error(&path, s)),
+            }
         }
         std::fs::create_dir_all(&self.tmp).map_err(|e| e.to_string())?;
         let mut tmp = tempfile::tempfile_in(&self.tmp).map_err(|e| e.to_string())?;

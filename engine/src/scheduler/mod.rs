@@ -240,6 +240,17 @@ impl Started {
             .filter_map(|repo| std::fs::canonicalize(manifest.repo_dir(repo)).ok())
             .collect();
         let blobs = Blobs::new(recorder.state_dir());
+        let remote = if opts.cache == CacheMode::Off {
+            None
+        } else {
+            match crate::cache::remote::Remote::configure(&manifest.cache, recorder.state_dir()) {
+                Ok(r) => r,
+                Err(why) => {
+                    tracing::warn!("remote cache: {why}");
+                    None
+                }
+            }
+        };
         let exec = Executor {
             manifest,
             protected,
@@ -248,6 +259,9 @@ impl Started {
             opts,
             blobs,
             stored: std::sync::atomic::AtomicUsize::new(0),
+            remote,
+            from_remote: Default::default(),
+            to_upload: Default::default(),
         };
         let reports = exec.execute(&plan).await?;
         let status = if cancel.is_cancelled() {
@@ -282,6 +296,12 @@ struct Executor<'a> {
     blobs: Blobs,
     /// Results stored in the cache by this run.
     stored: std::sync::atomic::AtomicUsize,
+    /// The shared remote cache, if one is configured and usable.
+    remote: Option<crate::cache::remote::Remote>,
+    /// Keys whose entries this run fetched from the remote cache.
+    from_remote: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// Keys this run stored, to upload to the remote cache when it ends.
+    to_upload: std::sync::Mutex<Vec<String>>,
 }
 
 /// What a step that runs keeps for when it ends: where it ran and what produced it.
@@ -323,6 +343,7 @@ impl Executor<'_> {
         let mut tasks: HashMap<tokio::task::Id, usize> = HashMap::new();
         let mut first_failure: Option<String> = None;
         let keys = self.keys(plan);
+        self.prefetch(plan, &keys);
         let mut running_info: Vec<Option<Running>> = (0..plan.steps.len()).map(|_| None).collect();
 
         loop {
@@ -514,6 +535,7 @@ impl Executor<'_> {
             settle(&mut done, &mut first_failure, step, &report);
             reports[idx] = Some(report);
         }
+        self.upload();
         if self.stored.load(std::sync::atomic::Ordering::Relaxed) > 0 {
             let max = self
                 .manifest
@@ -526,6 +548,86 @@ impl Executor<'_> {
             }
         }
         Ok(reports.into_iter().flatten().collect())
+    }
+
+    /// Fetches, from the remote cache, the entries of the cached steps the local cache lacks
+    /// (many at once, each checked), and records them locally: the steps then hit as if they
+    /// were stored here, with source `remote`. A remote that fails is one warning; its steps
+    /// miss and run.
+    fn prefetch(&self, plan: &Plan, keys: &[Option<StepKey>]) {
+        let Some(remote) = &self.remote else { return };
+        if !self.opts.cache.reads() {
+            return;
+        }
+        let wanted: Vec<String> = {
+            let mut store = self.rec.store();
+            plan.steps
+                .iter()
+                .zip(keys)
+                .filter(|(step, _)| self.cached(step))
+                .filter_map(|(_, k)| k.as_ref())
+                .filter(|k| matches!(store.cache_entry(&k.key), Ok(None)))
+                .map(|k| k.key.clone())
+                .collect()
+        };
+        if wanted.is_empty() {
+            return;
+        }
+        let fetched = remote.fetch_all(&wanted, &self.blobs);
+        let mut failures: Vec<String> = Vec::new();
+        let mut got = self.from_remote.lock().unwrap_or_else(|p| p.into_inner());
+        let mut store = self.rec.store();
+        for (key, r) in wanted.iter().zip(fetched) {
+            match r {
+                Ok(Some(f)) => match store.put_cache_entry(&f.entry, &f.held) {
+                    Ok(()) => {
+                        got.insert(key.clone());
+                    }
+                    Err(e) => failures.push(format!("entry {}… not kept: {e}", &key[..12])),
+                },
+                Ok(None) => {}
+                Err(why) => failures.push(why),
+            }
+        }
+        failures.dedup();
+        if let Some(first) = failures.first() {
+            tracing::warn!(
+                "remote cache {}: {first}{}; the steps it could not serve run",
+                remote.url(),
+                match failures.len() {
+                    1 => String::new(),
+                    n => format!(" (and {} more problems)", n - 1),
+                }
+            );
+        }
+    }
+
+    /// Uploads what this run stored to the remote cache (unless it is read-only); a failure is
+    /// a warning.
+    fn upload(&self) {
+        let Some(remote) = &self.remote else { return };
+        let keys = std::mem::take(&mut *self.to_upload.lock().unwrap_or_else(|p| p.into_inner()));
+        if keys.is_empty() || remote.read_only() || remote.is_down() {
+            return;
+        }
+        let entries: Vec<crate::store::CacheEntry> = {
+            let mut store = self.rec.store();
+            keys.iter()
+                .filter_map(|k| store.cache_entry(k).ok().flatten())
+                .collect()
+        };
+        let failures = remote.upload_all(&entries, &self.blobs);
+        if let Some((key, why)) = failures.first() {
+            tracing::warn!(
+                "remote cache {}: the result under {}… was not uploaded: {why}{}",
+                remote.url(),
+                &key[..key.len().min(12)],
+                match failures.len() {
+                    1 => String::new(),
+                    n => format!(" (and {} more)", n - 1),
+                }
+            );
+        }
     }
 
     /// Whether `step`'s operation has `cache = true` (and this run uses the cache at all).
@@ -662,7 +764,19 @@ impl Executor<'_> {
             artifacts: r.artifacts,
             metrics: r.metrics,
             duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            cache_hit: Some(("local", r.duration_ms)),
+            cache_hit: Some((
+                if self
+                    .from_remote
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .contains(&key.key)
+                {
+                    "remote"
+                } else {
+                    "local"
+                },
+                r.duration_ms,
+            )),
             provenance: serde_json::to_string(&provenance).ok(),
         };
         Ok(Ok(self.rec.finish_step(idx, StepStatus::Cached, end)?))
@@ -717,6 +831,12 @@ impl Executor<'_> {
                     provenance.outputs = outputs;
                     self.stored
                         .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    if self.remote.is_some() {
+                        self.to_upload
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push(key.key.clone());
+                    }
                 }
                 Err(e) => tracing::warn!(service = %step.service, "result not cached: {e}"),
             }
