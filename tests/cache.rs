@@ -566,6 +566,52 @@ fn provenance_is_an_in_toto_statement_the_bindings_validate() -> TestResult {
     Ok(())
 }
 
+#[test]
+fn a_rebuilt_plugin_misses_and_explain_names_it() -> TestResult {
+    let sb = Sandbox::new();
+    sb.remote("lib");
+    let wasm = sb.path().join("noop.wasm");
+    std::fs::copy(
+        Path::new(env!("NESTR_PLUGIN_WASM_DIR")).join("noop.wasm"),
+        &wasm,
+    )?;
+    let ws = sb.workspace(&format!(
+        "[workspace]\nname = \"rebuilt\"\n[repos.lib]\nurl = \"{{remotes}}/lib.git\"\n\
+         [services.lib]\nrepo = \"lib\"\n[operations.check]\nplugin = \"noop\"\ncache = true\n\
+         [plugins.noop]\npath = \"{}\"\n",
+        wasm.display()
+    ));
+    sb.nestr(&ws, &["assemble", "-q"]).ok();
+    let status = |sb: &Sandbox| {
+        let v = sb.nestr(&ws, &["run", "check", "--json"]).ok().json();
+        (
+            v["run_id"].as_str().unwrap_or_default().to_string(),
+            v["steps"][0]["status"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        )
+    };
+    assert_eq!(status(&sb).1, "succeeded");
+    assert_eq!(status(&sb).1, "cached");
+    // The same plugin with one more custom section: another component, the same behaviour.
+    let mut bytes = std::fs::read(&wasm)?;
+    let name = b"rebuilt";
+    let payload = b"2026-12-02";
+    bytes.push(0); // custom section
+    bytes.push(u8::try_from(1 + name.len() + payload.len())?);
+    bytes.push(u8::try_from(name.len())?);
+    bytes.extend_from_slice(name);
+    bytes.extend_from_slice(payload);
+    std::fs::write(&wasm, bytes)?;
+    let (run, st) = status(&sb);
+    assert_eq!(st, "succeeded", "a rebuilt plugin is a miss");
+    let why = explain(&sb, &ws, &run, "lib");
+    assert!(why.contains("plugin `noop` was rebuilt"), "{why}");
+    assert_eq!(status(&sb).1, "cached");
+    Ok(())
+}
+
 /// Runs `build` in `ws` with `env`; returns (status and cache source by service, stderr).
 fn remote_build(
     sb: &Sandbox,

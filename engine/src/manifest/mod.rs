@@ -48,6 +48,8 @@ pub struct Manifest {
     pub cache: CacheSettings,
     /// The text it was read from, for problems found after validation (plugin config).
     source: std::sync::Arc<str>,
+    /// Service name → position in `services`, built on first lookup.
+    service_index: std::sync::OnceLock<std::collections::HashMap<String, usize>>,
 }
 
 /// The `[api]` table.
@@ -366,8 +368,20 @@ impl Manifest {
         self.repos.iter().find(|r| r.name == name)
     }
 
+    /// The service named `name`: by an index (a workspace may have thousands), checked against
+    /// the list, which is searched when they disagree.
     pub fn service(&self, name: &str) -> Option<&Service> {
-        self.services.iter().find(|s| s.name == name)
+        let index = self.service_index.get_or_init(|| {
+            self.services
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (s.name.clone(), i))
+                .collect()
+        });
+        match index.get(name).and_then(|&i| self.services.get(i)) {
+            Some(s) if s.name == name => Some(s),
+            _ => self.services.iter().find(|s| s.name == name),
+        }
     }
 
     /// The absolute folder of a repository.

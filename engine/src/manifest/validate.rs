@@ -78,6 +78,7 @@ pub(crate) fn validate(path: &Path, source: &str) -> Result<Manifest, InvalidMan
         api,
         cache,
         source: std::sync::Arc::from(source),
+        service_index: Default::default(),
     })
 }
 

@@ -262,6 +262,7 @@ impl Started {
             remote,
             from_remote: Default::default(),
             to_upload: Default::default(),
+            used: Default::default(),
         };
         let reports = exec.execute(&plan).await?;
         let status = if cancel.is_cancelled() {
@@ -302,6 +303,8 @@ struct Executor<'a> {
     from_remote: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Keys this run stored, to upload to the remote cache when it ends.
     to_upload: std::sync::Mutex<Vec<String>>,
+    /// Keys whose entries this run used, marked used when it ends (in one transaction).
+    used: std::sync::Mutex<Vec<String>>,
 }
 
 /// What a step that runs keeps for when it ends: where it ran and what produced it.
@@ -345,6 +348,9 @@ impl Executor<'_> {
         let keys = self.keys(plan);
         self.prefetch(plan, &keys);
         let mut running_info: Vec<Option<Running>> = (0..plan.steps.len()).map(|_| None).collect();
+        // Hits found and not yet recorded; the steps whose cache entry was looked up.
+        let mut hits: Vec<record::CachedEnd> = Vec::new();
+        let mut tried = vec![false; plan.steps.len()];
 
         loop {
             let mut i = 0;
@@ -383,6 +389,7 @@ impl Executor<'_> {
                     None
                 };
                 if let Some((status, why)) = blocked {
+                    self.record_hits(&mut hits, &mut reports)?;
                     let ok = status == StepStatus::Skipped && step.skip.is_some();
                     let outcome = StepOutcome::new(status, short_reason(&why), Some(why));
                     reports[idx] = Some(self.finish(idx, outcome)?);
@@ -393,21 +400,22 @@ impl Executor<'_> {
                     pending.remove(i);
                     continue;
                 }
-                if running.len() >= limit {
-                    i += 1;
-                    continue;
-                }
-                // Start it: from the cache when its result is stored, else by its plugin.
-                pending.remove(i);
+                // Start it: from the cache when its result is stored (a hit takes no slot),
+                // else by its plugin.
                 let key = keys.get(idx).and_then(Option::as_ref);
                 if let Some(key) = key
                     && self.cached(step)
                     && self.opts.cache.reads()
+                    && !tried[idx]
                 {
-                    match self.try_hit(idx, step, key)? {
-                        Ok(report) => {
-                            settle(&mut done, &mut first_failure, step, &report);
-                            reports[idx] = Some(report);
+                    tried[idx] = true;
+                    match self.try_hit(idx, step, key, &mut heads)? {
+                        Ok(hit) => {
+                            // A hit is a success: its dependents may start in this pass; it is
+                            // recorded with the other hits before anything else is.
+                            done.insert(step.service.as_str(), Done::Ok);
+                            hits.push(hit);
+                            pending.remove(i);
                             continue;
                         }
                         Err(None) => {}
@@ -416,6 +424,12 @@ impl Executor<'_> {
                         }
                     }
                 }
+                if running.len() >= limit {
+                    i += 1;
+                    continue;
+                }
+                pending.remove(i);
+                self.record_hits(&mut hits, &mut reports)?;
                 let plugin_name = step.plugin.clone().unwrap_or_default();
                 let plugin = match plugins.get(&plugin_name) {
                     Some(p) => p.clone(),
@@ -482,6 +496,7 @@ impl Executor<'_> {
                     }
                 }
             }
+            self.record_hits(&mut hits, &mut reports)?;
             if pending.is_empty() && running.is_empty() {
                 break;
             }
@@ -536,6 +551,10 @@ impl Executor<'_> {
             reports[idx] = Some(report);
         }
         self.upload();
+        let used = std::mem::take(&mut *self.used.lock().unwrap_or_else(|p| p.into_inner()));
+        if let Err(e) = self.rec.store().touch_cache_entries(&used) {
+            tracing::debug!("cache entries not marked used: {e}");
+        }
         if self.stored.load(std::sync::atomic::Ordering::Relaxed) > 0 {
             let max = self
                 .manifest
@@ -630,6 +649,23 @@ impl Executor<'_> {
         }
     }
 
+    /// Records the hits found so far, in one transaction (see `Recorder::finish_cached`).
+    fn record_hits(
+        &self,
+        hits: &mut Vec<record::CachedEnd>,
+        reports: &mut [Option<StepReport>],
+    ) -> Result<(), PlanError> {
+        if hits.is_empty() {
+            return Ok(());
+        }
+        let idxs: Vec<usize> = hits.iter().map(|h| h.idx).collect();
+        let ended = self.rec.finish_cached(std::mem::take(hits))?;
+        for (idx, report) in idxs.into_iter().zip(ended) {
+            reports[idx] = Some(report);
+        }
+        Ok(())
+    }
+
     /// Whether `step`'s operation has `cache = true` (and this run uses the cache at all).
     fn cached(&self, step: &PlannedStep) -> bool {
         self.opts.cache != CacheMode::Off
@@ -685,15 +721,17 @@ impl Executor<'_> {
         keys
     }
 
-    /// Ends step `idx` from the cache when a usable result is stored under `key`: its outputs
-    /// restored, its log replayed, its report the stored one, status `cached`. `Err(None)`:
-    /// nothing stored; `Err(Some(why))`: stored but unusable (the step runs).
+    /// How step `idx` ends from the cache when a usable result is stored under `key`: its
+    /// outputs restored, its log replayed, its report the stored one, status `cached` (recorded
+    /// with other hits by `Recorder::finish_cached`). `Err(None)`: nothing stored;
+    /// `Err(Some(why))`: stored but unusable (the step runs).
     fn try_hit(
         &self,
         idx: usize,
         step: &PlannedStep,
         key: &StepKey,
-    ) -> Result<Result<StepReport, Option<String>>, PlanError> {
+        heads: &mut HashMap<String, (Option<String>, Option<String>)>,
+    ) -> Result<Result<record::CachedEnd, Option<String>>, PlanError> {
         let m = self.manifest;
         let Some(service) = m.service(&step.service) else {
             return Ok(Err(None));
@@ -712,8 +750,8 @@ impl Executor<'_> {
         };
         let digest = key.manifest["plugin"]["digest"]
             .as_str()
-            .unwrap_or_default();
-        self.rec.start_step(idx, digest, &key.manifest["grants"])?;
+            .unwrap_or_default()
+            .to_string();
         let secrets: Vec<String> = m
             .plugins
             .get(step.plugin.as_deref().unwrap_or_default())
@@ -726,12 +764,17 @@ impl Executor<'_> {
             })
             .unwrap_or_default();
         let masker = Arc::new(Redactor::new(secrets.iter().map(String::as_str)));
-        let log = StepLog::new(
-            self.rec.step_id(idx),
-            masker,
-            u64::MAX / 4,
-            vec![self.rec.log_sink(idx)],
-        );
+        let chunks = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let collect = {
+            let chunks = chunks.clone();
+            Arc::new(move |c: &crate::store::LogChunk| {
+                chunks
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(c.clone());
+            })
+        };
+        let log = StepLog::new(self.rec.step_id(idx), masker, u64::MAX / 4, vec![collect]);
         let r = hit.result;
         log.system(format!(
             "[nestr: cached — not run; the result stored by run {} under key {}… is used, its \
@@ -747,7 +790,14 @@ impl Executor<'_> {
         for piece in &hit.log {
             log.lines(piece.stream, piece.level.as_deref(), &piece.text);
         }
-        let (commit, branch) = git::head_and_branch(m, repo);
+        let (commit, branch) = heads
+            .entry(repo.name.clone())
+            .or_insert_with(|| git::head_and_branch(m, repo))
+            .clone();
+        self.used
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(key.key.clone());
         let provenance = StepProvenance {
             repo: Some(repo.name.clone()),
             url: Some(crate::redact::text(&repo.url)),
@@ -779,7 +829,15 @@ impl Executor<'_> {
             )),
             provenance: serde_json::to_string(&provenance).ok(),
         };
-        Ok(Ok(self.rec.finish_step(idx, StepStatus::Cached, end)?))
+        drop(log);
+        let chunks = std::mem::take(&mut *chunks.lock().unwrap_or_else(|p| p.into_inner()));
+        Ok(Ok(record::CachedEnd {
+            idx,
+            digest,
+            grants: key.manifest["grants"].clone(),
+            chunks,
+            end,
+        }))
     }
 
     /// Records how a step that ran ended, with what produced it; a succeeded step of a cached

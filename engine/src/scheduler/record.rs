@@ -283,6 +283,65 @@ impl Recorder {
         };
         self.writer().flush();
         lock(&self.store).finish_step(id, status, &end)?;
+        Ok(self.ended(status, end, (name, plugin, started, key)))
+    }
+
+    /// Ends steps from the cache, together: each is started, given its replayed log (chunks its
+    /// `StepLog` made) and finished `cached` in one transaction, then publishes what a step that
+    /// runs publishes (`step_started`, its log, `step_finished`), in that order.
+    pub fn finish_cached(&self, steps: Vec<CachedEnd>) -> Result<Vec<StepReport>, StoreError> {
+        let now = (crate::store::now_ms(), Instant::now());
+        let slots: Vec<_> = {
+            let mut slots = lock(&self.slots);
+            steps
+                .iter()
+                .map(|c| {
+                    let s = &mut slots[c.idx];
+                    s.started = Some(now);
+                    (s.id, s.name.clone(), s.plugin.clone(), s.key.clone())
+                })
+                .collect()
+        };
+        let records: Vec<crate::store::CachedStepRecord<'_>> = steps
+            .iter()
+            .zip(&slots)
+            .map(|(c, (id, ..))| crate::store::CachedStepRecord {
+                step_id: *id,
+                digest: &c.digest,
+                grants: &c.grants,
+                chunks: &c.chunks,
+                end: &c.end,
+            })
+            .collect();
+        lock(&self.store).record_cached_steps(&records)?;
+        drop(records);
+        let mut reports = Vec::with_capacity(steps.len());
+        for (c, (id, name, plugin, key)) in steps.into_iter().zip(slots) {
+            self.events.send(Event::StepStarted {
+                run_id: self.run_id.clone(),
+                service: name.clone(),
+                step_id: id,
+            });
+            for chunk in c.chunks {
+                self.events.send(Event::Log {
+                    run_id: self.run_id.clone(),
+                    service: name.clone(),
+                    chunk,
+                });
+            }
+            reports.push(self.ended(StepStatus::Cached, c.end, (name, plugin, Some(now), key)));
+        }
+        Ok(reports)
+    }
+
+    /// The report of a step that ended (counted in `nestr_step_duration_seconds` if it
+    /// started), published as `step_finished`.
+    fn ended(
+        &self,
+        status: StepStatus,
+        end: StepEnd,
+        (name, plugin, started, key): (String, String, Option<(i64, Instant)>, Option<String>),
+    ) -> StepReport {
         if let (Some(m), Some(_)) = (crate::metrics::global(), started) {
             m.step_duration_seconds
                 .with_label_values(&[self.operation.as_str(), plugin.as_str()])
@@ -311,7 +370,7 @@ impl Recorder {
             run_id: self.run_id.clone(),
             report: report.clone(),
         });
-        Ok(report)
+        report
     }
 
     /// Finishes the run: every pending log line is committed, then its status; counts it in
@@ -376,4 +435,15 @@ impl Drop for ActiveGuard {
             m.runs_active.dec();
         }
     }
+}
+
+/// A step that ends from the cache, for [`Recorder::finish_cached`].
+pub struct CachedEnd {
+    pub idx: usize,
+    /// The plugin digest and grants recorded as it starts (those of its key).
+    pub digest: String,
+    pub grants: serde_json::Value,
+    /// Its replayed log.
+    pub chunks: Vec<LogChunk>,
+    pub end: StepEnd,
 }

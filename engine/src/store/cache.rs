@@ -129,7 +129,24 @@ impl Store {
         Ok(out)
     }
 
-    /// The stored result under `key`, marked used now.
+    /// Marks the entries under `keys` used now (what least-recently-used pruning goes by), in
+    /// one transaction.
+    pub fn touch_cache_entries(&mut self, keys: &[String]) -> Result<(), StoreError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        self.write(|tx| {
+            let mut stmt =
+                tx.prepare_cached("UPDATE cache_entries SET used_at = ?2 WHERE key = ?1")?;
+            for k in keys {
+                stmt.execute(params![k, now])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The stored result under `key` (see [`Store::touch_cache_entries`] to mark it used).
     pub fn cache_entry(&mut self, key: &str) -> Result<Option<CacheEntry>, StoreError> {
         let entry = self
             .conn()
@@ -149,12 +166,6 @@ impl Store {
                 },
             )
             .optional()?;
-        if entry.is_some() {
-            self.conn().execute(
-                "UPDATE cache_entries SET used_at = ?2 WHERE key = ?1",
-                params![key, now_ms()],
-            )?;
-        }
         Ok(entry)
     }
 
@@ -239,16 +250,29 @@ impl Store {
                     [],
                     |r| r.get(0),
                 )?;
-                let lru: Vec<(String, i64)> = tx
-                    .prepare("SELECT key, size FROM cache_entries ORDER BY used_at, key")?
-                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                let lru: Vec<String> = tx
+                    .prepare("SELECT key FROM cache_entries ORDER BY used_at, key")?
+                    .query_map([], |r| r.get(0))?
                     .collect::<Result<_, _>>()?;
-                for (k, size) in lru {
+                for k in lru {
                     if total <= max {
                         break;
                     }
+                    // Entries share blobs: what an entry frees is only the blobs no other
+                    // entry holds.
+                    let blobs: Vec<(String, i64)> = tx
+                        .prepare_cached("SELECT digest, size FROM cache_blobs WHERE key = ?1")?
+                        .query_map([&k], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<Result<_, _>>()?;
                     forget(tx, &k)?;
-                    total -= size;
+                    for (digest, size) in blobs {
+                        let held: bool = tx
+                            .prepare_cached("SELECT EXISTS (SELECT 1 FROM cache_blobs WHERE digest = ?1)")?
+                            .query_row([&digest], |r| r.get(0))?;
+                        if !held {
+                            total -= size;
+                        }
+                    }
                     removed += 1;
                 }
             }

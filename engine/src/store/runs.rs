@@ -56,6 +56,10 @@ pub struct RunSummary {
     pub steps: i64,
     pub succeeded: i64,
     pub failed: i64,
+    /// Steps that ended `cached` (not run: their stored result was used).
+    pub cached: i64,
+    /// What those hits saved: the stored steps' durations, in milliseconds.
+    pub saved_ms: i64,
 }
 
 /// A page of runs, newest first: the body of `GET /api/runs` and what `nestr runs --json` prints.
@@ -320,7 +324,9 @@ pub(crate) fn page_query(
                 (SELECT count(*) FROM steps s WHERE s.run_id = r.id),
                 (SELECT count(*) FROM steps s WHERE s.run_id = r.id AND s.status = 'succeeded'),
                 (SELECT count(*) FROM steps s WHERE s.run_id = r.id
-                    AND s.status IN ('failed', 'denied', 'timed_out', 'resource_exhausted'))
+                    AND s.status IN ('failed', 'denied', 'timed_out', 'resource_exhausted')),
+                (SELECT count(*) FROM steps s WHERE s.run_id = r.id AND s.status = 'cached'),
+                (SELECT coalesce(sum(s.saved_ms), 0) FROM steps s WHERE s.run_id = r.id)
          FROM runs r {filter_sql}
          ORDER BY r.created_at DESC, r.id DESC LIMIT ?{limit_arg}"
     );
@@ -467,14 +473,7 @@ impl Store {
         grants: &serde_json::Value,
     ) -> Result<(), StoreError> {
         let now = now_ms();
-        self.write(|tx| {
-            tx.execute(
-                "UPDATE steps SET status = 'running', started_at = ?2, plugin_digest = ?3, grants = ?4
-                 WHERE id = ?1",
-                params![step_id, now, digest, grants.to_string()],
-            )?;
-            step_journal(tx, step_id, JournalKind::StepStarted, "running", now)
-        })
+        self.write(|tx| start_step_tx(tx, step_id, digest, grants, now))
     }
 
     pub fn finish_step(
@@ -483,37 +482,24 @@ impl Store {
         status: StepStatus,
         end: &StepEnd,
     ) -> Result<(), StoreError> {
-        let (p, f, s) = match end.tests {
-            Some(t) => (Some(t.passed), Some(t.failed), Some(t.skipped)),
-            None => (None, None, None),
-        };
+        let now = now_ms();
+        self.write(|tx| finish_step_tx(tx, step_id, status, end, now))
+    }
+
+    /// Steps that end from the cache, together: each is started, given its (replayed) log and
+    /// finished `cached` — the rows and journal entries of a step that runs — in one transaction.
+    pub fn record_cached_steps(
+        &mut self,
+        steps: &[CachedStepRecord<'_>],
+    ) -> Result<(), StoreError> {
         let now = now_ms();
         self.write(|tx| {
-            tx.execute(
-                "UPDATE steps SET status = ?2, finished_at = ?3, duration_ms = ?4, summary = ?5,
-                    reason = ?6, tests_passed = ?7, tests_failed = ?8, tests_skipped = ?9,
-                    artifacts = ?10, metrics = ?11, cache_source = ?12, saved_ms = ?13,
-                    provenance = coalesce(?14, provenance)
-                 WHERE id = ?1",
-                params![
-                    step_id,
-                    status.as_str(),
-                    now,
-                    i64::try_from(end.duration_ms).unwrap_or(i64::MAX),
-                    end.summary,
-                    end.reason,
-                    p,
-                    f,
-                    s,
-                    serde_json::to_string(&end.artifacts).unwrap_or_else(|_| "[]".into()),
-                    end.metrics.to_string(),
-                    end.cache_hit.map(|(s, _)| s),
-                    end.cache_hit
-                        .map(|(_, ms)| i64::try_from(ms).unwrap_or(i64::MAX)),
-                    end.provenance
-                ],
-            )?;
-            step_journal(tx, step_id, JournalKind::StepFinished, status.as_str(), now)
+            for s in steps {
+                start_step_tx(tx, s.step_id, s.digest, s.grants, now)?;
+                insert_logs_tx(tx, s.chunks)?;
+                finish_step_tx(tx, s.step_id, StepStatus::Cached, s.end, now)?;
+            }
+            Ok(())
         })
     }
 
@@ -540,24 +526,7 @@ impl Store {
         if chunks.is_empty() {
             return Ok(());
         }
-        self.write(|tx| {
-            let mut stmt = tx.prepare_cached(
-                "INSERT OR IGNORE INTO log_chunks (step_id, first_seq, last_seq, at, stream, level, text)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            for c in chunks {
-                stmt.execute(params![
-                    c.step_id,
-                    c.first_seq,
-                    c.first_seq + c.count - 1,
-                    c.at,
-                    c.stream.as_str(),
-                    c.level,
-                    c.text
-                ])?;
-            }
-            Ok(())
-        })
+        self.write(|tx| insert_logs_tx(tx, chunks))
     }
 
     pub fn audit(&mut self, e: &AuditEntry) -> Result<(), StoreError> {
@@ -668,6 +637,8 @@ impl Store {
                 steps: r.get(7)?,
                 succeeded: r.get(8)?,
                 failed: r.get(9)?,
+                cached: r.get(10)?,
+                saved_ms: r.get(11)?,
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
@@ -849,4 +820,85 @@ impl Store {
     pub fn step_logs(&self, step_id: i64) -> Result<Vec<LogLine>, StoreError> {
         self.step_logs_after(step_id, -1, usize::MAX)
     }
+}
+
+/// What [`Store::record_cached_steps`] records of one step.
+pub struct CachedStepRecord<'a> {
+    pub step_id: i64,
+    pub digest: &'a str,
+    pub grants: &'a serde_json::Value,
+    pub chunks: &'a [LogChunk],
+    pub end: &'a StepEnd,
+}
+
+fn start_step_tx(
+    tx: &rusqlite::Transaction<'_>,
+    step_id: i64,
+    digest: &str,
+    grants: &serde_json::Value,
+    now: i64,
+) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "UPDATE steps SET status = 'running', started_at = ?2, plugin_digest = ?3, grants = ?4
+         WHERE id = ?1",
+    )?
+    .execute(params![step_id, now, digest, grants.to_string()])?;
+    step_journal(tx, step_id, JournalKind::StepStarted, "running", now)
+}
+
+fn finish_step_tx(
+    tx: &rusqlite::Transaction<'_>,
+    step_id: i64,
+    status: StepStatus,
+    end: &StepEnd,
+    now: i64,
+) -> rusqlite::Result<()> {
+    let (p, f, s) = match end.tests {
+        Some(t) => (Some(t.passed), Some(t.failed), Some(t.skipped)),
+        None => (None, None, None),
+    };
+    tx.prepare_cached(
+        "UPDATE steps SET status = ?2, finished_at = ?3, duration_ms = ?4, summary = ?5,
+            reason = ?6, tests_passed = ?7, tests_failed = ?8, tests_skipped = ?9,
+            artifacts = ?10, metrics = ?11, cache_source = ?12, saved_ms = ?13,
+            provenance = coalesce(?14, provenance)
+         WHERE id = ?1",
+    )?
+    .execute(params![
+        step_id,
+        status.as_str(),
+        now,
+        i64::try_from(end.duration_ms).unwrap_or(i64::MAX),
+        end.summary,
+        end.reason,
+        p,
+        f,
+        s,
+        serde_json::to_string(&end.artifacts).unwrap_or_else(|_| "[]".into()),
+        end.metrics.to_string(),
+        end.cache_hit.map(|(s, _)| s),
+        end.cache_hit
+            .map(|(_, ms)| i64::try_from(ms).unwrap_or(i64::MAX)),
+        end.provenance
+    ])?;
+    step_journal(tx, step_id, JournalKind::StepFinished, status.as_str(), now)
+}
+
+fn insert_logs_tx(tx: &rusqlite::Transaction<'_>, chunks: &[LogChunk]) -> rusqlite::Result<()> {
+    let mut stmt = tx.prepare_cached(
+        "INSERT OR IGNORE INTO log_chunks (step_id, first_seq, last_seq, at, stream, level, text)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    for c in chunks {
+        stmt.execute(params![
+            c.step_id,
+            c.first_seq,
+            c.first_seq + c.count - 1,
+            c.at,
+            c.stream.as_str(),
+            c.level,
+            c.text
+        ])?;
+    }
+    Ok(())
 }
