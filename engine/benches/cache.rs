@@ -7,7 +7,8 @@
 //! (b) the same run again, nothing changed: all hits;
 //! (c) after one commit in one service folder of r00: that service and its 19 dependents miss;
 //! (d) `nestr affected` after that commit;
-//! the keys of 1,000 services, computed through the library (no process start);
+//! the keys of 1,000 services, computed through the library as a run does (the repositories'
+//! state read ahead on two threads, then each key), without the process start;
 //! and the remote cache: a second workspace's all-hit run through nginx on loopback (Debian's,
 //! unpacked by tests/api-tools.sh) against the local all-hit run (b).
 //!
@@ -191,6 +192,8 @@ fn main() -> Result<()> {
         let store = nestr::store::Store::open(&state)?;
         let start = Instant::now();
         let mut k = nestr::cache::Keys::new(&manifest, "noop", &state, Some(&store));
+        let names: Vec<&str> = manifest.services.iter().map(|s| s.name.as_str()).collect();
+        k.preload(&names);
         for s in &manifest.services {
             k.key(&s.name).map_err(|e| format!("{}: {e}", s.name))?;
         }

@@ -74,6 +74,8 @@ pub struct Keys<'a> {
     plugins: HashMap<String, Result<String, String>>,
     programs: HashMap<String, Value>,
     keys: HashMap<String, Result<StepKey, String>>,
+    /// Compiled `outputs` glob sets, by their patterns (most services share their operation's).
+    globs: HashMap<Vec<String>, globset::GlobSet>,
     secret_key: Option<Vec<u8>>,
     store: Option<&'a Store>,
     /// Program digests newly computed, to remember in the store.
@@ -96,10 +98,52 @@ impl<'a> Keys<'a> {
             plugins: HashMap::new(),
             programs: HashMap::new(),
             keys: HashMap::new(),
+            globs: HashMap::new(),
             secret_key: secret_key(state_dir).ok(),
             store,
             learned: Vec::new(),
         }
+    }
+
+    /// Reads the state (HEAD and uncommitted changes) of the repositories of `services` ahead,
+    /// on two threads: the git status of a repository is most of what a key costs.
+    pub fn preload(&mut self, services: &[&str]) {
+        let manifest = self.manifest;
+        let mut todo: Vec<(String, PathBuf)> = Vec::new();
+        for name in services {
+            if let Some(repo) = manifest.service(name).and_then(|s| manifest.repo(&s.repo))
+                && !self.repos.contains_key(&repo.name)
+                && !todo.iter().any(|(n, _)| *n == repo.name)
+            {
+                todo.push((repo.name.clone(), manifest.repo_dir(repo)));
+            }
+        }
+        if todo.len() < 2 {
+            return;
+        }
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let done: Vec<(String, Result<RepoInputs, String>)> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..2)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let mut mine = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some((name, dir)) = todo.get(i) else {
+                                break;
+                            };
+                            mine.push((name.clone(), repo_inputs(dir)));
+                        }
+                        mine
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap_or_default())
+                .collect()
+        });
+        self.repos.extend(done);
     }
 
     /// The key of `service`'s step of the operation (or, for a service without the operation,
@@ -107,12 +151,17 @@ impl<'a> Keys<'a> {
     /// computed (the step then runs uncached).
     pub fn key(&mut self, service: &str) -> Result<StepKey, String> {
         let mut stack = Vec::new();
-        self.key_inner(service, &mut stack)
+        self.key_inner(service, &mut stack)?;
+        self.keys
+            .get(service)
+            .cloned()
+            .unwrap_or_else(|| Err(format!("service `{service}` has no key")))
     }
 
-    fn key_inner(&mut self, name: &str, stack: &mut Vec<String>) -> Result<StepKey, String> {
+    /// The key (the hash) of `name`'s step, its whole `StepKey` kept in `keys`.
+    fn key_inner(&mut self, name: &str, stack: &mut Vec<String>) -> Result<String, String> {
         if let Some(k) = self.keys.get(name) {
-            return k.clone();
+            return k.as_ref().map(|k| k.key.clone()).map_err(Clone::clone);
         }
         if stack.iter().any(|s| s == name) {
             return Err(format!("a dependency cycle through `{name}`"));
@@ -127,7 +176,7 @@ impl<'a> Keys<'a> {
         for d in &service.depends_on {
             match self.key_inner(d, stack) {
                 Ok(k) => {
-                    deps.insert(d.clone(), Value::String(k.key));
+                    deps.insert(d.clone(), Value::String(k));
                 }
                 Err(e) => failed = Some(format!("dependency `{d}`: {e}")),
             }
@@ -137,8 +186,9 @@ impl<'a> Keys<'a> {
             Some(e) => Err(e),
             None => self.own_manifest(service, deps).map(StepKey::of),
         };
-        self.keys.insert(name.to_string(), result.clone());
-        result
+        let key = result.as_ref().map(|k| k.key.clone()).map_err(Clone::clone);
+        self.keys.insert(name.to_string(), result);
+        key
     }
 
     fn own_manifest(
@@ -234,7 +284,14 @@ impl<'a> Keys<'a> {
             .as_ref()
             .map_err(Clone::clone)?;
         let prefix = rel_prefix(&service.path);
-        let outputs = globset(outputs)?;
+        let outputs = match self.globs.get(outputs) {
+            Some(g) => g.clone(),
+            None => {
+                let g = globset(outputs)?;
+                self.globs.insert(outputs.to_vec(), g.clone());
+                g
+            }
+        };
         let in_service = |p: &str| -> Option<String> {
             let rel = if prefix.is_empty() {
                 p

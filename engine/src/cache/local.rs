@@ -9,6 +9,11 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
+thread_local! {
+    static DCTX: std::cell::RefCell<Option<zstd::zstd_safe::DCtx<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// The blob store of one workspace.
 #[derive(Debug, Clone)]
 pub struct Blobs {
@@ -49,13 +54,56 @@ impl Blobs {
             .map(|size| (digest, size))
     }
 
-    /// Stores the file at `path`; returns its digest, its size and the size stored.
+    /// Stores the file at `path`, read once: the digest is of the bytes compressed, so a file
+    /// that changes while it is read (another process writing it) still gives a blob that
+    /// matches its name. Returns its digest, its size and the size stored.
     pub fn put_file(&self, path: &Path) -> std::io::Result<(String, u64, u64)> {
-        let digest = super::key::sha256_file(path)?;
-        let len = std::fs::metadata(path)?.len();
-        let mut f = std::fs::File::open(path)?;
-        let stored = self.put_from(&digest, &mut f)?;
-        Ok((digest, len, stored))
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NONBLOCK)
+            .open(path)?;
+        if !f.metadata()?.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
+        std::fs::create_dir_all(&self.dir)?;
+        let tmp = self.dir.join(format!(
+            ".incoming.{}.{}.tmp",
+            std::process::id(),
+            crate::scheduler::new_run_id()
+        ));
+        let written = (|| {
+            let out = std::fs::File::create(&tmp)?;
+            let mut enc = zstd::stream::Encoder::new(out, 3)?;
+            let mut h = Sha256::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut len = 0u64;
+            loop {
+                let n = f.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                len += n as u64;
+                h.update(&buf[..n]);
+                enc.write_all(&buf[..n])?;
+            }
+            enc.finish()?.sync_data()?;
+            let digest = hex::encode(h.finalize());
+            let path = self
+                .path(&digest)
+                .ok_or_else(|| std::io::Error::other("not a sha256 digest"))?;
+            if let Ok(m) = std::fs::metadata(&path) {
+                let _ = std::fs::remove_file(&tmp);
+                return Ok((digest, len, m.len()));
+            }
+            std::fs::create_dir_all(path.parent().unwrap_or(&self.dir))?;
+            std::fs::rename(&tmp, &path)?;
+            Ok((digest, len, std::fs::metadata(&path)?.len()))
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
     }
 
     fn put_from(&self, digest: &str, r: &mut dyn Read) -> std::io::Result<u64> {
@@ -114,8 +162,33 @@ impl Blobs {
             .path(digest)
             .ok_or_else(|| format!("{digest:?} is not a sha256 digest"))?;
         let f = std::fs::File::open(&path).map_err(|_| format!("blob {short}… is missing"))?;
-        let dec =
-            zstd::stream::Decoder::new(f).map_err(|e| format!("blob {short}… is corrupt ({e})"))?;
+        // One decompression context per thread, reset for each blob: making one costs more than
+        // decompressing a small log.
+        DCTX.with(|cell| match cell.try_borrow_mut() {
+            Ok(mut ctx) => {
+                let ctx = ctx.get_or_insert_with(zstd::zstd_safe::DCtx::create);
+                ctx.reset(zstd::zstd_safe::ResetDirective::SessionOnly)
+                    .map_err(|_| format!("blob {short}… cannot be decompressed"))?;
+                let dec =
+                    zstd::stream::read::Decoder::with_context(std::io::BufReader::new(f), ctx);
+                Self::hash_copy(dec, short, digest, w, max)
+            }
+            Err(_) => {
+                let dec = zstd::stream::Decoder::new(f)
+                    .map_err(|e| format!("blob {short}… is corrupt ({e})"))?;
+                Self::hash_copy(dec, short, digest, w, max)
+            }
+        })
+    }
+
+    /// Copies at most `max` decompressed bytes into `w`, checking they hash to `digest`.
+    fn hash_copy(
+        dec: impl Read,
+        short: &str,
+        digest: &str,
+        w: &mut dyn Write,
+        max: u64,
+    ) -> Result<u64, String> {
         let mut reader = dec.take(max + 1);
         let mut h = Sha256::new();
         let mut buf = vec![0u8; 64 * 1024];

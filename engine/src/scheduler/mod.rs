@@ -689,6 +689,13 @@ impl Executor<'_> {
                 &state_dir,
                 Some(&store),
             );
+            let names: Vec<&str> = plan
+                .steps
+                .iter()
+                .filter(|s| s.skip.is_none() && s.plugin.is_some())
+                .map(|s| s.service.as_str())
+                .collect();
+            k.preload(&names);
             let keys: Vec<Option<StepKey>> = plan
                 .steps
                 .iter()
