@@ -264,7 +264,22 @@ fn demo_builds_a_workspace_and_runs_again() -> TestResult {
         .filter_map(|r| r["operation"].as_str())
         .collect();
     // Assemble and sync are recorded as runs too.
-    assert_eq!(ops, ["deploy", "test", "build", "sync", "assemble"]);
+    assert_eq!(
+        ops,
+        ["deploy", "build", "test", "build", "sync", "assemble"]
+    );
+    // The second build changed nothing: every step came from the cache.
+    let again = &runs["runs"][1];
+    assert!(
+        again["cached"].as_i64().is_some_and(|n| n > 0) && again["cached"] == again["steps"],
+        "{again}"
+    );
+    assert!(run.stdout.contains("from the cache"), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("depends on `shared`"),
+        "affected: {}",
+        run.stdout
+    );
     assert!(
         runs["runs"]
             .as_array()

@@ -130,10 +130,12 @@ deploy = { plugin = "http-deploy", config = { url = "http://127.0.0.1:{{port}}/h
 [operations.build]
 plugin = "command"
 config = { run = [["make", "build"]] }
+cache = true
 
 [operations.test]
 plugin = "command"
 config = { run = [["make", "test"]] }
+cache = true
 
 [plugins.command]
 grants = { exec = ["make", "sh"], env = ["PATH"] }
@@ -250,6 +252,30 @@ pub fn run(args: DemoArgs, ui: &Ui) -> Result<ExitCode, CliError> {
 
     heading(
         ui,
+        "nestr run build   (again: nothing changed, so every step comes from the cache)",
+    );
+    let rebuilt = super::run::run(&mut ws, run_args("build", &[]), ui)?;
+
+    heading(
+        ui,
+        "nestr affected   (what your uncommitted edit in shared-lib affects, across repositories)",
+    );
+    super::affected::run(
+        &mut ws,
+        super::affected::AffectedArgs {
+            range: super::affected::ChangeRange {
+                base: Some("HEAD".into()),
+                from: None,
+                to: None,
+            },
+            operation: None,
+            json: false,
+        },
+        ui,
+    )?;
+
+    heading(
+        ui,
         &format!(
             "nestr run deploy   (http-deploy to the receiver on 127.0.0.1:{})",
             receiver.port
@@ -259,7 +285,11 @@ pub fn run(args: DemoArgs, ui: &Ui) -> Result<ExitCode, CliError> {
     for line in receiver.received() {
         println!("  receiver got {line}");
     }
-    if built != ExitCode::Ok || tested != ExitCode::Ok || deployed != ExitCode::Ok {
+    if built != ExitCode::Ok
+        || tested != ExitCode::Ok
+        || rebuilt != ExitCode::Ok
+        || deployed != ExitCode::Ok
+    {
         return Ok(ExitCode::Failed);
     }
 
