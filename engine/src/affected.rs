@@ -204,21 +204,7 @@ fn map_to_services(
         let Some(change) = repos.iter().find(|r| r.name == svc.repo) else {
             continue;
         };
-        let prefix = {
-            let parts: Vec<String> = svc
-                .path
-                .components()
-                .filter_map(|c| match c {
-                    std::path::Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
-                    _ => None,
-                })
-                .collect();
-            if parts.is_empty() {
-                String::new()
-            } else {
-                format!("{}/", parts.join("/"))
-            }
-        };
+        let prefix = crate::cache::key::rel_prefix(&svc.path);
         let globs = operation
             .and_then(|op| manifest.operation(svc, op))
             .and_then(|o| o.inputs.as_ref())

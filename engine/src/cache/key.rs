@@ -417,7 +417,7 @@ fn globset(patterns: &[String]) -> Result<globset::GlobSet, String> {
 }
 
 /// `path/` of a service folder inside its repository (`` for the repository itself).
-fn rel_prefix(path: &Path) -> String {
+pub(crate) fn rel_prefix(path: &Path) -> String {
     let parts: Vec<String> = path
         .components()
         .filter_map(|c| match c {
