@@ -440,13 +440,7 @@ fn repo_inputs(dir: &Path) -> Result<RepoInputs, String> {
         )
     })?;
     let head = crate::git::head_oid(&repo);
-    let mut options = git2::StatusOptions::new();
-    options
-        .include_untracked(true)
-        .recurse_untracked_dirs(true)
-        .include_ignored(false)
-        .exclude_submodules(true)
-        .renames_head_to_index(false);
+    let mut options = crate::git::work_tree_status_options();
     let mut dirty = BTreeMap::new();
     {
         let statuses = repo.statuses(Some(&mut options)).map_err(|e| {

@@ -18,6 +18,7 @@ use serde::Serialize;
 
 pub use assemble::assemble_one;
 pub use lock::{LockEntry, Lockfile};
+pub(crate) use status::work_tree_status_options;
 pub use status::{RepoStatus, head_and_branch, status_all};
 pub use sync::{FetchInfo, fetch_one, update_one};
 

@@ -149,7 +149,9 @@ pub(crate) struct Counts {
     pub untracked: usize,
 }
 
-pub(crate) fn work_tree_counts(git: &Repository) -> Result<Counts, git2::Error> {
+/// What a work tree's status counts: untracked files (each, inside untracked folders too), not
+/// ignored ones, not submodules, no rename detection. The cache's keys read the same status.
+pub(crate) fn work_tree_status_options() -> StatusOptions {
     let mut options = StatusOptions::new();
     options
         .include_untracked(true)
@@ -157,7 +159,11 @@ pub(crate) fn work_tree_counts(git: &Repository) -> Result<Counts, git2::Error> 
         .include_ignored(false)
         .exclude_submodules(true)
         .renames_head_to_index(false);
-    let statuses = git.statuses(Some(&mut options))?;
+    options
+}
+
+pub(crate) fn work_tree_counts(git: &Repository) -> Result<Counts, git2::Error> {
+    let statuses = git.statuses(Some(&mut work_tree_status_options()))?;
     let staged = Status::INDEX_NEW
         | Status::INDEX_MODIFIED
         | Status::INDEX_DELETED

@@ -906,17 +906,9 @@ impl Executor<'_> {
                 Err(e) => tracing::warn!(service = %step.service, "result not cached: {e}"),
             }
         }
-        let end = StepEnd {
-            summary: outcome.summary,
-            reason: outcome.reason,
-            tests: outcome.tests,
-            artifacts: outcome.artifacts,
-            metrics: outcome.metrics,
-            duration_ms: u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
-            cache_hit: None,
-            provenance: serde_json::to_string(&provenance).ok(),
-        };
-        Ok(self.rec.finish_step(idx, outcome.status, end)?)
+        let status = outcome.status;
+        let end = step_end(outcome, serde_json::to_string(&provenance).ok());
+        Ok(self.rec.finish_step(idx, status, end)?)
     }
 
     /// Capabilities, service folder, log and request of a step; or why it cannot start.
@@ -1056,17 +1048,8 @@ impl Executor<'_> {
 
     /// Records how a step ended (`outcome.duration` is how long it ran).
     fn finish(&self, idx: usize, outcome: StepOutcome) -> Result<StepReport, PlanError> {
-        let end = StepEnd {
-            summary: outcome.summary,
-            reason: outcome.reason,
-            tests: outcome.tests,
-            artifacts: outcome.artifacts,
-            metrics: outcome.metrics,
-            duration_ms: u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
-            cache_hit: None,
-            provenance: None,
-        };
-        Ok(self.rec.finish_step(idx, outcome.status, end)?)
+        let status = outcome.status;
+        Ok(self.rec.finish_step(idx, status, step_end(outcome, None))?)
     }
 }
 
@@ -1077,6 +1060,20 @@ fn m_repo<'m>(m: &'m Manifest, name: &str) -> Option<&'m crate::manifest::Repo> 
 
 /// Records how a step that ran (or was refused) ended: for its dependents, and as the run's first
 /// failure when it is one.
+/// What is recorded of a step that ended by running (or was refused or skipped).
+fn step_end(outcome: StepOutcome, provenance: Option<String>) -> StepEnd {
+    StepEnd {
+        summary: outcome.summary,
+        reason: outcome.reason,
+        tests: outcome.tests,
+        artifacts: outcome.artifacts,
+        metrics: outcome.metrics,
+        duration_ms: u64::try_from(outcome.duration.as_millis()).unwrap_or(u64::MAX),
+        cache_hit: None,
+        provenance,
+    }
+}
+
 fn settle<'p>(
     done: &mut HashMap<&'p str, Done>,
     first_failure: &mut Option<String>,
