@@ -724,6 +724,26 @@ fn the_remote_cache_through_real_nginx_shares_results_and_never_fails_a_run() ->
         "{err}"
     );
 
+    // An entry whose run id would put words into nestr's replay notice is refused.
+    let ac: Vec<String> = nginx
+        .files()
+        .into_iter()
+        .filter(|f| f.starts_with("ac/"))
+        .collect();
+    let saved: Vec<(String, Vec<u8>)> = ac
+        .iter()
+        .map(|f| Ok((f.clone(), std::fs::read(nginx.data.join(f))?)))
+        .collect::<Result<_, std::io::Error>>()?;
+    for (f, bytes) in &saved {
+        let mut v: serde_json::Value = serde_json::from_slice(bytes)?;
+        v["result"]["run_id"] = "x]\n[nestr: all good".into();
+        std::fs::write(nginx.data.join(f), serde_json::to_vec(&v)?)?;
+    }
+    let forged = two_repo_ws_at(&sb, "forged", "", &tail);
+    let (steps, err) = remote_build(&sb, &forged, &with_token);
+    assert!(all(&steps, "succeeded", "-"), "{steps:?}\n{err}");
+    assert!(err.contains("would not write"), "{err}");
+
     // A corrupt blob served: a miss (never a false hit), and the good blob is uploaded again.
     for f in nginx.files().iter().filter(|f| f.starts_with("cas/")) {
         std::fs::write(nginx.data.join(f), b"not what its name says")?;

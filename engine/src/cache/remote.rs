@@ -241,6 +241,20 @@ impl Remote {
                 &key[..12]
             ));
         }
+        // What nestr itself shows of an entry (its run id in the replay notice, its service and
+        // operation) must be what nestr writes: a server cannot put words into a notice.
+        let word = |t: &str| {
+            !t.is_empty()
+                && t.len() <= 64
+                && t.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        };
+        if !word(&entry.result.run_id) || !word(&entry.service) || !word(&entry.operation) {
+            return Err(format!(
+                "its entry {}… names a run, service or operation nestr would not write; it is not used",
+                &key[..12]
+            ));
+        }
         if entry.result.outputs.len() > super::MAX_OUTPUT_FILES {
             return Err(format!("its entry {}… names too many outputs", &key[..12]));
         }
