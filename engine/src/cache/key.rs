@@ -495,19 +495,25 @@ pub fn is_digest(text: &str) -> bool {
     text.len() == 64 && text.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
 }
 
-/// sha256 of a regular file's content, hex, read in pieces. Anything else (a FIFO, a device —
-/// also behind a symbolic link, or swapped in after a check) is an error: the file is opened
-/// without blocking and checked as opened, so a FIFO never stalls and `/dev/zero` is never read.
-pub fn sha256_file(path: &Path) -> std::io::Result<String> {
-    use std::io::Read;
+/// Opens a regular file for reading. Anything else (a FIFO, a device — also behind a symbolic
+/// link, or swapped in after a check) is an error: the file is opened without blocking and
+/// checked as opened, so a FIFO never stalls and `/dev/zero` is never read.
+pub fn open_regular(path: &Path) -> std::io::Result<std::fs::File> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
+    let f = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(nix::libc::O_NONBLOCK)
         .open(path)?;
     if !f.metadata()?.is_file() {
         return Err(std::io::Error::other("not a regular file"));
     }
+    Ok(f)
+}
+
+/// sha256 of a regular file's content ([`open_regular`]), hex, read in pieces.
+pub fn sha256_file(path: &Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let mut f = open_regular(path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 64 * 1024];
     loop {

@@ -58,14 +58,7 @@ impl Blobs {
     /// that changes while it is read (another process writing it) still gives a blob that
     /// matches its name. Returns its digest, its size and the size stored.
     pub fn put_file(&self, path: &Path) -> std::io::Result<(String, u64, u64)> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_NONBLOCK)
-            .open(path)?;
-        if !f.metadata()?.is_file() {
-            return Err(std::io::Error::other("not a regular file"));
-        }
+        let mut f = super::key::open_regular(path)?;
         std::fs::create_dir_all(&self.dir)?;
         let tmp = self.dir.join(format!(
             ".incoming.{}.{}.tmp",

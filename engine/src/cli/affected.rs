@@ -26,6 +26,19 @@ pub struct ChangeRange {
 }
 
 impl ChangeRange {
+    /// What this range affects in `manifest` (paths relative to the current folder), for
+    /// `operation`'s `inputs` when given.
+    pub fn affected(
+        &self,
+        manifest: &crate::manifest::Manifest,
+        operation: Option<&str>,
+    ) -> Result<crate::affected::Affected, CliError> {
+        let cwd = std::env::current_dir().unwrap_or_default();
+        let to = self.to.as_ref().map(|p| cwd.join(p));
+        crate::affected::affected(manifest, &self.base(&cwd), to.as_deref(), operation)
+            .map_err(CliError::usage)
+    }
+
     pub fn base(&self, cwd: &std::path::Path) -> Base {
         match (&self.base, &self.from) {
             (Some(r), _) => Base::Ref(r.clone()),
@@ -48,15 +61,9 @@ pub struct AffectedArgs {
 }
 
 pub fn run(ws: &mut Workspace, args: AffectedArgs, ui: &Ui) -> Result<ExitCode, CliError> {
-    let cwd = std::env::current_dir().unwrap_or_default();
-    let to = args.range.to.as_ref().map(|p| cwd.join(p));
-    let a = crate::affected::affected(
-        &ws.manifest,
-        &args.range.base(&cwd),
-        to.as_deref(),
-        args.operation.as_deref(),
-    )
-    .map_err(CliError::usage)?;
+    let a = args
+        .range
+        .affected(&ws.manifest, args.operation.as_deref())?;
     if args.json {
         return super::print_json(&a);
     }

@@ -128,15 +128,7 @@ pub fn run(ws: &mut Workspace, args: RunArgs, ui: &Ui) -> Result<ExitCode, CliEr
         ));
     }
     if args.affected {
-        let cwd = std::env::current_dir().unwrap_or_default();
-        let to = args.range.to.as_ref().map(|p| cwd.join(p));
-        let a = crate::affected::affected(
-            &ws.manifest,
-            &args.range.base(&cwd),
-            to.as_deref(),
-            Some(&args.operation),
-        )
-        .map_err(CliError::usage)?;
+        let a = args.range.affected(&ws.manifest, Some(&args.operation))?;
         if a.services.is_empty() {
             if !ui.quiet {
                 eprintln!("nestr: nothing is affected; no run");
