@@ -7,6 +7,7 @@ mod builtins;
 mod cache;
 mod cli;
 mod contract;
+mod dashboard;
 mod git;
 mod manifest;
 mod plugins;

@@ -231,3 +231,79 @@ pub fn repos(
         })
         .collect()
 }
+
+/// Text a plugin or a program chose, made safe to print: every control character (C0 but tab,
+/// DEL, C1) and every bidirectional-override character is shown escaped (`\x1b`, `\r`,
+/// `\u{202e}`), so nothing can clear the screen, set the title, move the cursor, overwrite a line
+/// or reorder what is shown. A plain SGR colour sequence (`ESC [ digits;… m`) is kept when
+/// `color` is on (and closed at the end of the text, so that colour never leaks into the next
+/// line) and dropped when it is off.
+pub fn untrusted(text: &str, color: bool) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut coloured = false;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if c == '\x1b'
+            && let Some(len) = plain_sgr(rest)
+        {
+            if color {
+                out.push_str(&rest[..len]);
+                coloured = true;
+            }
+            rest = &rest[len..];
+            continue;
+        }
+        match c {
+            '\t' => out.push('\t'),
+            '\r' => out.push_str("\\r"),
+            '\n' => out.push_str("\\n"),
+            c if (c as u32) < 0x20 || c == '\x7f' => out.push_str(&format!("\\x{:02x}", c as u32)),
+            '\u{80}'..='\u{9f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => {
+                out.push_str(&format!("\\u{{{:x}}}", c as u32))
+            }
+            c => out.push(c),
+        }
+        rest = &rest[c.len_utf8()..];
+    }
+    if coloured {
+        out.push_str("\x1b[0m");
+    }
+    out
+}
+
+/// The length of a plain SGR sequence (`ESC [`, up to 32 digits and `;`, `m`) at the start of
+/// `s`, if there is one.
+pub fn plain_sgr(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    if b.len() < 3 || b[0] != 0x1b || b[1] != b'[' {
+        return None;
+    }
+    let params = b[2..]
+        .iter()
+        .take(33)
+        .take_while(|c| c.is_ascii_digit() || **c == b';')
+        .count();
+    (params <= 32 && b.get(2 + params) == Some(&b'm')).then_some(3 + params)
+}
+
+/// Whether [`untrusted`] leaves every line of `text` (lines joined by `\n`) as it is.
+pub fn shown_as_is(text: &str) -> bool {
+    !text.chars().any(|c| {
+        c != '\n'
+            && c != '\t'
+            && (c.is_control()
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c))
+    })
+}
+
+/// A line of a run's log as text, without colour: `SERVICE | text` for what the plugin and its
+/// programs wrote, `SERVICE ! text` for the engine's own notices (the form `nestr logs` prints
+/// and the API's text download serves).
+pub fn log_text_line(service: &str, system: bool, text: &str) -> String {
+    format!(
+        "{service} {} {}",
+        if system { '!' } else { '|' },
+        untrusted(text, false)
+    )
+}

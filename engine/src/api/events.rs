@@ -166,7 +166,8 @@ impl Feed {
                         "step_id": line.step_id,
                         "service": self.services.get(&line.step_id),
                         "seq": line.seq,
-                        "at": line.at,
+                        "line": line.line,
+                        "at": crate::model::rfc3339(line.at),
                         "stream": line.stream,
                         "level": line.level,
                         "text": line.text,
@@ -190,7 +191,7 @@ impl Feed {
             "step_id": e.step_id,
             "service": e.service,
             "status": e.status,
-            "at": e.at,
+            "at": crate::model::rfc3339(e.at),
         });
         SseEvent::default()
             .id(self.cursor.id())
@@ -217,6 +218,9 @@ pub struct EventData {
     /// `log` only: the line's sequence number in its step's log.
     #[schema(required = false)]
     pub seq: Option<i64>,
+    /// `log` only: the line's number in the run's log (every step, in the order stored).
+    #[schema(required = false)]
+    pub line: Option<i64>,
     /// `log` only: stdout, stderr, log or system.
     #[schema(required = false)]
     pub stream: Option<String>,

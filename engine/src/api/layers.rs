@@ -17,6 +17,7 @@ use tower_governor::key_extractor::KeyExtractor;
 
 use super::error::ApiError;
 use super::state::AppState;
+use super::workspace::Session;
 use crate::model::Scope;
 use crate::store::{ActiveToken, token_hash};
 
@@ -57,9 +58,14 @@ pub async fn finish(req: Request, next: Next) -> Response {
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    // The dashboard's own error pages are HTML and stay so.
+    let is_page = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
     if status.is_client_error() || status.is_server_error() {
         let error = res.extensions_mut().remove::<ApiError>();
-        if error.is_some() || !is_json {
+        if error.is_some() || !(is_json || is_page) {
             let error = error.unwrap_or_else(|| ApiError::for_status(status));
             if status.is_server_error() {
                 tracing::warn!(request_id = %id, status = status.as_u16(), code = error.code, "request failed");
@@ -84,10 +90,13 @@ pub async fn finish(req: Request, next: Next) -> Response {
         header::REFERRER_POLICY,
         HeaderValue::from_static("no-referrer"),
     );
-    h.insert(
-        header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'; base-uri 'none'"),
-    );
+    // The dashboard's pages set their own (scripts and styles from this server only).
+    if !h.contains_key(header::CONTENT_SECURITY_POLICY) {
+        h.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'; base-uri 'none'"),
+        );
+    }
     if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
@@ -213,8 +222,9 @@ fn scope_of(tokens: &[ActiveToken], token: Option<&str>) -> Option<Scope> {
 }
 
 /// Tokens and scopes for `/api`: reads need `read` or `write`, other methods `write`. While no
-/// token exists and the server is bound to loopback, no token is needed (local mode).
-pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
+/// token exists and the server is bound to loopback, no token is needed (local mode). What the
+/// request may do is left in its extensions as a [`Session`].
+pub async fn auth(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let token = match presented(&req) {
         Presented::Malformed => {
             return unauthorized("the Authorization header must be `Bearer <token>`");
@@ -228,6 +238,10 @@ pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Re
     };
     if tokens.is_empty() {
         if state.0.loopback {
+            req.extensions_mut().insert(Session {
+                scope: Scope::Write,
+                local: true,
+            });
             return next.run(req).await;
         }
         return unauthorized("no API token exists; create one with `nestr token create`");
@@ -249,6 +263,10 @@ pub async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Re
         )
         .into_response();
     }
+    req.extensions_mut().insert(Session {
+        scope,
+        local: false,
+    });
     next.run(req).await
 }
 

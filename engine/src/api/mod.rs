@@ -1,6 +1,7 @@
 //! The HTTP API, `nestr serve`: axum on tokio over the same engine the CLI uses. `router(state)`
 //! builds every route with its middleware (tests call it in-process, `serve` runs it on a
-//! socket). Handlers live per resource (`workspace.rs`, `operations.rs`, `runs.rs`, `events.rs`, `cache.rs`),
+//! socket). Handlers live per resource (`workspace.rs`, `operations.rs`, `runs.rs`, `logs.rs`,
+//! `events.rs`, `cache.rs`), the web dashboard's pages and files in `ui.rs`,
 //! errors in `error.rs`, middleware in `layers.rs`, shared state in `state.rs`, the run queue in
 //! `queue.rs`, the OpenAPI document in `openapi.rs`. `serve` also owns the connection cap, the
 //! descriptor limit and the sweep that marks runs of dead processes `interrupted`.
@@ -12,11 +13,13 @@ mod cache;
 mod error;
 mod events;
 mod layers;
+mod logs;
 pub mod openapi;
 mod operations;
 mod queue;
 mod runs;
 mod state;
+mod ui;
 mod workspace;
 
 use std::future::Future;
@@ -56,6 +59,24 @@ fn bad_query(e: QueryRejection) -> ApiError {
     err
 }
 
+/// A path nothing answers: the JSON envelope, or for a browser asking for a page outside `/api`,
+/// a page that says so.
+async fn not_found(req: axum::extract::Request) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let path = req.uri().path();
+    let wants_page = req.method() == axum::http::Method::GET
+        && !path.starts_with("/api")
+        && req
+            .headers()
+            .get(axum::http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.contains("text/html"));
+    if wants_page {
+        return ui::not_found_page(path);
+    }
+    ApiError::for_status(StatusCode::NOT_FOUND).into_response()
+}
+
 /// Every route with its middleware.
 pub fn router(state: AppState) -> Router {
     let config = state.config().clone();
@@ -72,8 +93,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/operations/assemble", post(operations::assemble))
         .route("/api/runs", get(runs::list))
         .route("/api/runs/{id}", get(runs::get))
-        .route("/api/runs/{id}/logs", get(runs::logs))
+        .route("/api/session", get(workspace::session))
+        .route("/api/plan", get(workspace::plan))
+        .route("/api/services/{name}/steps", get(workspace::service_steps))
+        .route("/api/runs/{id}/logs", get(logs::logs))
+        .route("/api/runs/{id}/logs/search", get(logs::search))
         .route("/api/runs/{id}/cancel", post(runs::cancel))
+        .route("/api/runs/{id}/rerun", post(operations::rerun))
         .route("/api/runs/{id}/provenance", get(cache::provenance))
         .route("/api/runs/{id}/steps/{service}/key", get(cache::key))
         .route(
@@ -86,8 +112,10 @@ pub fn router(state: AppState) -> Router {
             StatusCode::REQUEST_TIMEOUT,
             config.request_timeout,
         ))
-        // Event streams last as long as their run: no request timeout.
+        // Event streams last as long as their run, downloads as long as the log: no request
+        // timeout.
         .route("/api/runs/{id}/events", get(events::events))
+        .route("/api/runs/{id}/logs/text", get(logs::text))
         .route_layer(from_fn_with_state(state.clone(), layers::auth));
 
     // Load balancers' probes: never rate-limited (a probe answered 429 takes the server out).
@@ -111,10 +139,22 @@ pub fn router(state: AppState) -> Router {
             config.request_timeout,
         ));
 
-    // Everything but the probes is rate-limited per client address, unknown paths included.
-    let mut limited = api
-        .merge(open)
-        .fallback(|| async { ApiError::for_status(StatusCode::NOT_FOUND) });
+    // The dashboard's pages and files: static, cheap, and not rate-limited (its API calls are).
+    let dashboard = Router::new()
+        .route("/", get(ui::overview))
+        .route("/graph", get(ui::graph))
+        .route("/runs", get(ui::runs))
+        .route("/runs/{id}", get(ui::run))
+        .route("/services/{name}", get(ui::service))
+        .route("/ui/{version}/{*file}", get(ui::asset))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            config.request_timeout,
+        ));
+
+    // Everything but the probes and the dashboard is rate-limited per client address, unknown
+    // paths included.
+    let mut limited = api.merge(open).fallback(not_found);
     if config.rate_limit_per_minute > 0 {
         let per = Duration::from_secs(60) / config.rate_limit_per_minute;
         let governor = GovernorConfigBuilder::default()
@@ -141,6 +181,7 @@ pub fn router(state: AppState) -> Router {
     }
     let mut app = limited
         .merge(probes)
+        .merge(dashboard)
         .layer(RequestBodyLimitLayer::new(config.body_limit))
         .layer(axum::extract::DefaultBodyLimit::max(config.body_limit));
     if let Some(cors) = layers::cors(&config.cors_origins) {

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{cache, error, events, operations, runs, workspace};
+use super::{cache, error, events, logs, operations, runs, workspace};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -24,15 +24,21 @@ use super::{cache, error, events, operations, runs, workspace};
         workspace::repos,
         workspace::services,
         workspace::service,
+        workspace::service_steps,
         workspace::plugins,
+        workspace::session,
+        workspace::plan,
         operations::run,
         operations::sync,
         operations::assemble,
         runs::list,
         runs::get,
-        runs::logs,
+        logs::logs,
+        logs::search,
+        logs::text,
         events::events,
         runs::cancel,
+        operations::rerun,
         cache::key,
         cache::explain,
         cache::provenance,
@@ -47,7 +53,7 @@ use super::{cache, error, events, operations, runs, workspace};
         (name = "system", description = "Liveness, readiness, metrics"),
         (name = "workspace", description = "The workspace, repositories, services, plugins"),
         (name = "operations", description = "Start runs"),
-        (name = "runs", description = "Run history, logs, live events, cancel"),
+        (name = "runs", description = "Run history, logs, live events, cancel, re-run"),
     )
 )]
 pub struct ApiDoc;

@@ -16,7 +16,7 @@ use super::error::{ApiError, ErrorBody};
 use super::queue::{Admission, Full};
 use super::state::{ActiveRun, AppState};
 use crate::git::NoProgress;
-use crate::model::{ContinueMode, RunStatus};
+use crate::model::{ContinueMode, RunStatus, StepStatus};
 use crate::plugin::state::Cancel;
 use crate::scheduler::events::Events;
 use crate::scheduler::{Plan, RunMeta, RunOptions, Selection, Started};
@@ -388,4 +388,72 @@ pub async fn assemble(
 ) -> Result<Response, ApiError> {
     let _: AssembleRequest = parse(&headers, &body, true)?;
     launch(&state, Job::Repos(RepoJob::Assemble)).await
+}
+
+/// Runs again, as a new run, the steps of run `id` that did not succeed (failed, denied, timed
+/// out, cancelled, skipped, …), with the operation and options it was started with; the steps
+/// that succeeded are not repeated.
+#[utoipa::path(post, path = "/api/runs/{id}/rerun", tag = "runs",
+    params(("id" = String, Path, description = "Run id")),
+    responses(
+        (status = 202, description = "Recorded and started", body = RunAccepted,
+         headers(("Location" = String, description = "/api/runs/{run_id}"))),
+        (status = 400, description = "Not an operation run, or its services are gone from the manifest", body = ErrorBody),
+        (status = 404, body = ErrorBody),
+        (status = 409, description = "Still running, or every step succeeded", body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody),
+        (status = 503, body = ErrorBody)))]
+pub async fn rerun(
+    State(state): State<AppState>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    let run = super::runs::find_run(&state, &id).await?;
+    if run.run.status.is_active() {
+        return Err(ApiError::conflict(format!(
+            "run `{id}` has not ended ({}); re-run it once it has",
+            run.run.status.as_str()
+        )));
+    }
+    if run.steps.iter().any(|s| s.plugin == "git") {
+        return Err(ApiError::bad_request(format!(
+            "run `{id}` is a `{}` of the repositories; start a new one with POST /api/operations/{}",
+            run.run.operation, run.run.operation
+        )));
+    }
+    let services: Vec<String> = run
+        .steps
+        .iter()
+        .filter(|s| !matches!(s.status, StepStatus::Succeeded | StepStatus::Cached))
+        .map(|s| s.service.clone())
+        .collect();
+    if services.is_empty() {
+        return Err(ApiError::conflict(format!(
+            "every step of run `{id}` succeeded: nothing to re-run"
+        )));
+    }
+    let rid = run.run.id.clone();
+    let (_, options) = state
+        .store(move |s| Ok(s.run_request(&rid)?))
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no run `{id}`")))?;
+    let selection = Selection {
+        services,
+        ..Selection::default()
+    };
+    let plan = crate::scheduler::plan(&state.manifest(), &run.run.operation, &selection)
+        .map_err(|e| ApiError::bad_request(e.0))?;
+    let mut opts = RunOptions::default();
+    if let Some(j) = options["jobs"]
+        .as_u64()
+        .and_then(|j| usize::try_from(j).ok())
+    {
+        opts.jobs = j.clamp(1, 256);
+    }
+    if let Some(m) = options["continue"].as_str().and_then(|m| m.parse().ok()) {
+        opts.continue_mode = m;
+    }
+    if let Some(c) = options["cache"].as_str().and_then(|c| c.parse().ok()) {
+        opts.cache = c;
+    }
+    launch(&state, Job::Operation(plan, selection, opts)).await
 }

@@ -1,7 +1,5 @@
 //! Handlers for the run history: `/api/runs` (filtered, paginated by cursor), `/api/runs/{id}`,
-//! `/api/runs/{id}/logs` (paginated by sequence) and `/api/runs/{id}/cancel`.
-
-use std::collections::HashMap;
+//! `/api/runs/{id}/cancel` and `/api/runs/{id}/rerun` (the logs are `logs.rs`).
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -11,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use super::error::{ApiError, ErrorBody};
 use super::state::AppState;
 use crate::model::RunStatus;
-use crate::store::{RunFilter, RunPage, RunRow, ServiceLogLine};
+use crate::store::{RunFilter, RunPage, RunRow};
 
 /// Filters and paging of `/api/runs`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -98,174 +96,6 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Json<RunRow>, ApiError> {
     Ok(Json(find_run(&state, &id).await?))
-}
-
-/// A page of log lines.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct LogPage {
-    pub run_id: String,
-    pub lines: Vec<ServiceLogLine>,
-    /// Pass as `after` to get the lines that follow (also once more lines arrive); null when
-    /// the page is empty.
-    pub next: Option<String>,
-    /// True while the run may still add lines.
-    pub running: bool,
-}
-
-/// Paging of `/api/runs/{id}/logs`.
-#[derive(Debug, Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub struct LogsQuery {
-    /// Only this service's step.
-    pub service: Option<String>,
-    /// Lines after this position: the `next` of the previous page. With `service`, a plain
-    /// sequence number of that step's log works too.
-    pub after: Option<String>,
-    /// Lines per page (1–10000, default 1000).
-    #[param(minimum = 1, maximum = 10000)]
-    pub limit: Option<usize>,
-}
-
-/// A position in a run's log: after line `seq` of chunk `chunk` (run-wide order), or after line
-/// `seq` of one step.
-enum After {
-    Start,
-    Chunk(i64, i64),
-    Seq(i64),
-}
-
-fn parse_after(s: &str) -> Option<After> {
-    match s.split_once('.') {
-        Some((c, q)) => Some(After::Chunk(c.parse().ok()?, q.parse().ok()?)),
-        None => Some(After::Seq(s.parse().ok()?)),
-    }
-}
-
-/// Log chunks read per query when paging a run's log.
-const LOG_CHUNK_BATCH: usize = 8;
-
-/// Log lines of a run (or of one service's step), in order, paginated by sequence.
-#[utoipa::path(get, path = "/api/runs/{id}/logs", tag = "runs",
-    params(("id" = String, Path, description = "Run id"), LogsQuery),
-    responses((status = 200, body = LogPage), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
-pub async fn logs(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-    query: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<LogPage>, ApiError> {
-    let Query(mut q) = query.map_err(super::bad_query)?;
-    q.after = q.after.filter(|s| !s.is_empty());
-    q.service = q.service.filter(|s| !s.is_empty());
-    let limit = q.limit.unwrap_or(1000);
-    if !(1..=10_000).contains(&limit) {
-        return Err(
-            ApiError::bad_request("`limit` must be between 1 and 10000").with_field("limit")
-        );
-    }
-    let after = match q.after.as_deref() {
-        None => After::Start,
-        Some(a) => parse_after(a).ok_or_else(|| {
-            ApiError::bad_request("`after` must be the `next` of a previous page")
-                .with_field("after")
-        })?,
-    };
-    let run = find_run(&state, &id).await?;
-    let names: HashMap<i64, String> = run
-        .steps
-        .iter()
-        .map(|s| (s.id, s.service.clone()))
-        .collect();
-    let running = run.run.status.is_active();
-    if let Some(service) = &q.service {
-        let Some(step) = run.steps.iter().find(|s| &s.service == service) else {
-            return Err(ApiError::not_found(format!(
-                "run `{id}` has no step for service `{service}`"
-            ))
-            .with_field("service"));
-        };
-        let after_seq = match after {
-            After::Start => -1,
-            After::Seq(s) => s,
-            After::Chunk(..) => {
-                return Err(ApiError::bad_request(
-                    "with `service`, `after` is a sequence number of that step's log",
-                )
-                .with_field("after"));
-            }
-        };
-        let step_id = step.id;
-        let lines = state
-            .store(move |s| Ok(s.step_logs_after(step_id, after_seq, limit)?))
-            .await?;
-        let next = lines.last().map(|l| l.seq.to_string());
-        let lines = lines
-            .into_iter()
-            .map(|l| ServiceLogLine {
-                service: service.clone(),
-                line: l,
-            })
-            .collect();
-        return Ok(Json(LogPage {
-            run_id: run.run.id,
-            lines,
-            next,
-            running,
-        }));
-    }
-    let (from_chunk, after_seq) = match after {
-        After::Start => (0, -1),
-        After::Chunk(c, s) => (c, s),
-        After::Seq(_) => {
-            return Err(ApiError::bad_request(
-                "without `service`, `after` must be the `next` of a previous page (CHUNK.SEQ)",
-            )
-            .with_field("after"));
-        }
-    };
-    let run_id = run.run.id.clone();
-    let (lines, next) = state
-        .store(move |s| {
-            let mut out = Vec::new();
-            let mut next = None;
-            let mut from = from_chunk;
-            'pages: loop {
-                // Chunks can hold many lines: read a few at a time, only as many as the page needs.
-                let chunks = s.run_chunks_from(&run_id, from, LOG_CHUNK_BATCH)?;
-                let full = chunks.len() == LOG_CHUNK_BATCH;
-                for (cid, chunk) in &chunks {
-                    for line in chunk.lines() {
-                        if *cid == from_chunk && line.seq <= after_seq {
-                            continue;
-                        }
-                        next = Some(format!("{cid}.{}", line.seq));
-                        out.push((line, *cid));
-                        if out.len() >= limit {
-                            break 'pages;
-                        }
-                    }
-                    from = cid + 1;
-                }
-                if !full {
-                    break;
-                }
-            }
-            Ok((out, next))
-        })
-        .await?;
-    let lines = lines
-        .into_iter()
-        .map(|(l, _)| {
-            let service = names.get(&l.step_id).cloned().unwrap_or_default();
-            ServiceLogLine { service, line: l }
-        })
-        .collect();
-    Ok(Json(LogPage {
-        run_id: run.run.id,
-        lines,
-        next,
-        running,
-    }))
 }
 
 /// The answer to a cancel request.

@@ -1,5 +1,6 @@
 //! Handlers for the workspace itself: `/health`, `/ready`, `/metrics`, `/api/workspace`,
-//! `/api/repos`, `/api/services[/{name}]`, `/api/plugins`.
+//! `/api/repos`, `/api/services[/{name}[/steps]]`, `/api/plugins`, `/api/session` (what the
+//! request's credentials allow) and `/api/plan` (a selection planned, nothing run).
 
 use std::collections::HashMap;
 
@@ -289,4 +290,117 @@ pub async fn plugins(State(state): State<AppState>) -> Result<Response, ApiError
         .map_err(|e| ApiError::internal("could not encode the plugins", e))?;
     *lock(&state.0.plugins_cache) = Some((generation, body.clone()));
     Ok(json_bytes(body))
+}
+
+/// What the request's credentials allow: set by the `auth` layer for every `/api` request.
+#[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
+pub struct Session {
+    /// `read` or `write`.
+    pub scope: crate::model::Scope,
+    /// True in local mode: no token exists and the server is bound to loopback, so none is
+    /// needed.
+    pub local: bool,
+}
+
+/// What the credentials of this request allow (the dashboard shows its actions only to `write`).
+#[utoipa::path(get, path = "/api/session", tag = "workspace",
+    responses((status = 200, body = Session), (status = 401, body = ErrorBody)))]
+pub async fn session(session: Option<axum::Extension<Session>>) -> Result<Json<Session>, ApiError> {
+    session
+        .map(|s| Json(s.0))
+        .ok_or_else(|| ApiError::internal("no session", "the auth layer set none"))
+}
+
+/// A selection, as query parameters.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct PlanQuery {
+    /// The operation.
+    pub operation: String,
+    /// Only these services, separated by commas.
+    pub services: Option<String>,
+    /// Only services with any of these tags, separated by commas.
+    pub tags: Option<String>,
+    /// Add the selected services' dependencies.
+    pub with_deps: Option<bool>,
+    /// Add the services that depend on the selected ones.
+    pub with_dependents: Option<bool>,
+}
+
+fn list(s: Option<String>) -> Vec<String> {
+    s.map(|s| {
+        s.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(String::from)
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+/// What a run would do with this selection, run nothing: the plan `nestr run --dry-run` shows.
+#[utoipa::path(get, path = "/api/plan", tag = "operations", params(PlanQuery),
+    responses((status = 200, body = crate::scheduler::PlanView), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn plan(
+    State(state): State<AppState>,
+    query: Result<Query<PlanQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<crate::scheduler::PlanView>, ApiError> {
+    let Query(q) = query.map_err(super::bad_query)?;
+    if q.operation.trim().is_empty() {
+        return Err(ApiError::bad_request("`operation` is required").with_field("operation"));
+    }
+    let selection = crate::scheduler::Selection {
+        services: list(q.services),
+        tags: list(q.tags),
+        with_deps: q.with_deps.unwrap_or(false),
+        with_dependents: q.with_dependents.unwrap_or(false),
+    };
+    let plan = crate::scheduler::plan(&state.manifest(), &q.operation, &selection)
+        .map_err(|e| ApiError::bad_request(e.0))?;
+    Ok(Json(plan.view()))
+}
+
+/// Which steps of a service `/api/services/{name}/steps` lists.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct StepsQuery {
+    /// Only steps of runs of this operation.
+    pub operation: Option<String>,
+    /// Steps (1–500, default 20).
+    #[param(minimum = 1, maximum = 500)]
+    pub limit: Option<usize>,
+}
+
+/// A service's recent steps.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ServiceSteps {
+    pub steps: Vec<crate::store::ServiceStep>,
+}
+
+/// The service's newest steps, of every operation or of one, newest first.
+#[utoipa::path(get, path = "/api/services/{name}/steps", tag = "workspace",
+    params(("name" = String, Path, description = "Service name"), StepsQuery),
+    responses((status = 200, body = ServiceSteps), (status = 400, body = ErrorBody), (status = 404, body = ErrorBody), (status = 401, body = ErrorBody)))]
+pub async fn service_steps(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    query: Result<Query<StepsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ServiceSteps>, ApiError> {
+    let Query(q) = query.map_err(super::bad_query)?;
+    let limit = q.limit.unwrap_or(20);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request("`limit` must be between 1 and 500").with_field("limit"));
+    }
+    if state.manifest().service(&name).is_none() {
+        return Err(ApiError::not_found(format!(
+            "no service `{name}` in this workspace; GET /api/services lists them"
+        )));
+    }
+    let operation = q.operation.filter(|o| !o.is_empty());
+    let steps = state
+        .store(move |s| Ok(s.service_steps(&name, operation.as_deref(), limit)?))
+        .await?;
+    Ok(Json(ServiceSteps { steps }))
 }

@@ -9,6 +9,8 @@ use std::io::IsTerminal;
 use std::sync::Mutex;
 use std::time::Duration;
 
+pub use crate::views::untrusted;
+
 use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{ColorChoice, Global};
@@ -283,65 +285,14 @@ pub fn outcomes(ui: &Ui, outcomes: &[RepoOutcome]) -> String {
     out
 }
 
-/// Text a plugin or a program chose, made safe to print: every control character (C0 but tab,
-/// DEL, C1) and every bidirectional-override character is shown escaped (`\x1b`, `\r`,
-/// `\u{202e}`), so nothing can clear the screen, set the title, move the cursor, overwrite a line
-/// or reorder what is shown. A plain SGR colour sequence (`ESC [ digits;… m`) is kept when
-/// `color` is on (and closed at the end of the text, so that colour never leaks into the next
-/// line) and dropped when it is off.
-pub fn untrusted(text: &str, color: bool) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut coloured = false;
-    let mut rest = text;
-    while let Some(c) = rest.chars().next() {
-        if c == '\x1b'
-            && let Some(len) = plain_sgr(rest)
-        {
-            if color {
-                out.push_str(&rest[..len]);
-                coloured = true;
-            }
-            rest = &rest[len..];
-            continue;
-        }
-        match c {
-            '\t' => out.push('\t'),
-            '\r' => out.push_str("\\r"),
-            '\n' => out.push_str("\\n"),
-            c if (c as u32) < 0x20 || c == '\x7f' => out.push_str(&format!("\\x{:02x}", c as u32)),
-            '\u{80}'..='\u{9f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' => {
-                out.push_str(&format!("\\u{{{:x}}}", c as u32))
-            }
-            c => out.push(c),
-        }
-        rest = &rest[c.len_utf8()..];
-    }
-    if coloured {
-        out.push_str("\x1b[0m");
-    }
-    out
-}
-
-/// The length of a plain SGR sequence (`ESC [`, up to 32 digits and `;`, `m`) at the start of
-/// `s`, if there is one.
-fn plain_sgr(s: &str) -> Option<usize> {
-    let b = s.as_bytes();
-    if b.len() < 3 || b[0] != 0x1b || b[1] != b'[' {
-        return None;
-    }
-    let params = b[2..]
-        .iter()
-        .take(33)
-        .take_while(|c| c.is_ascii_digit() || **c == b';')
-        .count();
-    (params <= 32 && b.get(2 + params) == Some(&b'm')).then_some(3 + params)
-}
-
 /// A step's log line as shown on a terminal: `SERVICE | text` for what the plugin and its
 /// programs wrote (made safe with [`untrusted`]), `SERVICE ! text` (dimmed) for the engine's own
 /// notices. A plugin's text is always after a `|` on a line of its own, so it cannot pass for a
 /// notice.
 pub fn log_line(prefix_service: &str, system: bool, text: &str, color: bool) -> String {
+    if !color {
+        return crate::views::log_text_line(prefix_service, system, text);
+    }
     if system {
         format!(
             "{prefix_service} ! {}",

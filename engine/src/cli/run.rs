@@ -321,14 +321,8 @@ impl Renderer {
 
 fn print_plan(ui: &Ui, plan: &Plan, json: bool) -> Result<(), CliError> {
     if json {
-        let text = serde_json::to_string_pretty(&serde_json::json!({
-            "operation": plan.operation,
-            "concurrency": plan.concurrency(),
-            "levels": plan.levels().iter().map(|l| l.iter().map(|s| serde_json::json!({
-                "service": s.service, "plugin": s.plugin, "depends_on": s.depends_on, "skip": s.skip,
-            })).collect::<Vec<_>>()).collect::<Vec<_>>(),
-        }))
-        .map_err(|e| CliError::usage(e.to_string()))?;
+        let text = serde_json::to_string_pretty(&plan.view())
+            .map_err(|e| CliError::usage(e.to_string()))?;
         println!("{text}");
         return Ok(());
     }

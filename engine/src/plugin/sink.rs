@@ -188,6 +188,7 @@ impl StepLog {
         let count = text.bytes().filter(|&b| b == b'\n').count() as i64 + 1;
         let _order = self.order.lock();
         let chunk = LogChunk {
+            line0: 0,
             step_id: self.step_id,
             first_seq: self.seq.fetch_add(count, Ordering::Relaxed),
             count,

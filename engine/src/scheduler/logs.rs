@@ -178,6 +178,7 @@ mod tests {
 
     fn chunk(step: i64, seq: i64, stream: Stream, text: &str) -> LogChunk {
         LogChunk {
+            line0: 0,
             step_id: step,
             first_seq: seq,
             count: text.split('\n').count() as i64,

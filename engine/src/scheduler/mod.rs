@@ -35,7 +35,7 @@ use crate::plugin::state::{Cancel, StepContext};
 use crate::plugin::{Host, LoadedPlugin, StepOutcome, StepRequest, bindings::types};
 use crate::redact::Redactor;
 use crate::store::{StepEnd, Store, StoreError};
-pub use plan::{Plan, PlannedStep, Selection, SelectionError, plan};
+pub use plan::{Plan, PlanView, PlanViewStep, PlannedStep, Selection, SelectionError, plan};
 use record::{Recorder, RunSpec};
 pub use record::{RunMeta, panic_text};
 

@@ -61,6 +61,53 @@ impl Plan {
     }
 }
 
+/// A plan as it is shown: by `nestr run --dry-run --json` and `GET /api/plan`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PlanView {
+    pub operation: String,
+    /// At most this many steps at once (the smallest `concurrency` of the selected services).
+    pub concurrency: Option<u32>,
+    /// The steps by level: level 0 has no dependency in the plan; each later level waits for
+    /// earlier ones.
+    pub levels: Vec<Vec<PlanViewStep>>,
+}
+
+/// A step of a [`PlanView`].
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PlanViewStep {
+    pub service: String,
+    /// The plugin that runs it; null when the service lacks the operation.
+    pub plugin: Option<String>,
+    /// Selected services it waits for.
+    pub depends_on: Vec<String>,
+    /// Why it will be skipped, if it will.
+    pub skip: Option<String>,
+}
+
+impl Plan {
+    /// How the plan is shown.
+    pub fn view(&self) -> PlanView {
+        PlanView {
+            operation: self.operation.clone(),
+            concurrency: self.concurrency(),
+            levels: self
+                .levels()
+                .iter()
+                .map(|l| {
+                    l.iter()
+                        .map(|s| PlanViewStep {
+                            service: s.service.clone(),
+                            plugin: s.plugin.clone(),
+                            depends_on: s.depends_on.clone(),
+                            skip: s.skip.clone(),
+                        })
+                        .collect()
+                })
+                .collect(),
+        }
+    }
+}
+
 /// Why a plan could not be made.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]

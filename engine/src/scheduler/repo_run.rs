@@ -117,6 +117,7 @@ impl Progress for RepoRun<'_> {
             }
         }
         (self.rec.log_sink(idx))(&LogChunk {
+            line0: 0,
             step_id: self.rec.step_id(idx),
             first_seq: 0,
             count: 1,

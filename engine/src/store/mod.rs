@@ -18,8 +18,9 @@ use rusqlite_migration::{M, Migrations};
 pub use cache::{CacheEntry, CacheStats};
 pub use repos::{RepoRecord, RepoRow, SyncEvent};
 pub use runs::{
-    AuditEntry, CachedStepRecord, JournalEntry, LogChunk, LogLine, NewRun, RunFilter, RunHead,
-    RunOwner, RunPage, RunRow, RunSummary, ServiceLogLine, StepCache, StepEnd, StepRow,
+    AuditEntry, CachedStepRecord, JournalEntry, LogChunk, LogLine, LogPart, NewRun, RunFilter,
+    RunHead, RunOwner, RunPage, RunRow, RunSummary, ServiceLogLine, ServiceStep, StepCache,
+    StepEnd, StepRow,
 };
 pub use tokens::{ActiveToken, TokenRow, token_hash};
 

@@ -131,6 +131,8 @@ pub struct LogLine {
     pub step_id: i64,
     /// Position of the line in its step's log (from 0).
     pub seq: i64,
+    /// Position of the line in its run's log, all steps interleaved in the order stored (from 0).
+    pub line: i64,
     /// When it was received.
     #[serde(with = "crate::model::time")]
     #[schema(value_type = String, format = DateTime)]
@@ -156,6 +158,10 @@ pub struct LogChunk {
     pub step_id: i64,
     pub first_seq: i64,
     pub count: i64,
+    /// Run-wide number of the chunk's first line: the lines of the run stored before it. The
+    /// store assigns it (a chunk not yet stored has 0).
+    #[serde(skip)]
+    pub line0: i64,
     #[serde(with = "crate::model::time")]
     pub at: i64,
     pub stream: Stream,
@@ -166,14 +172,47 @@ pub struct LogChunk {
 impl LogChunk {
     /// The chunk's lines with their sequence numbers.
     pub fn lines(&self) -> impl Iterator<Item = LogLine> + '_ {
-        self.text.split('\n').enumerate().map(|(i, text)| LogLine {
+        self.texts().map(|(i, text)| self.line(i, text))
+    }
+
+    /// The text of each line with its index in the chunk, borrowed.
+    pub fn texts(&self) -> impl Iterator<Item = (i64, &str)> + '_ {
+        self.text
+            .split('\n')
+            .enumerate()
+            .map(|(i, t)| (i as i64, t))
+    }
+
+    /// Line `i` of the chunk, whose text is `text`.
+    pub fn line(&self, i: i64, text: &str) -> LogLine {
+        LogLine {
             step_id: self.step_id,
-            seq: self.first_seq + i as i64,
+            seq: self.first_seq + i,
+            line: self.line0 + i,
             at: self.at,
             stream: self.stream,
             level: self.level.clone(),
             text: text.to_string(),
-        })
+        }
+    }
+}
+
+/// Part of a window of a log: a stored chunk (with its id) and which of its lines the window
+/// holds.
+#[derive(Debug, Clone)]
+pub struct LogPart {
+    pub id: i64,
+    pub chunk: LogChunk,
+    /// Lines of the chunk before the window.
+    pub skip: usize,
+    /// Lines of the chunk in the window.
+    pub take: usize,
+}
+
+impl LogPart {
+    /// The lines in the window, with their index in the chunk.
+    pub fn lines(&self) -> impl Iterator<Item = (i64, &str)> + '_ {
+        self.chunk.texts().skip(self.skip).take(self.take)
     }
 }
 
@@ -224,6 +263,65 @@ pub struct StepRow {
     pub provenance: Option<String>,
 }
 
+/// A run's status and its steps' (id, service): see [`Store::run_services`].
+pub type RunServices = (RunStatus, Vec<(i64, String)>);
+
+/// A step of a service with the run it belongs to: `GET /api/services/{name}/steps`.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ServiceStep {
+    pub run_id: String,
+    pub operation: String,
+    /// When the run was created.
+    #[serde(with = "crate::model::time")]
+    #[schema(value_type = String, format = DateTime)]
+    pub run_created_at: i64,
+    #[serde(flatten)]
+    pub step: StepRow,
+}
+
+/// The columns [`step_from`] reads, of `steps s`.
+const STEP_COLUMNS: &str = "s.id, s.service, s.plugin, s.plugin_digest, s.status, s.started_at,
+    s.finished_at, s.duration_ms, s.summary, s.reason, s.tests_passed, s.tests_failed,
+    s.tests_skipped, s.metrics, s.artifacts, s.cache_key, s.cache_source, s.saved_ms, s.provenance";
+
+/// A step from [`STEP_COLUMNS`] of a row, starting at column `c`.
+fn step_from(r: &rusqlite::Row<'_>, c: usize) -> rusqlite::Result<StepRow> {
+    let passed: Option<i64> = r.get(c + 10)?;
+    let metrics: String = r.get(c + 13)?;
+    Ok(StepRow {
+        id: r.get(c)?,
+        service: r.get(c + 1)?,
+        plugin: r.get(c + 2)?,
+        plugin_digest: r.get(c + 3)?,
+        status: r.get(c + 4)?,
+        started_at: r.get(c + 5)?,
+        finished_at: r.get(c + 6)?,
+        duration_ms: r.get(c + 7)?,
+        summary: r.get(c + 8)?,
+        reason: r.get(c + 9)?,
+        tests: match passed {
+            Some(passed) => {
+                let count = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
+                Some(TestCounts {
+                    passed: count(passed),
+                    failed: count(r.get::<_, Option<i64>>(c + 11)?.unwrap_or(0)),
+                    skipped: count(r.get::<_, Option<i64>>(c + 12)?.unwrap_or(0)),
+                })
+            }
+            None => None,
+        },
+        metrics: serde_json::from_str(&metrics).unwrap_or(serde_json::Value::Null),
+        artifacts: serde_json::from_str(&r.get::<_, String>(c + 14)?).unwrap_or_default(),
+        cache: r.get::<_, Option<String>>(c + 15)?.map(|key| StepCache {
+            key,
+            hit: matches!(r.get::<_, Option<String>>(c + 16), Ok(Some(_))),
+            source: r.get(c + 16).ok().flatten(),
+            saved_ms: r.get(c + 17).ok().flatten(),
+        }),
+        provenance: r.get(c + 18)?,
+    })
+}
+
 /// A step's place in the operation cache.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct StepCache {
@@ -237,8 +335,11 @@ pub struct StepCache {
     pub saved_ms: Option<i64>,
 }
 
-/// A chunk from the columns `step_id, first_seq, last_seq, at, stream, level, text` of a row,
-/// starting at column `col`.
+/// The columns [`chunk_from`] reads, of `log_chunks c`.
+const CHUNK_COLUMNS: &str =
+    "c.step_id, c.first_seq, c.last_seq, c.at, c.stream, c.level, c.text, coalesce(c.line0, 0)";
+
+/// A chunk from [`CHUNK_COLUMNS`] of a row, starting at column `col`.
 fn chunk_from(r: &rusqlite::Row<'_>, col: usize) -> rusqlite::Result<LogChunk> {
     let first: i64 = r.get(col + 1)?;
     let last: i64 = r.get(col + 2)?;
@@ -246,6 +347,7 @@ fn chunk_from(r: &rusqlite::Row<'_>, col: usize) -> rusqlite::Result<LogChunk> {
         step_id: r.get(col)?,
         first_seq: first,
         count: last - first + 1,
+        line0: r.get(col + 7)?,
         at: r.get(col + 3)?,
         stream: r.get(col + 4)?,
         level: r.get(col + 5)?,
@@ -572,50 +674,81 @@ impl Store {
             )
             .optional()?;
         let Some(mut run) = run else { return Ok(None) };
-        let mut stmt = self.conn().prepare_cached(
-            "SELECT id, service, plugin, plugin_digest, status, started_at, finished_at, duration_ms,
-                    summary, reason, tests_passed, tests_failed, tests_skipped, metrics, artifacts,
-                    cache_key, cache_source, saved_ms, provenance
-             FROM steps WHERE run_id = ?1 ORDER BY id",
-        )?;
-        let steps = stmt.query_map([run_id], |r| {
-            let passed: Option<i64> = r.get(10)?;
-            let metrics: String = r.get(13)?;
-            Ok(StepRow {
-                id: r.get(0)?,
-                service: r.get(1)?,
-                plugin: r.get(2)?,
-                plugin_digest: r.get(3)?,
-                status: r.get(4)?,
-                started_at: r.get(5)?,
-                finished_at: r.get(6)?,
-                duration_ms: r.get(7)?,
-                summary: r.get(8)?,
-                reason: r.get(9)?,
-                tests: match passed {
-                    Some(passed) => {
-                        let count = |n: i64| u32::try_from(n).unwrap_or(u32::MAX);
-                        Some(TestCounts {
-                            passed: count(passed),
-                            failed: count(r.get::<_, Option<i64>>(11)?.unwrap_or(0)),
-                            skipped: count(r.get::<_, Option<i64>>(12)?.unwrap_or(0)),
-                        })
-                    }
-                    None => None,
-                },
-                metrics: serde_json::from_str(&metrics).unwrap_or(serde_json::Value::Null),
-                artifacts: serde_json::from_str(&r.get::<_, String>(14)?).unwrap_or_default(),
-                cache: r.get::<_, Option<String>>(15)?.map(|key| StepCache {
-                    key,
-                    hit: matches!(r.get::<_, Option<String>>(16), Ok(Some(_))),
-                    source: r.get(16).ok().flatten(),
-                    saved_ms: r.get(17).ok().flatten(),
-                }),
-                provenance: r.get(18)?,
-            })
-        })?;
+        let mut stmt = self.conn().prepare_cached(&format!(
+            "SELECT {STEP_COLUMNS} FROM steps s WHERE s.run_id = ?1 ORDER BY s.id"
+        ))?;
+        let steps = stmt.query_map([run_id], |r| step_from(r, 0))?;
         run.steps = steps.collect::<Result<_, _>>()?;
         Ok(Some(run))
+    }
+
+    /// A run's status and the service of each of its steps, if the run exists: what reading
+    /// its log needs, without the rest of every step.
+    pub fn run_services(&self, run_id: &str) -> Result<Option<RunServices>, StoreError> {
+        let status: Option<RunStatus> = self
+            .conn()
+            .prepare_cached("SELECT status FROM runs WHERE id = ?1")?
+            .query_row([run_id], |r| r.get(0))
+            .optional()?;
+        let Some(status) = status else {
+            return Ok(None);
+        };
+        let mut stmt = self
+            .conn()
+            .prepare_cached("SELECT id, service FROM steps WHERE run_id = ?1 ORDER BY id")?;
+        let steps = stmt
+            .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok(Some((status, steps)))
+    }
+
+    /// The newest `limit` steps of `service` (of `operation` only, when given), newest first,
+    /// each with its run's id and operation.
+    pub fn service_steps(
+        &self,
+        service: &str,
+        operation: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<ServiceStep>, StoreError> {
+        let mut stmt = self.conn().prepare_cached(&format!(
+            "SELECT r.id, r.operation, r.created_at, {STEP_COLUMNS} FROM steps s
+             JOIN runs r ON r.id = s.run_id
+             WHERE s.service = ?1 AND (?2 IS NULL OR r.operation = ?2)
+             ORDER BY s.id DESC LIMIT ?3"
+        ))?;
+        let rows = stmt.query_map(
+            params![service, operation, i64::try_from(limit).unwrap_or(i64::MAX)],
+            |r| {
+                Ok(ServiceStep {
+                    run_id: r.get(0)?,
+                    operation: r.get(1)?,
+                    run_created_at: r.get(2)?,
+                    step: step_from(r, 3)?,
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// The selection and options a run was recorded with (JSON), if the run exists.
+    pub fn run_request(
+        &self,
+        run_id: &str,
+    ) -> Result<Option<(serde_json::Value, serde_json::Value)>, StoreError> {
+        let row: Option<(String, String)> = self
+            .conn()
+            .query_row(
+                "SELECT selection, options FROM runs WHERE id = ?1",
+                [run_id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        Ok(row.map(|(sel, opts)| {
+            (
+                serde_json::from_str(&sel).unwrap_or_default(),
+                serde_json::from_str(&opts).unwrap_or_default(),
+            )
+        }))
     }
 
     /// The newest `limit` runs, newest first, with their step counts by status.
@@ -695,12 +828,10 @@ impl Store {
         from: i64,
         limit: usize,
     ) -> Result<Vec<(i64, LogChunk)>, StoreError> {
-        let mut stmt = self.conn().prepare_cached(
-            "SELECT c.id, c.step_id, c.first_seq, c.last_seq, c.at, c.stream, c.level, c.text
-             FROM log_chunks c
-             WHERE c.step_id IN (SELECT id FROM steps WHERE run_id = ?1) AND c.id >= ?2
-             ORDER BY c.id LIMIT ?3",
-        )?;
+        let mut stmt = self.conn().prepare_cached(&format!(
+            "SELECT c.id, {CHUNK_COLUMNS} FROM log_chunks c
+             WHERE c.run_id = ?1 AND c.id >= ?2 ORDER BY c.id LIMIT ?3"
+        ))?;
         let rows = stmt.query_map(
             params![run_id, from, i64::try_from(limit).unwrap_or(i64::MAX)],
             |r| Ok((r.get(0)?, chunk_from(r, 1)?)),
@@ -752,23 +883,125 @@ impl Store {
         after: i64,
         limit: usize,
     ) -> Result<Vec<LogLine>, StoreError> {
-        let mut stmt = self.conn().prepare_cached(
-            "SELECT step_id, first_seq, last_seq, at, stream, level, text FROM log_chunks
-             WHERE step_id = ?1 AND last_seq > ?2 ORDER BY first_seq LIMIT ?3",
-        )?;
-        let chunks = stmt.query_map(
-            params![step_id, after, i64::try_from(limit).unwrap_or(i64::MAX)],
-            |r| chunk_from(r, 0),
-        )?;
-        let mut lines = Vec::new();
-        for chunk in chunks {
-            lines.extend(chunk?.lines().filter(|l| l.seq > after));
-            if lines.len() >= limit {
-                lines.truncate(limit);
+        Ok(self
+            .step_window(step_id, after, limit)?
+            .iter()
+            .flat_map(|p| p.lines().map(|(i, t)| p.chunk.line(i, t)))
+            .collect())
+    }
+
+    /// The window of step `step_id`'s log after sequence `after`: at most `limit` lines.
+    pub fn step_window(
+        &self,
+        step_id: i64,
+        after: i64,
+        limit: usize,
+    ) -> Result<Vec<LogPart>, StoreError> {
+        // From the chunk holding line `after + 1` (found through the (step_id, first_seq) index),
+        // not from the step's first chunk.
+        let mut stmt = self.conn().prepare_cached(&format!(
+            "SELECT c.id, {CHUNK_COLUMNS} FROM log_chunks c
+             WHERE c.step_id = ?1 AND c.first_seq >= coalesce(
+                 (SELECT max(first_seq) FROM log_chunks WHERE step_id = ?1 AND first_seq <= ?2 + 1), 0)
+             ORDER BY c.first_seq"
+        ))?;
+        let rows = stmt.query_map(params![step_id, after], |r| {
+            Ok((r.get(0)?, chunk_from(r, 1)?))
+        })?;
+        window(rows, |_, c| after + 1 - c.first_seq, limit)
+    }
+
+    /// The window of run `run_id`'s log (every step, in the order stored) from run-wide line
+    /// `from` on: at most `limit` lines.
+    pub fn run_window(
+        &self,
+        run_id: &str,
+        from: i64,
+        limit: usize,
+    ) -> Result<Vec<LogPart>, StoreError> {
+        let mut stmt = self.conn().prepare_cached(&format!(
+            "SELECT c.id, {CHUNK_COLUMNS} FROM log_chunks c
+             WHERE c.run_id = ?1 AND c.line0 >= coalesce(
+                 (SELECT max(line0) FROM log_chunks WHERE run_id = ?1 AND line0 <= ?2), 0)
+             ORDER BY c.line0"
+        ))?;
+        let rows = stmt.query_map(params![run_id, from], |r| {
+            Ok((r.get(0)?, chunk_from(r, 1)?))
+        })?;
+        window(rows, |_, c| from - c.line0, limit)
+    }
+
+    /// The window of run `run_id`'s log after line `seq` of chunk `chunk` (a page's `next`
+    /// cursor): at most `limit` lines.
+    pub fn run_window_after(
+        &self,
+        run_id: &str,
+        chunk: i64,
+        seq: i64,
+        limit: usize,
+    ) -> Result<Vec<LogPart>, StoreError> {
+        let mut stmt = self.conn().prepare_cached(&format!(
+            "SELECT c.id, {CHUNK_COLUMNS} FROM log_chunks c
+             WHERE c.run_id = ?1 AND c.id >= ?2 ORDER BY c.id"
+        ))?;
+        let rows = stmt.query_map(params![run_id, chunk], |r| {
+            Ok((r.get(0)?, chunk_from(r, 1)?))
+        })?;
+        window(
+            rows,
+            |id, c| {
+                if id == chunk {
+                    seq + 1 - c.first_seq
+                } else {
+                    0
+                }
+            },
+            limit,
+        )
+    }
+
+    /// How many lines run `run_id` has stored so far.
+    pub fn run_log_lines(&self, run_id: &str) -> Result<i64, StoreError> {
+        Ok(self
+            .conn()
+            .prepare_cached("SELECT log_lines FROM runs WHERE id = ?1")?
+            .query_row([run_id], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    /// How many lines step `step_id` has stored so far.
+    pub fn step_log_lines(&self, step_id: i64) -> Result<i64, StoreError> {
+        Ok(self
+            .conn()
+            .prepare_cached(
+                "SELECT last_seq + 1 FROM log_chunks WHERE step_id = ?1
+                 ORDER BY first_seq DESC LIMIT 1",
+            )?
+            .query_row([step_id], |r| r.get(0))
+            .optional()?
+            .unwrap_or(0))
+    }
+
+    /// Every chunk of a run's log (or of one of its steps), in the order stored, passed to `each`
+    /// until it returns false: searching and downloading a whole log without holding it in memory.
+    pub fn each_chunk(
+        &self,
+        run_id: &str,
+        step_id: Option<i64>,
+        mut each: impl FnMut(&LogChunk) -> bool,
+    ) -> Result<(), StoreError> {
+        let mut stmt = self.conn().prepare_cached(&format!(
+            "SELECT {CHUNK_COLUMNS} FROM log_chunks c
+             WHERE c.run_id = ?1 AND (?2 IS NULL OR c.step_id = ?2) ORDER BY c.line0"
+        ))?;
+        let mut rows = stmt.query(params![run_id, step_id])?;
+        while let Some(r) = rows.next()? {
+            if !each(&chunk_from(r, 0)?) {
                 break;
             }
         }
-        Ok(lines)
+        Ok(())
     }
 
     /// Deletes finished runs beyond the newest `keep`, or created before `before_ms`, in bounded
@@ -884,13 +1117,51 @@ fn finish_step_tx(
     step_journal(tx, step_id, JournalKind::StepFinished, status.as_str(), now)
 }
 
+/// The parts of `chunks` (read only as far as needed) holding at most `limit` lines, less the
+/// first `skip(id, chunk)` lines of each.
+fn window(
+    chunks: impl Iterator<Item = rusqlite::Result<(i64, LogChunk)>>,
+    skip: impl Fn(i64, &LogChunk) -> i64,
+    limit: usize,
+) -> Result<Vec<LogPart>, StoreError> {
+    let mut parts = Vec::new();
+    let mut got = 0;
+    for row in chunks {
+        if got >= limit {
+            break;
+        }
+        let (id, chunk) = row?;
+        let count = usize::try_from(chunk.count).unwrap_or(0);
+        let skip = usize::try_from(skip(id, &chunk).clamp(0, chunk.count)).unwrap_or(0);
+        let take = (count - skip).min(limit - got);
+        if take > 0 {
+            got += take;
+            parts.push(LogPart {
+                id,
+                chunk,
+                skip,
+                take,
+            });
+        }
+    }
+    Ok(parts)
+}
+
 fn insert_logs_tx(tx: &rusqlite::Transaction<'_>, chunks: &[LogChunk]) -> rusqlite::Result<()> {
+    // Each chunk takes the run's next line numbers; one stored twice (same step and first line)
+    // is ignored and numbers nothing.
     let mut stmt = tx.prepare_cached(
-        "INSERT OR IGNORE INTO log_chunks (step_id, first_seq, last_seq, at, stream, level, text)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        "INSERT OR IGNORE INTO log_chunks
+            (step_id, first_seq, last_seq, at, stream, level, text, run_id, line0)
+         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, r.id, r.log_lines
+         FROM steps s JOIN runs r ON r.id = s.run_id WHERE s.id = ?1",
+    )?;
+    let mut count = tx.prepare_cached(
+        "UPDATE runs SET log_lines = log_lines + ?2
+         WHERE id = (SELECT run_id FROM steps WHERE id = ?1)",
     )?;
     for c in chunks {
-        stmt.execute(params![
+        let stored = stmt.execute(params![
             c.step_id,
             c.first_seq,
             c.first_seq + c.count - 1,
@@ -899,6 +1170,9 @@ fn insert_logs_tx(tx: &rusqlite::Transaction<'_>, chunks: &[LogChunk]) -> rusqli
             c.level,
             c.text
         ])?;
+        if stored == 1 {
+            count.execute(params![c.step_id, c.count])?;
+        }
     }
     Ok(())
 }
