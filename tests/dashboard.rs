@@ -106,7 +106,7 @@ config = { run = [["sh", "-c", "printf '<script>window.__xss=1</script> <img src
 
 [operations.live]
 plugin = "command"
-config = { run = [["sh", "-c", "for i in $(seq 1 20); do echo tick $i $(date +%s%3N); sleep 0.1; done"]] }
+config = { run = [["sh", "-c", "for i in $(seq 1 40); do echo tick $i $(date +%s%3N); sleep 0.1; done"]] }
 
 [operations.slow]
 plugin = "command"

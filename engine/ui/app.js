@@ -39,6 +39,11 @@ export async function api(path, opts = {}) {
     init.body = JSON.stringify(opts.body);
   }
   const res = await fetch('/api' + path, init);
+  if (res.status === 429 && !opts.retried) {
+    // Over the server's rate limit: wait as long as it says, once.
+    await sleep(1000 * Math.min(60, Number(res.headers.get('retry-after')) || 1));
+    return api(path, { ...opts, retried: true });
+  }
   if (res.status === 401) {
     askToken(token ? 'That token is not valid (unknown or revoked).' : 'This server needs an API token.');
     throw new ApiError(401, 'unauthorized');

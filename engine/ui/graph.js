@@ -4,7 +4,7 @@
 // `nestr run OP -t TAG --with-deps` would run (the engine's own plan, `GET /api/plan`).
 import { h, put, api, allServices, badge, table, svcLink } from './app.js';
 
-const W = 180, H = 44, GX = 72, GY = 14, PAD = 8;
+const W = 180, H = 44, GX = 72, GY = 14, PAD = 8, ROWS = 24;
 
 export function levels(services) {
   const by = new Map(services.map((s) => [s.name, s]));
@@ -37,13 +37,18 @@ export default async function graph(main) {
   const level = levels(services);
   const cols = [];
   for (const s of services) (cols[level.get(s.name)] ||= []).push(s);
+  // A level of more than ROWS services takes several columns side by side.
   const pos = new Map();
-  cols.forEach((col, x) => {
+  let x0 = PAD, tall = 1;
+  for (const col of cols.filter(Boolean)) {
     col.sort((a, b) => repos.indexOf(a.repo) - repos.indexOf(b.repo) || a.name.localeCompare(b.name));
-    col.forEach((s, y) => pos.set(s.name, { x: PAD + x * (W + GX), y: PAD + y * (H + GY) }));
-  });
-  const width = PAD * 2 + cols.length * (W + GX) - GX;
-  const height = PAD * 2 + Math.max(1, ...cols.map((c) => c.length)) * (H + GY) - GY;
+    const per = Math.ceil(col.length / Math.ceil(col.length / ROWS));
+    col.forEach((s, i) => pos.set(s.name, { x: x0 + Math.floor(i / per) * (W + GX / 3), y: PAD + (i % per) * (H + GY) }));
+    x0 += Math.ceil(col.length / per) * (W + GX / 3) - GX / 3 + GX;
+    tall = Math.max(tall, Math.min(col.length, per));
+  }
+  const width = x0 - GX + PAD;
+  const height = PAD * 2 + tall * (H + GY) - GY;
   const svg = h('svg:svg', { id: 'graph', width, height, viewBox: `0 0 ${width} ${height}`, role: 'group', 'aria-label': 'Service dependency graph' },
     h('svg:defs', {}, h('svg:marker', { id: 'arrow', viewBox: '0 0 8 8', refX: 8, refY: 4, markerWidth: 8, markerHeight: 8, orient: 'auto' },
       h('svg:path', { d: 'M0,0 L8,4 L0,8 z', class: 'arrowhead' }))));

@@ -3,6 +3,7 @@
 // prints `ok NAME` or `FAIL NAME: why` per check and `figure NAME VALUE` per measurement, and exits
 // 1 when a check failed.
 import { createRequire } from 'node:module';
+import net from 'node:net';
 
 const cfg = JSON.parse(process.argv[2]);
 const require = createRequire(cfg.modules + '/');
@@ -49,6 +50,26 @@ async function open(ctx, url) {
 }
 
 const A = cfg.small, B = cfg.big;
+
+/** A TCP proxy in front of `url` whose connections can all be cut at once (a dropped network). */
+async function proxy(url) {
+  const { hostname, port } = new URL(url);
+  const socks = new Set();
+  const srv = net.createServer((c) => {
+    const u = net.connect(Number(port), hostname);
+    const end = () => { c.destroy(); u.destroy(); socks.delete(c); };
+    socks.add(c);
+    c.pipe(u);
+    u.pipe(c);
+    for (const s of [c, u]) { s.on('error', end); s.on('close', end); }
+  });
+  await new Promise((r) => srv.listen(0, '127.0.0.1', r));
+  return {
+    url: `http://127.0.0.1:${srv.address().port}`,
+    cut: () => { const n = socks.size; for (const s of socks) s.destroy(); return n; },
+    close: () => srv.close(),
+  };
+}
 const text = (page, sel) => page.locator(sel).innerText();
 
 // ---- the small workspace, local mode (no token: every action allowed)
@@ -142,29 +163,78 @@ await check('log text is shown as text: markup and crafted escapes never become 
   await p.close();
 });
 
-await check('a run started from the page streams its log live and ends succeeded', async () => {
-  const p = await open(light, A.url + '/');
+await check('a run started from the page streams its log live, resumes after a dropped connection, ends succeeded', async () => {
+  const ctx = await context();
+  const px = await proxy(A.url);
+  const p = await open(ctx, px.url + '/');
   await p.addInitScript(() => {
+    // When each tick line first shows, and every event the page's streams carried (a copy of
+    // each response body is read alongside the page's own reader).
     window.__ticks = new Map();
+    window.__sse = [];
+    window.__streams = 0;
     new MutationObserver(() => {
       for (const el of document.querySelectorAll('#log .ln .tx')) {
         const m = /tick (\d+) (\d{13})/.exec(el.textContent);
         if (m && !window.__ticks.has(m[1])) window.__ticks.set(m[1], Date.now() - Number(m[2]));
       }
     }).observe(document, { subtree: true, childList: true, characterData: true });
+    const real = window.fetch;
+    window.fetch = async (...args) => {
+      const res = await real(...args);
+      if (String(args[0]).endsWith('/events') && res.status === 200) {
+        window.__streams++;
+        (async () => {
+          const r = res.clone().body.pipeThrough(new TextDecoderStream()).getReader();
+          let buf = '';
+          try {
+            for (;;) {
+              const { value, done } = await r.read();
+              if (done) break;
+              buf += value;
+              for (let i; (i = buf.indexOf('\n\n')) >= 0;) {
+                const block = buf.slice(0, i);
+                buf = buf.slice(i + 2);
+                if (block.includes('event: log')) {
+                  const d = JSON.parse(block.split('\n').find((l) => l.startsWith('data: ')).slice(6));
+                  window.__sse.push(`${d.service}:${d.seq}`);
+                }
+              }
+            }
+          } catch { /* the connection dropped */ }
+        })();
+      }
+      return res;
+    };
   });
   await p.selectOption('[data-form=start] select[name=operation]', 'live');
   await p.selectOption('[data-form=start] select[name=services]', [A.services[0]]);
   await p.click('[data-form=start] button[type=submit]');
   await p.waitForURL(/\/runs\/[^/]+$/);
+  // Drop the connection while the run prints, then let it come back.
+  await p.waitForFunction(() => window.__ticks.size >= 8, null, { timeout: 30000 });
+  const cut = px.cut();
+  expect(cut > 0, 'connections were cut');
   await p.waitForSelector('#run-head .st-succeeded', { timeout: 60000 });
-  const lat = await p.evaluate(() => [...window.__ticks.values()].sort((a, b) => a - b));
-  expect(lat.length >= 15, `live lines seen: ${lat.length}`);
-  const med = lat[Math.floor(lat.length / 2)], max = lat[lat.length - 1];
+  const before = await p.evaluate(() => [...window.__ticks].filter(([k]) => Number(k) <= 8).map(([, v]) => v).sort((a, b) => a - b));
+  const seen = await p.evaluate(() => window.__ticks.size);
+  expect(seen === 40, `every tick shown: ${seen}`);
+  const sse = await p.evaluate(() => window.__sse);
+  const streams = await p.evaluate(() => window.__streams);
+  expect(new Set(sse).size === sse.length, `no event twice: ${sse}`);
+  const seqs = sse.map((x) => Number(x.split(':').pop())).sort((a, b) => a - b);
+  expect(seqs.every((n, i) => n === i), `no gap: ${seqs}`);
+  expect(streams >= 2, `the stream was resumed after the drop (${streams} connections)`);
+  const shown = await p.locator('#log .ln').evaluateAll((r) => r.map((x) => Number(x.dataset.n)));
+  expect(shown.every((n, i) => n === shown[0] + i), `lines shown in order once: ${shown}`);
+  // Latency of the lines before the drop (those after it waited for the reconnection).
+  const med = before[Math.floor(before.length / 2)], max = before[before.length - 1];
   figure('live_line_latency_median_ms', med);
   figure('live_line_latency_max_ms', max);
   expect(med <= 1000, `live lines appear promptly (median ${med} ms)`);
-  return `${lat.length} ticks, latency median ${med} ms, max ${max} ms`;
+  await ctx.close();
+  px.close();
+  return `${seen} ticks, ${sse.length} log events over ${streams} connections, latency before the drop: median ${med} ms, max ${max} ms`;
 });
 
 await check('cancel from the page cancels, and the runs list updates live', async () => {

@@ -401,6 +401,14 @@ pub fn connection_cap(requested: usize) -> usize {
 /// Start-up description of the mode, for the log line.
 pub fn mode_line(state: &AppState, tokens: usize) -> String {
     let bind = state.config().bind;
+    format!(
+        "{}; the dashboard is at http://{bind}/",
+        mode(state, tokens)
+    )
+}
+
+fn mode(state: &AppState, tokens: usize) -> String {
+    let bind = state.config().bind;
     if !state.0.loopback && tokens == 0 {
         return format!(
             "nestr API listening on http://{bind} (no API token: every /api request is refused)"

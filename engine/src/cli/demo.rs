@@ -294,7 +294,7 @@ pub fn run(args: DemoArgs, ui: &Ui) -> Result<ExitCode, CliError> {
     }
 
     println!(
-        "\n{} The demo workspace is at {ws}\nLook next:\n  cd {ws}\n  cat nestr.toml          # the manifest it wrote\n  nestr runs              # the runs just made\n  nestr runs show RUN     # one run, step by step\n  nestr logs RUN          # its stored output\n  nestr plugin list       # plugins, what they need and are granted\n",
+        "\n{} The demo workspace is at {ws}\nLook next:\n  cd {ws}\n  cat nestr.toml          # the manifest it wrote\n  nestr runs              # the runs just made\n  nestr runs show RUN     # one run, step by step\n  nestr logs RUN          # its stored output\n  nestr plugin list       # plugins, what they need and are granted\n  nestr serve             # the dashboard at http://127.0.0.1:7878/ (or: nestr demo --serve)\n",
         ui.paint(Tone::Good, "Done."),
         ws = ws_dir.display()
     );
@@ -305,7 +305,7 @@ pub fn run(args: DemoArgs, ui: &Ui) -> Result<ExitCode, CliError> {
         );
         let u = format!("http://{}", args.bind);
         println!(
-            "Try:\n  curl -s {u}/api/services\n  curl -s -X POST -H 'content-type: application/json' -d '{{\"operation\":\"build\"}}' {u}/api/operations/run\n  curl -sN {u}/api/runs/RUN/events\n  curl -s {u}/metrics\n"
+            "Open the dashboard at {u}/ in a browser, or try:\n  curl -s {u}/api/services\n  curl -s -X POST -H 'content-type: application/json' -d '{{\"operation\":\"build\"}}' {u}/api/operations/run\n  curl -sN {u}/api/runs/RUN/events\n  curl -s {u}/metrics\n"
         );
         let serve = super::serve::ServeArgs {
             bind: args.bind,
