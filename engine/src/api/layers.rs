@@ -232,7 +232,7 @@ pub async fn auth(State(state): State<AppState>, mut req: Request, next: Next) -
         Presented::None => None,
         Presented::Token(t) => Some(t),
     };
-    let tokens = match state.store(|s| Ok(s.active_tokens()?)).await {
+    let tokens = match state.active_tokens().await {
         Ok(t) => t,
         Err(e) => return e.into_response(),
     };
@@ -279,7 +279,7 @@ pub async fn metrics_auth(State(state): State<AppState>, req: Request, next: Nex
         Presented::Token(t) => Some(t),
         _ => None,
     };
-    match state.store(|s| Ok(s.active_tokens()?)).await {
+    match state.active_tokens().await {
         Ok(tokens) if scope_of(&tokens, token.as_deref()).is_some() => next.run(req).await,
         Ok(_) => unauthorized("/metrics needs an API token when called from another host"),
         Err(e) => e.into_response(),

@@ -38,8 +38,10 @@ pub struct LogPage {
     pub total: i64,
 }
 
-/// A [`LogPage`] as it is sent: the lines borrowed from the stored chunks they are in, each
-/// chunk's time formatted once.
+/// A [`LogPage`] as it is sent: written straight from the stored chunks its lines are in —
+/// what the lines of one chunk share (service, step, time, stream, level) encoded once per chunk,
+/// a line's text copied as it is unless JSON needs it escaped. `a_page_written_from_chunks_is_a_log_page`
+/// checks that the bytes are those serde writes for the [`LogPage`] of the same lines.
 struct PageOut<'a> {
     run_id: &'a str,
     parts: &'a [LogPart],
@@ -49,56 +51,65 @@ struct PageOut<'a> {
     total: i64,
 }
 
-/// A line as [`ServiceLogLine`] serialises, borrowed.
-#[derive(Serialize)]
-struct LineOut<'a> {
-    service: &'a str,
-    step_id: i64,
-    seq: i64,
-    line: i64,
-    at: &'a str,
-    stream: Stream,
-    level: Option<&'a str>,
-    text: &'a str,
-}
-
-struct LinesOut<'a>(&'a [LogPart], &'a HashMap<i64, String>);
-
-impl Serialize for LinesOut<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeSeq;
-        let mut seq = s.serialize_seq(Some(self.0.iter().map(|p| p.take).sum()))?;
-        for part in self.0 {
+impl PageOut<'_> {
+    fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        let text_bytes: usize = self.parts.iter().map(|p| p.chunk.text.len()).sum();
+        let mut out = Vec::with_capacity(256 + text_bytes.min(1 << 20) + 160 * 1000);
+        out.extend_from_slice(b"{\"run_id\":");
+        serde_json::to_writer(&mut out, self.run_id)?;
+        out.extend_from_slice(b",\"lines\":[");
+        let mut first = true;
+        let mut num = itoa::Buffer::new();
+        for part in self.parts {
             let c = &part.chunk;
-            let at = crate::model::rfc3339(c.at);
-            let service = self.1.get(&c.step_id).map_or("", String::as_str);
+            let service = self.names.get(&c.step_id).map_or("", String::as_str);
+            let mut head = b"{\"service\":".to_vec();
+            serde_json::to_writer(&mut head, service)?;
+            head.extend_from_slice(b",\"step_id\":");
+            head.extend_from_slice(num.format(c.step_id).as_bytes());
+            head.extend_from_slice(b",\"seq\":");
+            let mut mid = b",\"at\":".to_vec();
+            serde_json::to_writer(&mut mid, &crate::model::rfc3339(c.at))?;
+            mid.extend_from_slice(b",\"stream\":");
+            serde_json::to_writer(&mut mid, &c.stream)?;
+            mid.extend_from_slice(b",\"level\":");
+            serde_json::to_writer(&mut mid, &c.level)?;
+            mid.extend_from_slice(b",\"text\":");
             for (i, text) in part.lines() {
-                seq.serialize_element(&LineOut {
-                    service,
-                    step_id: c.step_id,
-                    seq: c.first_seq + i,
-                    line: c.line0 + i,
-                    at: &at,
-                    stream: c.stream,
-                    level: c.level.as_deref(),
-                    text,
-                })?;
+                if !first {
+                    out.push(b',');
+                }
+                first = false;
+                out.extend_from_slice(&head);
+                out.extend_from_slice(num.format(c.first_seq + i).as_bytes());
+                out.extend_from_slice(b",\"line\":");
+                out.extend_from_slice(num.format(c.line0 + i).as_bytes());
+                out.extend_from_slice(&mid);
+                json_string(&mut out, text)?;
+                out.push(b'}');
             }
         }
-        seq.end()
+        out.extend_from_slice(b"],\"next\":");
+        serde_json::to_writer(&mut out, &self.next)?;
+        out.extend_from_slice(b",\"running\":");
+        out.extend_from_slice(if self.running { b"true" } else { b"false" });
+        out.extend_from_slice(b",\"total\":");
+        out.extend_from_slice(num.format(self.total).as_bytes());
+        out.push(b'}');
+        Ok(out)
     }
 }
 
-impl Serialize for PageOut<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStruct;
-        let mut st = s.serialize_struct("LogPage", 5)?;
-        st.serialize_field("run_id", self.run_id)?;
-        st.serialize_field("lines", &LinesOut(self.parts, self.names))?;
-        st.serialize_field("next", &self.next)?;
-        st.serialize_field("running", &self.running)?;
-        st.serialize_field("total", &self.total)?;
-        st.end()
+/// `text` as a JSON string: copied between quotes when nothing in it needs escaping (most log
+/// lines), else escaped by serde_json.
+fn json_string(out: &mut Vec<u8>, text: &str) -> Result<(), serde_json::Error> {
+    if text.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+        Ok(())
+    } else {
+        serde_json::to_writer(out, text)
     }
 }
 
@@ -245,46 +256,50 @@ pub async fn logs(
         .store(move |s| {
             Ok(s.snapshot(|s| {
                 let Some((status, steps)) = s.run_services(&key)? else {
-                    return Ok(None);
+                    return Ok(Read::NoRun);
                 };
                 let step = match &service {
                     Some(name) => match steps.iter().find(|(_, n)| n == name) {
                         Some((id, _)) => Some(*id),
-                        None => return Ok(Some((status, steps, None))),
+                        None => return Ok(Read::NoStep(steps)),
                     },
                     None => None,
                 };
-                let window = match want(step) {
-                    Err(e) => Err(e),
+                let (parts, total) = match want(step) {
+                    Err(e) => return Ok(Read::Bad(e)),
                     Ok(Want::Step(step, after)) => {
-                        Ok((s.step_window(step, after, limit)?, s.step_log_lines(step)?))
+                        (s.step_window(step, after, limit)?, s.step_log_lines(step)?)
                     }
                     Ok(Want::Line(from)) => {
-                        Ok((s.run_window(&key, from, limit)?, s.run_log_lines(&key)?))
+                        (s.run_window(&key, from, limit)?, s.run_log_lines(&key)?)
                     }
-                    Ok(Want::After(chunk, seq)) => Ok((
+                    Ok(Want::After(chunk, seq)) => (
                         s.run_window_after(&key, chunk, seq, limit)?,
                         s.run_log_lines(&key)?,
-                    )),
+                    ),
                 };
-                Ok(Some((status, steps, Some(window))))
+                Ok(Read::Page(status, steps, parts, total))
             })?)
         })
         .await?;
-    let Some((status, steps, window)) = read else {
-        return Err(ApiError::not_found(format!(
-            "no run `{id}`; GET /api/runs lists them"
-        )));
+    let (status, steps, parts, total) = match read {
+        Read::NoRun => {
+            return Err(ApiError::not_found(format!(
+                "no run `{id}`; GET /api/runs lists them"
+            )));
+        }
+        Read::NoStep(steps) => {
+            let service = q.service.as_deref().unwrap_or_default();
+            return Err(
+                step_named(&id, steps.iter().map(|(i, s)| (*i, s.as_str())), service)
+                    .err()
+                    .unwrap_or_else(|| ApiError::not_found("no such step")),
+            );
+        }
+        Read::Bad(e) => return Err(e),
+        Read::Page(status, steps, parts, total) => (status, steps, parts, total),
     };
-    let Some(window) = window else {
-        let service = q.service.as_deref().unwrap_or_default();
-        return Err(
-            step_named(&id, steps.iter().map(|(i, s)| (*i, s.as_str())), service)
-                .err()
-                .unwrap_or_else(|| ApiError::not_found("no such step")),
-        );
-    };
-    let (parts, total) = window?;
+    // Written here, on the server's workers: in the store tasks it lengthened the tail (measured).
     let next = parts.last().and_then(|p| {
         let last = p.chunk.first_seq + i64::try_from(p.skip + p.take).ok()? - 1;
         Some(if by_step {
@@ -294,14 +309,15 @@ pub async fn logs(
         })
     });
     let names: HashMap<i64, String> = steps.into_iter().collect();
-    let body = serde_json::to_vec(&PageOut {
+    let body = PageOut {
         run_id: &id,
         parts: &parts,
         names: &names,
         next,
         running: status.is_active(),
         total,
-    })
+    }
+    .to_json()
     .map_err(|e| ApiError::internal("could not encode the log page", e))?;
     Ok((
         [(
@@ -311,6 +327,19 @@ pub async fn logs(
         Bytes::from(body),
     )
         .into_response())
+}
+
+/// What reading a page of a log found.
+enum Read {
+    NoRun,
+    NoStep(Vec<(i64, String)>),
+    Bad(ApiError),
+    Page(
+        crate::model::RunStatus,
+        Vec<(i64, String)>,
+        Vec<LogPart>,
+        i64,
+    ),
 }
 
 /// What `/api/runs/{id}/logs/search` looks for.
@@ -495,12 +524,13 @@ pub struct TextQuery {
     pub service: Option<String>,
 }
 
-/// Bytes of text sent per piece of the download.
-const TEXT_PIECE: usize = 256 * 1024;
+/// Lines read from the store per piece of the download.
+const TEXT_PIECE_LINES: usize = 5000;
 
 /// The whole log as text, the form `nestr logs` prints without colour: `SERVICE | line` (`!` for
 /// the engine's own notices), control characters escaped; with `service`, that step's lines
-/// alone. Streamed, so any size of log downloads in constant memory.
+/// alone. Streamed a piece at a time (each piece one short read of the store), so any size of log
+/// downloads in constant memory and a slow client holds no store connection.
 #[utoipa::path(get, path = "/api/runs/{id}/logs/text", tag = "runs",
     params(("id" = String, Path, description = "Run id"), TextQuery),
     responses(
@@ -518,58 +548,62 @@ pub async fn text(
         Some(s) => Some(step_of(&run, s)?),
         None => None,
     };
-    let names = services(&run);
+    let names = std::sync::Arc::new(services(&run));
     let width = names.values().map(String::len).max().unwrap_or(0);
     let rid = run.run.id.clone();
-    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
-    let reader = state.clone();
-    let reading = async move {
-        reader
-            .store(move |s| {
-                let mut piece = String::with_capacity(TEXT_PIECE + 4096);
-                let mut open = true;
-                s.each_chunk(&rid, step, |chunk| {
-                    let name = names.get(&chunk.step_id).map_or("", String::as_str);
-                    for (_, text) in chunk.texts() {
-                        if step.is_some() {
-                            piece.push_str(&crate::views::untrusted(text, false));
-                        } else {
-                            piece.push_str(&crate::views::log_text_line(
-                                &format!("{name:>width$}"),
-                                chunk.stream == Stream::System,
-                                text,
-                            ));
-                        }
-                        piece.push('\n');
-                    }
-                    if piece.len() >= TEXT_PIECE {
-                        open = tx
-                            .blocking_send(Bytes::from(std::mem::take(&mut piece)))
-                            .is_ok();
-                    }
-                    open
-                })?;
-                if open && !piece.is_empty() {
-                    let _ = tx.blocking_send(Bytes::from(piece));
+    // The position after the last line sent: a sequence number of the step, or a run-wide line.
+    let pieces = futures_util::stream::unfold(Some(0i64), move |from| {
+        let (state, rid, names) = (state.clone(), rid.clone(), names.clone());
+        async move {
+            let from = from?;
+            let read = state
+                .store(move |s| {
+                    Ok(match step {
+                        Some(step) => s.step_window(step, from - 1, TEXT_PIECE_LINES)?,
+                        None => s.run_window(&rid, from, TEXT_PIECE_LINES)?,
+                    })
+                })
+                .await;
+            let parts = match read {
+                Ok(p) if !p.is_empty() => p,
+                Ok(_) => return None,
+                Err(e) => {
+                    tracing::warn!(error = %e.message, "a log download stopped");
+                    return None;
                 }
-                Ok(())
-            })
-            .await
-    };
-    tokio::spawn(async move {
-        if let Err(e) = reading.await {
-            tracing::warn!(error = %e.message, "a log download stopped");
+            };
+            let mut piece = String::new();
+            let mut next = from;
+            for part in &parts {
+                let c = &part.chunk;
+                let name = names.get(&c.step_id).map_or("", String::as_str);
+                for (i, text) in part.lines() {
+                    if step.is_some() {
+                        piece.push_str(&crate::views::untrusted(text, false));
+                    } else {
+                        piece.push_str(&crate::views::log_text_line(
+                            &format!("{name:>width$}"),
+                            c.stream == Stream::System,
+                            text,
+                        ));
+                    }
+                    piece.push('\n');
+                    next = 1 + if step.is_some() {
+                        c.first_seq + i
+                    } else {
+                        c.line0 + i
+                    };
+                }
+            }
+            Some((Ok::<_, Infallible>(Bytes::from(piece)), Some(next)))
         }
     });
-    let body = Body::from_stream(futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, Infallible>(b), rx))
-    }));
     let file = format!(
         "attachment; filename=\"nestr-{}{}.log\"",
         run.run.id,
         service.map(|s| format!("-{s}")).unwrap_or_default()
     );
-    let mut res = body.into_response();
+    let mut res = Body::from_stream(pieces).into_response();
     let h = res.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -612,18 +646,29 @@ mod tests {
             };
         let parts = vec![
             chunk(7, 1, 3, 10, "a\nb \"quoted\" <b>\nc\nd", None),
-            chunk(9, 2, 0, 14, "x\n\u{1b}[31my\u{1b}[0m\nz", Some("warn")),
+            chunk(
+                9,
+                2,
+                0,
+                14,
+                "x\n\u{1b}[31my\u{1b}[0m \\ é\t\nz",
+                Some("warn"),
+            ),
         ];
         let names: HashMap<i64, String> = [(1, "api".to_string()), (2, "web".to_string())].into();
-        let sent = serde_json::to_string(&PageOut {
-            run_id: "r1",
-            parts: &parts,
-            names: &names,
-            next: Some("9.2".into()),
-            running: true,
-            total: 17,
-        })
-        .expect("json");
+        let sent = String::from_utf8(
+            PageOut {
+                run_id: "r1",
+                parts: &parts,
+                names: &names,
+                next: Some("9.2".into()),
+                running: true,
+                total: 17,
+            }
+            .to_json()
+            .expect("json"),
+        )
+        .expect("utf-8");
         let lines: Vec<ServiceLogLine> = parts
             .iter()
             .flat_map(|p| {

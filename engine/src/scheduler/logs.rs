@@ -16,8 +16,8 @@ const BATCH_BYTES: usize = 64 * 1024;
 /// Chunks in flight to the writer (a chunk holds at most ~128 KiB, usually far less): a producer
 /// faster than the disk waits, so memory stays bounded.
 const QUEUE: usize = 256;
-/// Largest text a merged chunk reaches.
-const MERGED_BYTES: usize = 256 * 1024;
+/// Largest text a merged chunk reaches: what the store keeps in one row.
+const MERGED_BYTES: usize = crate::store::STORED_CHUNK_BYTES;
 
 enum Msg {
     Chunk(LogChunk),

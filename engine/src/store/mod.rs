@@ -19,8 +19,8 @@ pub use cache::{CacheEntry, CacheStats};
 pub use repos::{RepoRecord, RepoRow, SyncEvent};
 pub use runs::{
     AuditEntry, CachedStepRecord, JournalEntry, LogChunk, LogLine, LogPart, NewRun, RunFilter,
-    RunHead, RunOwner, RunPage, RunRow, RunSummary, ServiceLogLine, ServiceStep, StepCache,
-    StepEnd, StepRow,
+    RunHead, RunOwner, RunPage, RunRow, RunSummary, STORED_CHUNK_BYTES, ServiceLogLine,
+    ServiceStep, StepCache, StepEnd, StepRow,
 };
 pub use tokens::{ActiveToken, TokenRow, token_hash};
 
@@ -345,5 +345,148 @@ mod tests {
             count_in(&store, "SELECT count(*) FROM steps WHERE run_id = 'r1'"),
             0
         );
+    }
+
+    /// Migration 0009 numbers the lines of runs stored before it, run by run, in the order their
+    /// chunks were stored.
+    #[test]
+    fn earlier_runs_get_their_lines_numbered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(DB_FILE);
+        {
+            let mut conn = Connection::open(&path).expect("open");
+            let before: Vec<_> = migrations()
+                .iter()
+                .filter(|(name, _)| *name < "0009")
+                .map(|(_, sql)| M::up(sql))
+                .collect();
+            Migrations::new(before)
+                .to_latest(&mut conn)
+                .expect("migrate to 8");
+            conn.execute_batch(
+                "INSERT INTO runs (id, operation, selection, started_by, status, created_at)
+                     VALUES ('r1', 'build', '{}', 'cli', 'succeeded', 1), ('r2', 'build', '{}', 'cli', 'succeeded', 2);
+                 INSERT INTO steps (run_id, service, plugin, status) VALUES
+                     ('r1', 'a', 'command', 'succeeded'), ('r1', 'b', 'command', 'succeeded'),
+                     ('r2', 'a', 'command', 'succeeded');
+                 INSERT INTO log_chunks (step_id, first_seq, last_seq, at, stream, text) VALUES
+                     (1, 0, 1, 1, 'stdout', 'a0\na1'), (3, 0, 0, 1, 'stdout', 'x0'),
+                     (2, 0, 2, 1, 'stdout', 'b0\nb1\nb2'), (1, 2, 2, 1, 'stdout', 'a2');",
+            )
+            .expect("history");
+        }
+        let store = Store::open(dir.path()).expect("migrated");
+        let texts = |from: i64| -> Vec<(i64, String)> {
+            store
+                .run_window("r1", from, 10)
+                .expect("window")
+                .iter()
+                .flat_map(|p| p.lines().map(|(i, t)| (p.chunk.line0 + i, t.to_string())))
+                .collect()
+        };
+        let want: Vec<(i64, String)> = ["a0", "a1", "b0", "b1", "b2", "a2"]
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (i as i64, t.to_string()))
+            .collect();
+        assert_eq!(texts(0), want);
+        assert_eq!(texts(3), want[3..].to_vec());
+        assert_eq!(store.run_log_lines("r1").expect("count"), 6);
+        assert_eq!(store.run_log_lines("r2").expect("count"), 1);
+    }
+
+    /// A long chunk is stored in pieces of at most `STORED_CHUNK_BYTES`; any line of the run or of
+    /// a step is read from its own piece, with run-wide numbers that follow on across steps.
+    #[test]
+    fn long_chunks_are_stored_in_pieces_and_any_line_is_read_directly() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(dir.path()).expect("open");
+        let ids = store
+            .create_run(
+                &crate::store::NewRun {
+                    id: "r1".into(),
+                    operation: "build".into(),
+                    selection: serde_json::json!({}),
+                    options: serde_json::json!({}),
+                    started_by: "cli".into(),
+                },
+                &[("a", "command"), ("b", "command")],
+                false,
+            )
+            .expect("run");
+        let chunk = |step: i64, first: i64, n: i64, tag: &str| crate::store::LogChunk {
+            step_id: step,
+            first_seq: first,
+            count: n,
+            line0: 0,
+            at: 1,
+            stream: crate::model::Stream::Stdout,
+            level: None,
+            text: (first..first + n)
+                .map(|i| format!("{tag} line {i}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        };
+        store
+            .insert_logs(&[chunk(ids[0], 0, 3, "a"), chunk(ids[1], 0, 50_000, "b")])
+            .expect("insert");
+        store
+            .insert_logs(&[chunk(ids[0], 3, 2, "a")])
+            .expect("insert");
+        let (rows, longest): (i64, i64) = store
+            .conn()
+            .query_row(
+                "SELECT count(*), max(length(text)) FROM log_chunks",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("rows");
+        assert!(rows > 40, "{rows} rows");
+        assert!(
+            longest <= crate::store::STORED_CHUNK_BYTES as i64,
+            "{longest}"
+        );
+        assert_eq!(store.run_log_lines("r1").expect("count"), 50_005);
+        let lines: Vec<(i64, String)> = store
+            .run_window("r1", 25_003, 1000)
+            .expect("window")
+            .iter()
+            .flat_map(|p| p.lines().map(|(i, t)| (p.chunk.line0 + i, t.to_string())))
+            .collect();
+        assert_eq!(lines.len(), 1000);
+        assert_eq!(lines[0], (25_003, "b line 25000".to_string()));
+        assert_eq!(lines[999], (26_002, "b line 25999".to_string()));
+        let tail = store.run_window("r1", 50_002, 1000).expect("tail");
+        let tail: Vec<String> = tail
+            .iter()
+            .flat_map(|p| p.lines().map(|(_, t)| t.to_string()))
+            .collect();
+        assert_eq!(tail, ["b line 49999", "a line 3", "a line 4"]);
+        let step = store.step_logs_after(ids[1], 41_999, 2).expect("step");
+        assert_eq!(
+            step.iter()
+                .map(|l| (l.seq, l.text.as_str()))
+                .collect::<Vec<_>>(),
+            [(42_000, "b line 42000"), (42_001, "b line 42001")]
+        );
+        assert_eq!(store.step_log_lines(ids[1]).expect("count"), 50_000);
+        let after = store
+            .run_window_after("r1", lines_chunk(&store, ids[1], 30_000), 30_000, 1)
+            .expect("after");
+        assert_eq!(
+            after[0].lines().next().map(|(_, t)| t),
+            Some("b line 30001")
+        );
+    }
+
+    fn lines_chunk(store: &Store, step: i64, seq: i64) -> i64 {
+        store
+            .conn()
+            .query_row(
+                "SELECT id FROM log_chunks WHERE step_id = ?1 AND first_seq <= ?2 AND last_seq >= ?2",
+                [step, seq],
+                |r| r.get(0),
+            )
+            .expect("chunk")
     }
 }

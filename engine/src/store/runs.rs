@@ -170,6 +170,20 @@ pub struct LogChunk {
 }
 
 impl LogChunk {
+    /// A chunk of the same step, stream, level and time, from the same first line, with no text.
+    fn clone_empty(&self) -> LogChunk {
+        LogChunk {
+            step_id: self.step_id,
+            first_seq: self.first_seq,
+            count: 0,
+            line0: self.line0,
+            at: self.at,
+            stream: self.stream,
+            level: self.level.clone(),
+            text: String::new(),
+        }
+    }
+
     /// The chunk's lines with their sequence numbers.
     pub fn lines(&self) -> impl Iterator<Item = LogLine> + '_ {
         self.texts().map(|(i, text)| self.line(i, text))
@@ -1147,6 +1161,46 @@ fn window(
     Ok(parts)
 }
 
+/// Most text a stored chunk holds (a chunk of one longer line holds that line): a page of a log
+/// read from any line copies at most about this much it does not send.
+pub const STORED_CHUNK_BYTES: usize = 16 * 1024;
+
+/// `c` as stored: cut at line ends into pieces of at most [`STORED_CHUNK_BYTES`] (but at least
+/// one line each).
+fn stored_pieces(c: &LogChunk) -> Vec<std::borrow::Cow<'_, LogChunk>> {
+    use std::borrow::Cow;
+    if c.text.len() <= STORED_CHUNK_BYTES {
+        return vec![Cow::Borrowed(c)];
+    }
+    let mut out = Vec::new();
+    let mut piece = LogChunk {
+        count: 0,
+        text: String::new(),
+        ..c.clone_empty()
+    };
+    for line in c.text.split('\n') {
+        if piece.count > 0 && piece.text.len() + 1 + line.len() > STORED_CHUNK_BYTES {
+            let next_seq = piece.first_seq + piece.count;
+            out.push(Cow::Owned(std::mem::replace(
+                &mut piece,
+                LogChunk {
+                    first_seq: next_seq,
+                    count: 0,
+                    text: String::new(),
+                    ..c.clone_empty()
+                },
+            )));
+        }
+        if piece.count > 0 {
+            piece.text.push('\n');
+        }
+        piece.text.push_str(line);
+        piece.count += 1;
+    }
+    out.push(Cow::Owned(piece));
+    out
+}
+
 fn insert_logs_tx(tx: &rusqlite::Transaction<'_>, chunks: &[LogChunk]) -> rusqlite::Result<()> {
     // Each chunk takes the run's next line numbers; one stored twice (same step and first line)
     // is ignored and numbers nothing.
@@ -1160,7 +1214,7 @@ fn insert_logs_tx(tx: &rusqlite::Transaction<'_>, chunks: &[LogChunk]) -> rusqli
         "UPDATE runs SET log_lines = log_lines + ?2
          WHERE id = (SELECT run_id FROM steps WHERE id = ?1)",
     )?;
-    for c in chunks {
+    for c in chunks.iter().flat_map(stored_pieces) {
         let stored = stmt.execute(params![
             c.step_id,
             c.first_seq,

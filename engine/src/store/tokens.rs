@@ -114,4 +114,12 @@ impl Store {
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
+
+    /// A number that changes whenever another connection commits to the database (`PRAGMA
+    /// data_version`): what this connection read stays true while it stays the same.
+    pub fn data_version(&self) -> Result<i64, StoreError> {
+        Ok(self
+            .conn()
+            .query_row("PRAGMA data_version", [], |r| r.get(0))?)
+    }
 }
