@@ -1202,31 +1202,55 @@ fn stored_pieces(c: &LogChunk) -> Vec<std::borrow::Cow<'_, LogChunk>> {
 }
 
 fn insert_logs_tx(tx: &rusqlite::Transaction<'_>, chunks: &[LogChunk]) -> rusqlite::Result<()> {
-    // Each chunk takes the run's next line numbers; one stored twice (same step and first line)
-    // is ignored and numbers nothing.
-    let mut stmt = tx.prepare_cached(
+    // Each chunk takes its run's next line numbers (the run's count is read once per run and
+    // written back once); one stored twice (same step and first line) is ignored and numbers
+    // nothing.
+    let mut run_of = tx.prepare_cached(
+        "SELECT r.id, r.log_lines FROM steps s JOIN runs r ON r.id = s.run_id WHERE s.id = ?1",
+    )?;
+    let mut insert = tx.prepare_cached(
         "INSERT OR IGNORE INTO log_chunks
             (step_id, first_seq, last_seq, at, stream, level, text, run_id, line0)
-         SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, r.id, r.log_lines
-         FROM steps s JOIN runs r ON r.id = s.run_id WHERE s.id = ?1",
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
-    let mut count = tx.prepare_cached(
-        "UPDATE runs SET log_lines = log_lines + ?2
-         WHERE id = (SELECT run_id FROM steps WHERE id = ?1)",
-    )?;
+    // step → its run; run → its next line number.
+    let mut steps: std::collections::HashMap<i64, String> = std::collections::HashMap::new();
+    let mut next: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
     for c in chunks.iter().flat_map(stored_pieces) {
-        let stored = stmt.execute(params![
+        if !steps.contains_key(&c.step_id) {
+            let Some((run, lines)) = run_of
+                .query_row([c.step_id], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                })
+                .optional()?
+            else {
+                continue;
+            };
+            next.entry(run.clone()).or_insert(lines);
+            steps.insert(c.step_id, run);
+        }
+        let Some(run) = steps.get(&c.step_id) else {
+            continue;
+        };
+        let line0 = next.get(run).copied().unwrap_or(0);
+        let stored = insert.execute(params![
             c.step_id,
             c.first_seq,
             c.first_seq + c.count - 1,
             c.at,
             c.stream.as_str(),
             c.level,
-            c.text
+            c.text,
+            run,
+            line0
         ])?;
         if stored == 1 {
-            count.execute(params![c.step_id, c.count])?;
+            next.insert(run.clone(), line0 + c.count);
         }
+    }
+    let mut count = tx.prepare_cached("UPDATE runs SET log_lines = ?2 WHERE id = ?1")?;
+    for (run, lines) in &next {
+        count.execute(params![run, lines])?;
     }
     Ok(())
 }
