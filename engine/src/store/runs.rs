@@ -1217,20 +1217,20 @@ fn insert_logs_tx(tx: &rusqlite::Transaction<'_>, chunks: &[LogChunk]) -> rusqli
     let mut steps: std::collections::HashMap<i64, String> = std::collections::HashMap::new();
     let mut next: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
     for c in chunks.iter().flat_map(stored_pieces) {
-        if !steps.contains_key(&c.step_id) {
-            let Some((run, lines)) = run_of
-                .query_row([c.step_id], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-                })
-                .optional()?
-            else {
-                continue;
-            };
-            next.entry(run.clone()).or_insert(lines);
-            steps.insert(c.step_id, run);
-        }
-        let Some(run) = steps.get(&c.step_id) else {
-            continue;
+        let run = match steps.entry(c.step_id) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                let Some((run, lines)) = run_of
+                    .query_row([c.step_id], |r| {
+                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+                    })
+                    .optional()?
+                else {
+                    continue;
+                };
+                next.entry(run.clone()).or_insert(lines);
+                v.insert(run)
+            }
         };
         let line0 = next.get(run).copied().unwrap_or(0);
         let stored = insert.execute(params![
