@@ -1217,7 +1217,7 @@ fn insert_logs_tx(tx: &rusqlite::Transaction<'_>, chunks: &[LogChunk]) -> rusqli
     let mut steps: std::collections::HashMap<i64, String> = std::collections::HashMap::new();
     let mut next: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
     for c in chunks.iter().flat_map(stored_pieces) {
-        let run = match steps.entry(c.step_id) {
+        let run: &String = match steps.entry(c.step_id) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
                 let Some((run, lines)) = run_of
