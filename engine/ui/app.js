@@ -28,8 +28,21 @@ export class ApiError extends Error {
   constructor(status, message) { super(message); this.status = status; }
 }
 
+/** GETs a page starts before its module has loaded, taken by its first `api()` of that path. */
+const early = new Map();
+const FIRST = {
+  overview: () => ['/workspace', '/runs?limit=10'],
+  run: (a) => [`/runs/${encodeURIComponent(a)}`],
+  service: (a) => [`/services/${encodeURIComponent(a)}`],
+};
+
 /** Calls the API (`path` after `/api`); JSON in and out, the token as a bearer header. */
 export async function api(path, opts = {}) {
+  if (!opts.method && !opts.raw && early.has(path)) {
+    const p = early.get(path);
+    early.delete(path);
+    return p;
+  }
   const headers = { ...(opts.headers || {}) };
   const token = sessionStorage.getItem(TOKEN);
   if (token) headers.Authorization = 'Bearer ' + token;
@@ -107,7 +120,7 @@ export function ago(iso) {
   const s = (Date.now() - d) / 1000;
   const text = s < 5 ? 'just now' : s < 60 ? `${Math.round(s)} s ago` : s < 3600 ? `${Math.round(s / 60)} min ago`
     : s < 86400 ? `${Math.round(s / 3600)} h ago` : d.toISOString().slice(0, 16).replace('T', ' ');
-  return h('time', { datetime: iso, title: d.toLocaleString() }, text);
+  return h('time', { datetime: iso, title: iso }, text);
 }
 
 export const short = (id) => (id || '').slice(0, 12);
@@ -159,6 +172,11 @@ export async function allServices() {
 async function start() {
   const main = $('#main');
   const { page, arg } = document.body.dataset;
+  for (const path of FIRST[page]?.(arg) || []) {
+    const p = api(path);
+    p.catch(() => {});
+    early.set(path, p);
+  }
   who();
   try {
     const mod = await import(`./${page}.js`);

@@ -23,8 +23,8 @@ export class LogView {
     this.win = h('div', { class: 'logwin' });
     this.space = h('div', { class: 'logspace' }, this.win);
     this.box.append(this.space);
-    this.pick = h('select', { id: 'log-step', 'aria-label': 'Which log' }, h('option', { value: '' }, 'all steps'),
-      services.map((s) => h('option', { value: s }, s)));
+    this.pick = h('select', { id: 'log-step', 'aria-label': 'Which log' }, h('option', { value: '' }, 'all steps'));
+    for (const s of services) this.pick.add(new Option(s, s));
     this.pick.addEventListener('change', () => this.show(this.pick.value));
     this.q = h('input', { id: 'log-q', type: 'search', placeholder: 'Find in log', 'aria-label': 'Find in log' });
     this.count = h('span', { id: 'log-count', class: 'muted', 'aria-live': 'polite' });

@@ -29,7 +29,8 @@ export default async function run(main, id) {
   };
   paint(r);
   put(main, head, timeline, steps, log.el);
-  performance.mark('nestr:painted');
+  // Painted: the frame after the one these went into.
+  requestAnimationFrame(() => setTimeout(() => performance.mark('nestr:painted')));
   await log.load(0);
   if (ACTIVE.has(r.status)) live(r, enc, main, log, paint);
 }
@@ -105,26 +106,45 @@ function gantt(r, pick) {
     svg.append(h('svg:line', { x1: at, x2: at, y1: 0, y2: n * row, class: 'tick' }),
       h('svg:text', { x: Math.min(at, W - 40), y: n * row + 16, class: 'axis' }, dur((span * i) / 4)));
   }
+  // A bar per step; for a large run one path per kind of bar (thousands of elements cost the
+  // first paint), a click picking the step by its row.
+  const few = n <= 200;
+  const paths = {};
+  const bar = (cls, x0, y, w, hh, g) => {
+    if (few) g.append(h('svg:rect', { x: x0, y, width: w, height: hh, class: cls }));
+    else paths[cls] = (paths[cls] || '') + `M${x0.toFixed(1)},${y}h${w.toFixed(1)}v${hh}h${(-w).toFixed(1)}z`;
+  };
   r.steps.forEach((s, i) => {
     const y = i * row;
-    const g = h('svg:g', { class: 'bar', 'data-service': s.service, onclick: () => pick(s.service) },
-      h('svg:title', {}, `${s.service}: ${s.status}${s.duration_ms != null ? ', ' + dur(s.duration_ms) : ''}`));
+    const g = few ? h('svg:g', { class: 'bar', 'data-service': s.service, onclick: () => pick(s.service) },
+      h('svg:title', {}, `${s.service}: ${s.status}${s.duration_ms != null ? ', ' + dur(s.duration_ms) : ''}`)) : null;
     if (label) g.append(h('svg:text', { x: 4, y: y + row * 0.72, class: 'lbl' }, s.service.length > 22 ? s.service.slice(0, 21) + '…' : s.service));
     if (s.started_at) {
       const a = t(s.started_at), b = Math.max(a, t(s.finished_at));
-      if (a > 0) g.append(h('svg:rect', { x: x(0), y: y + 2, width: Math.max(0, x(a) - x(0)), height: row - 4, class: 'wait' }));
-      g.append(h('svg:rect', { x: x(a), y: y + 1, width: Math.max(2, x(b) - x(a)), height: row - 2, class: `run st-${s.status}` }));
+      if (a > 0) bar('wait', x(0), y + 2, Math.max(0, x(a) - x(0)), row - 4, g);
+      bar(`run st-${s.status}`, x(a), y + 1, Math.max(2, x(b) - x(a)), row - 2, g);
     } else if (ACTIVE.has(s.status)) {
-      g.append(h('svg:rect', { x: x(0), y: y + 2, width: Math.max(0, x(t(null)) - x(0)), height: row - 4, class: 'wait' }));
+      bar('wait', x(0), y + 2, Math.max(0, x(t(null)) - x(0)), row - 4, g);
     }
-    svg.append(g);
+    if (g) svg.append(g);
   });
+  for (const [cls, d] of Object.entries(paths)) svg.append(h('svg:path', { class: cls, d }));
+  if (!few) {
+    svg.classList.add('bars');
+    svg.addEventListener('click', (e) => {
+      const y = (e.offsetY / svg.getBoundingClientRect().height) * height;
+      const s = r.steps[Math.floor(y / row)];
+      if (s) pick(s.service);
+    });
+  }
   return h('div', { class: 'gantt-box' }, svg,
     h('p', { class: 'legend muted' }, h('span', { class: 'swatch wait' }), ' waiting ', h('span', { class: 'swatch run' }), ' running (coloured by how it ended)'));
 }
 
+/** The steps: the first rows at once, the rest a batch per frame (a run of thousands of steps
+ * lays out in pieces instead of holding the first paint). */
 function stepTable(r, pick) {
-  return table(['Service', 'Status', 'Plugin', 'Started', 'Took', 'Tests', 'Cache', 'Summary', ''], r.steps.map((s) => {
+  const row = (s) => {
     const reason = s.reason && !OK.has(s.status) ? h('details', {}, h('summary', {}, 'why'), h('pre', { class: 'reason' }, s.reason)) : null;
     const cache = s.cache ? (s.cache.hit ? `hit (${s.cache.source}), saved ${dur(s.cache.saved_ms)}` : 'miss') : '';
     return h('tr', { 'data-step': s.service, 'data-status': s.status },
@@ -137,6 +157,18 @@ function stepTable(r, pick) {
       h('td', { title: s.cache ? `key ${s.cache.key}` : null }, cache),
       h('td', {}, s.summary || '', reason, s.artifacts?.length ? h('div', { class: 'small muted' }, `${s.artifacts.length} artifact(s)`) : null),
       h('td', {}, h('button', { type: 'button', class: 'link', onclick: () => pick(s.service), 'aria-label': `Log of ${s.service}` }, 'log')));
-  }), { class: 'steps' });
+  };
+  const FIRST = 60, BATCH = 250;
+  const t = table(['Service', 'Status', 'Plugin', 'Started', 'Took', 'Tests', 'Cache', 'Summary', ''], r.steps.slice(0, FIRST).map(row), { class: 'steps' });
+  const body = t.querySelector('tbody');
+  const more = (from) => {
+    if (from >= r.steps.length || !body.isConnected && from > FIRST) return;
+    requestAnimationFrame(() => setTimeout(() => {
+      body.append(...r.steps.slice(from, from + BATCH).map(row));
+      more(from + BATCH);
+    }));
+  };
+  more(FIRST);
+  return t;
 }
 

@@ -19,7 +19,7 @@ for (let round = 0; round < cfg.rounds; round++) {
   const ctx = await browser.newContext({ viewport: { width: 1280, height: 900 } });
   let p = await ctx.newPage();
   // The baseline: the run's JSON alone, fetched by the same browser.
-  await p.goto(cfg.url + '/health');
+  await p.goto(cfg.url + '/blank'); // a page of the server's (its CSP allows fetching from it) that loads nothing
   out.api_run_1000.push(await p.evaluate(async (u) => {
     const t = performance.now();
     await (await fetch(u)).json();
@@ -73,7 +73,7 @@ for (let round = 0; round < cfg.rounds; round++) {
       }
     }).observe(document, { subtree: true, childList: true, characterData: true });
   });
-  await p.goto(cfg.url + '/health');
+  await p.goto(cfg.url + '/blank'); // a page of the server's (its CSP allows fetching from it) that loads nothing
   const id = await p.evaluate(async () => {
     const r = await fetch('/api/operations/run', { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ operation: 'ticks', services: ['r00-s02'] }) });
     return (await r.json()).run_id;

@@ -102,6 +102,32 @@ pub async fn asset(Path((ver, file)): Path<(String, String)>, headers: HeaderMap
     res
 }
 
+/// `module` and every module it imports, directly or not (`import … from './x.js'`), in the
+/// order found: what a page preloads, so that its modules are fetched at once rather than one
+/// level of imports after another.
+fn module_closure(module: &str) -> Vec<String> {
+    let mut out = vec![module.to_string()];
+    let mut i = 0;
+    while let Some(m) = out.get(i).cloned() {
+        i += 1;
+        let Some(text) = UI.get_file(&m).and_then(|f| f.contents_utf8()) else {
+            continue;
+        };
+        for line in text.lines().filter(|l| l.starts_with("import ")) {
+            let dep = line
+                .rsplit_once("from './")
+                .and_then(|(_, rest)| rest.split_once('\''))
+                .map(|(name, _)| name.to_string());
+            if let Some(dep) = dep
+                && !out.contains(&dep)
+            {
+                out.push(dep);
+            }
+        }
+    }
+    out
+}
+
 /// Text for HTML, escaped.
 fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -175,7 +201,7 @@ fn page(view: View, title: &str, arg: &str) -> Response {
          <link rel=\"icon\" href=\"/ui/{v}/icon.svg\" type=\"image/svg+xml\">\n\
          <link rel=\"stylesheet\" href=\"/ui/{v}/app.css\">\n\
          <script type=\"module\" src=\"/ui/{v}/app.js\"></script>\n\
-         </head>\n<body data-page=\"{module}\" data-arg=\"{arg}\">\n\
+         {preload}</head>\n<body data-page=\"{module}\" data-arg=\"{arg}\">\n\
          <a class=\"skip\" href=\"#main\">Skip to content</a>\n\
          <header class=\"top\"><a class=\"brand\" href=\"/\">nestr</a>\
          <nav aria-label=\"Main\">{nav}</nav><span id=\"who\"></span></header>\n\
@@ -184,6 +210,10 @@ fn page(view: View, title: &str, arg: &str) -> Response {
          under <code>/api</code> (<a href=\"/api/openapi.json\">the OpenAPI document</a>).</p></noscript>\
          </main>\n</body>\n</html>\n",
         title = esc(title),
+        preload = module_closure(&format!("{}.js", view.module()))
+            .iter()
+            .map(|m| format!("<link rel=\"modulepreload\" href=\"/ui/{v}/{m}\">\n"))
+            .collect::<String>(),
         module = view.module(),
         arg = esc(arg),
     );
@@ -273,6 +303,15 @@ mod tests {
     fn a_page_escapes_what_comes_from_its_url() {
         let body = format!("{:?}", esc("<script>alert(\"x\")</script>&'"));
         assert!(!body.contains('<') && !body.contains('>'), "{body}");
+    }
+
+    #[test]
+    fn a_page_preloads_its_module_and_what_it_imports() {
+        let run = module_closure("run.js");
+        for m in ["run.js", "app.js", "log.js", "ansi.js", "stream.js"] {
+            assert!(run.iter().any(|x| x == m), "{m} in {run:?}");
+        }
+        assert_eq!(run.len(), 5, "{run:?}");
     }
 
     /// Every module a page names exists, and no file loads anything from another origin.
