@@ -14,13 +14,12 @@
 //! The server is the release `nestr serve --rate-limit 0`; its RSS is sampled before and after
 //! every load.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
 mod common;
 
-use common::{Result, big_workspace};
+use common::{Result, big_workspace, serve};
 
 /// Operations and grants of the benchmark's workspace.
 const TAIL: &str = "\n[operations.lines]\nplugin = \"command\"\nconfig = { run = [[\"sh\", \"-c\", \"seq 1 100000 | sed 's/^/log line number /'\"]] }\n\
@@ -117,45 +116,6 @@ fn wrk(url: &str, secs: u64) -> Result<Load> {
         p99_ms: p99,
         errors,
         requests,
-    })
-}
-
-struct Server {
-    child: Child,
-    url: String,
-    /// Kept open: the server wrote its start-up line there.
-    _stdout: BufReader<std::process::ChildStdout>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `nestr serve` on a free loopback port (rate limit off for the load).
-fn serve(ws: &Path) -> Result<Server> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nestr"))
-        .current_dir(ws)
-        .args(["serve", "--bind", "127.0.0.1:0", "--rate-limit", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut stdout = BufReader::new(child.stdout.take().ok_or("stdout")?);
-    let mut line = String::new();
-    stdout.read_line(&mut line)?;
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .ok_or_else(|| format!("no address in {line:?}"))?
-        .to_string();
-    Ok(Server {
-        child,
-        url,
-        _stdout: stdout,
     })
 }
 

@@ -1,10 +1,12 @@
 //! What the benchmarks share: running commands, git with the machine's configuration switched
-//! off, and the generated 1,000-service workspace (20 repositories of 50 service folders).
+//! off, the generated 1,000-service workspace (20 repositories of 50 service folders), and the
+//! release `nestr serve` on a free loopback port.
 
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 
 pub type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
@@ -75,4 +77,44 @@ pub fn big_workspace(
         .current_dir(&ws)
         .args(["-q", "assemble", "-j", "4"]))?;
     Ok(ws)
+}
+
+/// A running `nestr serve`, stopped (SIGTERM) when dropped.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    /// Kept open: the server wrote its start-up line there.
+    _stdout: BufReader<std::process::ChildStdout>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `nestr serve` in `ws` on a free loopback port (rate limit off for the load).
+pub fn serve(ws: &Path) -> Result<Server> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nestr"))
+        .current_dir(ws)
+        .args(["serve", "--bind", "127.0.0.1:0", "--rate-limit", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut stdout = BufReader::new(child.stdout.take().ok_or("stdout")?);
+    let mut line = String::new();
+    stdout.read_line(&mut line)?;
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .ok_or_else(|| format!("no address in {line:?}"))?
+        .to_string();
+    Ok(Server {
+        child,
+        url,
+        _stdout: stdout,
+    })
 }

@@ -11,11 +11,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use common::{Result, big_workspace};
+use common::{Result, big_workspace, serve};
 
 fn nestr(ws: &Path, args: &[&str]) -> Result<String> {
     let out = Command::new(env!("CARGO_BIN_EXE_nestr"))
@@ -97,24 +96,11 @@ grants = { exec = ["sh", "true"], env = ["PATH"], output_mb = 100 }
     let run1000 = run_id(&ws, &["noop", "-j", "4"])?;
     let flood = run_id(&ws, &["flood"])?;
 
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nestr"))
-        .current_dir(&ws)
-        .args(["serve", "--bind", "127.0.0.1:0", "--rate-limit", "0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut stdout = BufReader::new(child.stdout.take().ok_or("stdout")?);
-    let mut line = String::new();
-    stdout.read_line(&mut line)?;
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .ok_or_else(|| format!("no address in {line:?}"))?
-        .to_string();
+    let srv = serve(&ws)?;
     let cfg = serde_json::json!({
         "modules": tools["modules"],
         "chromium": tools["chromium"],
-        "url": url,
+        "url": srv.url,
         "run1000": run1000,
         "flood": flood,
         "rounds": rounds,
@@ -123,10 +109,7 @@ grants = { exec = ["sh", "true"], env = ["PATH"], output_mb = 100 }
         .arg(root.join("tests/ui/measure.mjs"))
         .arg(cfg.to_string())
         .output();
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    drop(srv);
     let out = out?;
     if !out.status.success() {
         return Err(format!(
