@@ -87,6 +87,7 @@ export default async function graph(main) {
       const o = s.operations.find((x) => x.name === op);
       const st = o ? o.last_status || 'never run' : `no ${op}`;
       g.setAttribute('data-status', st.replace(/ /g, '_'));
+      g.setAttribute('class', `node${o?.last_status ? ' st-' + o.last_status : ''}${g.classList.contains('picked') ? ' picked' : ''}`);
       mark.textContent = o ? (o.last_status ? badge(o.last_status).textContent : '○ never') : '';
       tip.textContent = `${s.name} (repository ${s.repo})${s.tags.length ? ', tags ' + s.tags.join(', ') : ''}: ${op} ${st}`;
     }
