@@ -8,6 +8,7 @@ mod cache;
 mod cli;
 mod contract;
 mod dashboard;
+mod exec;
 mod git;
 mod manifest;
 mod plugins;

@@ -412,6 +412,99 @@ impl Workspace {
         Ok(report)
     }
 
+    /// The folders `nestr exec` runs in: the repositories named (every repository when nothing
+    /// is named), or the folders of the services named or tagged. Every folder must exist.
+    pub fn exec_targets(
+        &self,
+        repos: &[String],
+        services: &[String],
+        tags: &[String],
+    ) -> Result<Vec<scheduler::exec_run::ExecTarget>, WorkspaceError> {
+        use scheduler::exec_run::ExecTarget;
+        let m = &self.manifest;
+        let missing = |name: &str, dir: &Path| {
+            WorkspaceError::Plan(format!(
+                "`{name}` has no folder at {} yet: run `nestr assemble` first",
+                dir.display()
+            ))
+        };
+        if services.is_empty() && tags.is_empty() {
+            let chosen: Vec<&crate::manifest::Repo> = if repos.is_empty() {
+                m.repos.iter().collect()
+            } else {
+                repos
+                    .iter()
+                    .map(|r| {
+                        m.repo(r).ok_or_else(|| {
+                            let names: Vec<&str> =
+                                m.repos.iter().map(|r| r.name.as_str()).collect();
+                            WorkspaceError::Plan(format!(
+                                "there is no repository `{r}`; repositories: {}",
+                                names.join(", ")
+                            ))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?
+            };
+            return chosen
+                .into_iter()
+                .map(|r| {
+                    let dir = m.repo_dir(r);
+                    if dir.is_dir() {
+                        Ok(ExecTarget {
+                            name: r.name.clone(),
+                            dir,
+                        })
+                    } else {
+                        Err(missing(&r.name, &dir))
+                    }
+                })
+                .collect();
+        }
+        let sel = scheduler::Selection {
+            services: services.to_vec(),
+            tags: tags.to_vec(),
+            with_deps: false,
+            with_dependents: false,
+        };
+        let named = scheduler::select(m, &sel, None).map_err(|e| WorkspaceError::Plan(e.0))?;
+        m.services
+            .iter()
+            .filter(|s| named.contains(s.name.as_str()))
+            .map(|s| {
+                let repo = m
+                    .repo(&s.repo)
+                    .ok_or_else(|| WorkspaceError::Plan(format!("no repository `{}`", s.repo)))?;
+                let dir = scheduler::service_dir(&m.repo_dir(repo), &s.path)
+                    .map_err(|_| missing(&s.name, &m.repo_dir(repo).join(&s.path)))?;
+                Ok(ExecTarget {
+                    name: s.name.clone(),
+                    dir,
+                })
+            })
+            .collect()
+    }
+
+    /// `nestr exec`: runs the user's command in each target folder, recorded as a run.
+    pub fn exec(
+        &mut self,
+        job: scheduler::exec_run::ExecJob,
+        cancel: Cancel,
+    ) -> Result<RunReport, WorkspaceError> {
+        let store = match self.store.take() {
+            Some(s) => s,
+            None => open_and_recover(&self.state_dir)?,
+        };
+        let (report, store) =
+            scheduler::exec_run::run_exec(store, &self.state_dir, &self.meta, job, cancel)
+                .map_err(|e| match e {
+                    scheduler::exec_run::ExecError::Store(e) => WorkspaceError::Store(e),
+                    scheduler::exec_run::ExecError::Run(m) => WorkspaceError::Failed(m),
+                })?;
+        self.store = Some(store);
+        Ok(report)
+    }
+
     /// The plan of a run, without running or recording anything.
     pub fn plan(
         &self,

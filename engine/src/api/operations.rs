@@ -420,6 +420,16 @@ pub async fn rerun(
             run.run.operation, run.run.operation
         )));
     }
+    if run
+        .steps
+        .iter()
+        .any(|s| s.plugin == crate::scheduler::exec_run::EXEC_PLUGIN)
+    {
+        return Err(ApiError::bad_request(format!(
+            "run `{id}` is a `nestr exec` of a user's own command: it can be run again only at the \
+             command line, never over HTTP"
+        )));
+    }
     let services: Vec<String> = run
         .steps
         .iter()

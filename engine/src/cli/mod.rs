@@ -6,6 +6,7 @@ mod assemble;
 mod cache;
 mod completions;
 pub(crate) mod demo;
+mod exec;
 pub mod exit;
 mod init;
 mod lock;
@@ -96,6 +97,9 @@ pub enum Command {
     Services(services::ServicesArgs),
     /// Run an operation (build, test, deploy, …) over services in dependency order.
     Run(run::RunArgs),
+    /// Run your own command in each repository's (or service's) folder, in parallel: `nestr exec
+    /// -- git status -s`. Recorded as a run.
+    Exec(exec::ExecArgs),
     /// The run history: list runs, show one, prune old ones.
     Runs(runs::RunsArgs),
     /// Show the stored log of a run.
@@ -138,6 +142,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Lock(args) => lock::run(&load(&location)?, args, &ui),
         Command::Services(args) => services::run(&mut load(&location)?, args, &ui),
         Command::Run(args) => run::run(&mut load(&location)?, args, &ui),
+        Command::Exec(args) => exec::run(&mut load(&location)?, args, &ui),
         Command::Logs(args) => logs::run(&mut load(&location)?, args, &ui),
         Command::Cache(args) => cache::run(&mut load(&location)?, args, &ui),
         Command::Affected(args) => affected::run(&mut load(&location)?, args, &ui),

@@ -163,50 +163,80 @@ pub fn run(ws: &mut Workspace, args: RunArgs, ui: &Ui) -> Result<ExitCode, CliEr
     if let Some(j) = args.jobs {
         options.jobs = usize::from(j);
     }
-    let cancel = Cancel::default();
-    watch_ctrl_c(&cancel);
-    let events = Events::default();
-    let rx = events.subscribe();
-    ws.meta.events = events;
     let names: Vec<String> = ws
         .manifest
         .services
         .iter()
         .map(|s| s.name.clone())
         .collect();
-    let live = !(args.json || ui.quiet);
-    let renderer = Renderer {
-        color: ui.color_out,
-        width: names.iter().map(String::len).max().unwrap_or(0),
+    let live = Live {
         names,
-        grouped: args.output == Output::Grouped,
-        live,
-        bar: (live && std::io::stderr().is_terminal()).then(progress_bar),
+        output: args.output,
+        json: args.json,
+        first_column: "SERVICE",
     };
-    let thread = std::thread::spawn(move || renderer.render(rx));
-    let result = ws.run_operation(&args.operation, &selection, &options, cancel);
-    // The run's channel closes with its last sender, which ends the renderer even when the run
-    // never started.
-    ws.meta.events = Events::default();
-    let _ = thread.join();
-    let report = result?;
-    if args.json {
-        // The run as stored: the shape `runs show --json` and `GET /api/runs/{id}` give.
-        let row = ws
-            .store()?
-            .run(&report.run_id)?
-            .ok_or_else(|| CliError::usage(format!("run {} is not in the store", report.run_id)))?;
-        let text = serde_json::to_string_pretty(&row)
-            .map_err(|e| CliError::usage(format!("cannot write JSON: {e}")))?;
-        println!("{text}");
-    } else if !ui.quiet || report.status != RunStatus::Succeeded {
-        print!("{}", summary(ui, &report));
-    }
-    Ok(match report.status {
-        RunStatus::Succeeded => ExitCode::Ok,
-        RunStatus::Cancelled => ExitCode::Interrupted,
-        _ => ExitCode::Failed,
+    live.run(ws, ui, |ws, cancel| {
+        Ok(ws.run_operation(&args.operation, &selection, &options, cancel)?)
     })
+}
+
+/// How a run is followed at the terminal: its steps' names (for the prefix colours and width),
+/// live output prefixed or grouped, or JSON at the end; the summary table's first column.
+pub(super) struct Live {
+    pub names: Vec<String>,
+    pub output: Output,
+    pub json: bool,
+    pub first_column: &'static str,
+}
+
+impl Live {
+    /// Carries out `go` (which records and executes a run with the cancel it is given) while a
+    /// renderer thread shows the run's events; Ctrl-C cancels it. Then the run as stored (JSON)
+    /// or the summary, and the exit code of its status.
+    pub(super) fn run(
+        self,
+        ws: &mut Workspace,
+        ui: &Ui,
+        go: impl FnOnce(&mut Workspace, Cancel) -> Result<RunReport, CliError>,
+    ) -> Result<ExitCode, CliError> {
+        let cancel = Cancel::default();
+        watch_ctrl_c(&cancel);
+        let events = Events::default();
+        let rx = events.subscribe();
+        ws.meta.events = events;
+        let live = !(self.json || ui.quiet);
+        let renderer = Renderer {
+            color: ui.color_out,
+            width: self.names.iter().map(String::len).max().unwrap_or(0),
+            names: self.names,
+            grouped: self.output == Output::Grouped,
+            live,
+            bar: (live && std::io::stderr().is_terminal()).then(progress_bar),
+        };
+        let thread = std::thread::spawn(move || renderer.render(rx));
+        let result = go(ws, cancel);
+        // The run's channel closes with its last sender, which ends the renderer even when the
+        // run never started.
+        ws.meta.events = Events::default();
+        let _ = thread.join();
+        let report = result?;
+        if self.json {
+            // The run as stored: the shape `runs show --json` and `GET /api/runs/{id}` give.
+            let row = ws.store()?.run(&report.run_id)?.ok_or_else(|| {
+                CliError::usage(format!("run {} is not in the store", report.run_id))
+            })?;
+            let text = serde_json::to_string_pretty(&row)
+                .map_err(|e| CliError::usage(format!("cannot write JSON: {e}")))?;
+            println!("{text}");
+        } else if !ui.quiet || report.status != RunStatus::Succeeded {
+            print!("{}", summary(ui, &report, self.first_column));
+        }
+        Ok(match report.status {
+            RunStatus::Succeeded => ExitCode::Ok,
+            RunStatus::Cancelled => ExitCode::Interrupted,
+            _ => ExitCode::Failed,
+        })
+    }
 }
 
 fn progress_bar() -> ProgressBar {
@@ -398,7 +428,7 @@ pub fn duration(ms: u64) -> String {
     }
 }
 
-fn summary(ui: &Ui, report: &RunReport) -> String {
+fn summary(ui: &Ui, report: &RunReport, first_column: &str) -> String {
     let rows: Vec<Vec<(String, Option<Tone>)>> = report
         .steps
         .iter()
@@ -417,7 +447,7 @@ fn summary(ui: &Ui, report: &RunReport) -> String {
     let mut out = format!(
         "\n{}",
         render::table(
-            &["SERVICE", "STATUS", "TIME", "SUMMARY", "TESTS"],
+            &[first_column, "STATUS", "TIME", "SUMMARY", "TESTS"],
             &rows,
             ui.color_out
         )

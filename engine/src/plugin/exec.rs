@@ -27,7 +27,8 @@ use super::bindings::nestr::plugin::types;
 use super::caps::{Denial, MAX_ECHO, clip};
 use super::limits::KILL_GRACE;
 use super::sink::{LineBuffer, StepLog};
-use super::state::{StepContext, StepState};
+use super::state::{Cancel, StepContext, StepState};
+use crate::contain::Containment;
 use crate::model::Stream;
 
 /// Bytes of output returned to the plugin as `tail`.
@@ -68,7 +69,8 @@ impl Tail {
 struct GroupGuard<'a> {
     pgid: Option<Pid>,
     pid: Option<u32>,
-    ctx: &'a StepContext,
+    containment: &'a Containment,
+    marker: &'a str,
 }
 
 impl GroupGuard<'_> {
@@ -80,11 +82,11 @@ impl GroupGuard<'_> {
         // write access to another cgroup — which would also let it clear its environment — so
         // the sweep of `/proc` for the step's marker (every process's environment read) is the
         // fallback's, not the cgroup's.
-        if !self.ctx.containment.kill_all() {
-            kill_marked(&self.ctx.marker);
+        if !self.containment.kill_all() {
+            kill_marked(self.marker);
         }
         if let Some(pid) = self.pid.take() {
-            crate::contain::unregister(pid, &self.ctx.marker);
+            crate::contain::unregister(pid, self.marker);
         }
     }
 }
@@ -95,6 +97,124 @@ impl Drop for GroupGuard<'_> {
             self.end();
         }
     }
+}
+
+/// A program to run inside a step's containment, its output streaming into the step's log.
+pub struct Program<'a> {
+    /// The program: an absolute path, or a name looked up on PATH.
+    pub program: &'a Path,
+    pub args: &'a [String],
+    pub cwd: &'a Path,
+    /// Its whole environment; `None`: this process's own (the user's command, `nestr exec`).
+    pub env: Option<Vec<(String, String)>>,
+    pub log: &'a Arc<StepLog>,
+    pub containment: &'a Containment,
+    /// The step's `NESTR_STEP` marker.
+    pub marker: &'a str,
+    pub cancel: &'a Cancel,
+    /// When it gets SIGTERM (then SIGKILL after the grace period), if ever.
+    pub deadline: Option<Instant>,
+    /// How it is named in the step log's notices.
+    pub shown: &'a str,
+}
+
+/// How a [`Program`] ended.
+pub struct Ended {
+    pub status: ExitStatus,
+    pub timed_out: bool,
+    pub cancelled: bool,
+    pub duration: Duration,
+    /// The last 64 KiB of its output, masked.
+    pub tail: String,
+}
+
+/// Runs `p` to its end: born inside the step's containment, in its own process group, stdin
+/// closed, stdout and stderr streamed into the step log line by line; at its deadline or on
+/// cancellation its group gets SIGTERM, then SIGKILL after the grace period; when it ends, the
+/// whole containment is killed (nothing it started outlives it).
+pub async fn run_program(p: Program<'_>) -> Result<Ended, String> {
+    let started = Instant::now();
+    let keep_pwd = p
+        .env
+        .as_ref()
+        .is_none_or(|e| e.iter().any(|(k, _)| k == "PWD" || k == "OLDPWD"));
+    // Born inside the step's containment (see `crate::contain`).
+    let mut child_cmd = p
+        .containment
+        .command(p.program, p.args, keep_pwd, &|note| p.log.system(note));
+    if let Some(env) = &p.env {
+        child_cmd.env_clear().envs(env.iter().cloned());
+    }
+    child_cmd
+        .current_dir(p.cwd)
+        .env("NESTR_STEP", p.marker)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    let shown = p.shown;
+    let mut child = crate::contain::spawn(&mut child_cmd, p.marker)
+        .map_err(|e| format!("cannot start `{shown}`: {e}"))?;
+    let pid = child.id();
+    let pgid = pid.and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
+    let mut guard = GroupGuard {
+        pgid,
+        pid,
+        containment: p.containment,
+        marker: p.marker,
+    };
+
+    let tail = Arc::new(Mutex::new(Tail::default()));
+    let readers: Vec<_> = [
+        child
+            .stdout
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+        child
+            .stderr
+            .take()
+            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
+    ]
+    .into_iter()
+    .zip([Stream::Stdout, Stream::Stderr])
+    .filter_map(|(r, stream)| r.map(|r| tokio::spawn(pump(r, p.log.clone(), stream, tail.clone()))))
+    .collect();
+
+    let never = started + Duration::from_secs(100 * 365 * 24 * 3600);
+    let deadline = p.deadline.unwrap_or(never);
+    let (mut timed_out, mut cancelled) = (false, false);
+    let status: std::io::Result<ExitStatus> = tokio::select! {
+        s = child.wait() => s,
+        () = tokio::time::sleep_until(deadline.into()) => {
+            timed_out = true;
+            p.log.system(format!(
+                "[nestr: `{shown}` reached its deadline after {} ms; SIGTERM to its process group]",
+                started.elapsed().as_millis()
+            ));
+            terminate(&mut child, pgid, p.log.as_ref()).await
+        }
+        () = p.cancel.cancelled() => {
+            cancelled = true;
+            p.log.system(format!("[nestr: cancelled; SIGTERM to `{shown}`]"));
+            terminate(&mut child, pgid, p.log.as_ref()).await
+        }
+    };
+    // Nothing of this program may outlive the call.
+    guard.end();
+    for r in readers {
+        // Output still buffered in the pipes is read; a pipe held open by nothing is closed now.
+        let _ = tokio::time::timeout(Duration::from_millis(500), r).await;
+    }
+    let status = status.map_err(|e| format!("waiting for `{shown}`: {e}"))?;
+    let tail = tail.lock().map(|t| t.text()).unwrap_or_default();
+    Ok(Ended {
+        status,
+        timed_out,
+        cancelled,
+        duration: started.elapsed(),
+        tail,
+    })
 }
 
 pub async fn run(ctx: &StepContext, cmd: Command) -> Result<Output, types::Error> {
@@ -122,92 +242,45 @@ pub async fn run(ctx: &StepContext, cmd: Command) -> Result<Output, types::Error
         Err(Err(msg)) => return Err(types::Error::Failed(msg)),
     };
 
-    let started = Instant::now();
     let mut envs = ctx.caps.environment();
     envs.extend(cmd.env.iter().cloned());
-    let keep_pwd = envs.iter().any(|(k, _)| k == "PWD" || k == "OLDPWD");
-    // Born inside the step's containment (see `crate::contain`).
-    let mut child_cmd = ctx
-        .containment
-        .command(&program, &cmd.args, keep_pwd, &|note| ctx.log.system(note));
-    child_cmd
-        .current_dir(&cwd)
-        .env_clear()
-        .envs(envs)
-        .env("NESTR_STEP", &ctx.marker)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(false);
     let shown = clip(&cmd.program, MAX_ECHO);
-    let mut child = crate::contain::spawn(&mut child_cmd, &ctx.marker)
-        .map_err(|e| types::Error::Failed(format!("cannot start `{shown}`: {e}")))?;
-    let pid = child.id();
-    let pgid = pid.and_then(|id| i32::try_from(id).ok()).map(Pid::from_raw);
-    let mut guard = GroupGuard { pgid, pid, ctx };
-
-    let tail = Arc::new(Mutex::new(Tail::default()));
-    let readers: Vec<_> = [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-    ]
-    .into_iter()
-    .zip([Stream::Stdout, Stream::Stderr])
-    .filter_map(|(r, stream)| {
-        r.map(|r| tokio::spawn(pump(r, ctx.log.clone(), stream, tail.clone())))
-    })
-    .collect();
-
-    let own_deadline = cmd.timeout_ms.map(|ms| started + Duration::from_millis(ms));
+    let own_deadline = cmd
+        .timeout_ms
+        .map(|ms| Instant::now() + Duration::from_millis(ms));
     let deadline = own_deadline.map_or(ctx.deadline, |d| d.min(ctx.deadline));
-    let mut timed_out = false;
-    let status: std::io::Result<ExitStatus> = tokio::select! {
-        s = child.wait() => s,
-        () = tokio::time::sleep_until(deadline.into()) => {
-            timed_out = true;
-            ctx.log.system(format!(
-                "[nestr: `{shown}` reached its deadline after {} ms; SIGTERM to its process group]",
-                started.elapsed().as_millis()
-            ));
-            terminate(&mut child, pgid, ctx.log.as_ref()).await
-        }
-        () = ctx.cancel.cancelled() => {
-            ctx.log.system(format!("[nestr: cancelled; SIGTERM to `{shown}`]"));
-            terminate(&mut child, pgid, ctx.log.as_ref()).await
-        }
-    };
-    // Nothing of this program may outlive the call.
-    guard.end();
-    for r in readers {
-        // Output still buffered in the pipes is read; a pipe held open by nothing is closed now.
-        let _ = tokio::time::timeout(Duration::from_millis(500), r).await;
-    }
-    let status = status.map_err(|e| types::Error::Failed(format!("waiting for `{shown}`: {e}")))?;
+    let ended = run_program(Program {
+        program: &program,
+        args: &cmd.args,
+        cwd: &cwd,
+        env: Some(envs),
+        log: &ctx.log,
+        containment: &ctx.containment,
+        marker: &ctx.marker,
+        cancel: &ctx.cancel,
+        deadline: Some(deadline),
+        shown: &shown,
+    })
+    .await
+    .map_err(types::Error::Failed)?;
+    let duration_ms = u64::try_from(ended.duration.as_millis()).unwrap_or(u64::MAX);
     let masker = ctx.log.masker();
     ctx.programs.push(crate::cache::provenance::ProgramRun {
         argv: std::iter::once(program.to_string_lossy().into_owned())
             .chain(cmd.args.iter().cloned())
             .map(|a| masker.mask(&clip(&a, MAX_ECHO)))
             .collect(),
-        exit_code: status.code(),
-        signal: status.signal(),
-        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+        exit_code: ended.status.code(),
+        signal: ended.status.signal(),
+        duration_ms,
     });
-    let tail = tail.lock().map(|t| t.text()).unwrap_or_default();
     Ok(Output {
-        exit_code: status.code(),
-        signal: status.signal(),
-        duration_ms: u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
-        tail,
+        exit_code: ended.status.code(),
+        signal: ended.status.signal(),
+        duration_ms,
+        tail: ended.tail,
         truncated: ctx.log.truncated(),
-        timed_out,
+        timed_out: ended.timed_out,
     })
 }
 

@@ -44,7 +44,7 @@ use crate::manifest::{FsGrant, Manifest, PluginSource};
 use crate::model::{StepStatus, Stream};
 
 pub use bindings::{Operation, OperationPre};
-pub use exec::{kill_marked, kill_marked_prefix};
+pub use exec::{Ended, Program, kill_marked, kill_marked_prefix, run_program};
 
 include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
 

@@ -35,7 +35,10 @@ use crate::plugin::state::{Cancel, StepContext};
 use crate::plugin::{Host, LoadedPlugin, StepOutcome, StepRequest, bindings::types};
 use crate::redact::Redactor;
 use crate::store::{StepEnd, Store, StoreError};
-pub use plan::{Plan, PlanView, PlanViewStep, PlannedStep, Selection, SelectionError, plan};
+pub mod exec_run;
+pub use plan::{
+    Plan, PlanView, PlanViewStep, PlannedStep, Selection, SelectionError, plan, select,
+};
 use record::{Recorder, RunSpec};
 pub use record::{RunMeta, panic_text};
 
@@ -1106,7 +1109,7 @@ fn short_reason(why: &str) -> String {
 }
 
 /// The canonical service folder, which must exist inside its repository.
-fn service_dir(repo_dir: &Path, rel: &Path) -> Result<PathBuf, String> {
+pub(crate) fn service_dir(repo_dir: &Path, rel: &Path) -> Result<PathBuf, String> {
     let repo_real = std::fs::canonicalize(repo_dir)
         .map_err(|_| format!("{} is missing: run `nestr assemble`", repo_dir.display()))?;
     let real = std::fs::canonicalize(repo_dir.join(rel)).map_err(|_| {

@@ -113,18 +113,23 @@ impl Plan {
 #[error("{0}")]
 pub struct SelectionError(pub String);
 
-/// Selects services and orders them so that dependencies come first.
-pub fn plan(m: &Manifest, operation: &str, sel: &Selection) -> Result<Plan, SelectionError> {
+/// The services `sel` names: by name and tag, with their dependencies or dependents when asked;
+/// naming none selects every service that has `operation` (every service, without one).
+pub fn select<'m>(
+    m: &'m Manifest,
+    sel: &Selection,
+    operation: Option<&str>,
+) -> Result<BTreeSet<&'m str>, SelectionError> {
     let mut chosen: BTreeSet<&str> = BTreeSet::new();
     for name in &sel.services {
-        if m.service(name).is_none() {
+        let Some(service) = m.service(name) else {
             let names: Vec<&str> = m.services.iter().map(|s| s.name.as_str()).collect();
             return Err(SelectionError(format!(
                 "there is no service `{name}`; services: {}",
                 names.join(", ")
             )));
-        }
-        chosen.insert(name);
+        };
+        chosen.insert(service.name.as_str());
     }
     for tag in &sel.tags {
         let tagged: Vec<&str> = m
@@ -143,11 +148,11 @@ pub fn plan(m: &Manifest, operation: &str, sel: &Selection) -> Result<Plan, Sele
         chosen = m
             .services
             .iter()
-            .filter(|s| m.operation(s, operation).is_some())
+            .filter(|s| operation.is_none_or(|op| m.operation(s, op).is_some()))
             .map(|s| s.name.as_str())
             .collect();
-        if chosen.is_empty() {
-            return Err(unknown_operation(m, operation, None));
+        if let (true, Some(op)) = (chosen.is_empty(), operation) {
+            return Err(unknown_operation(m, op, None));
         }
     }
     let deps: HashMap<&str, Vec<&str>> = m
@@ -181,6 +186,12 @@ pub fn plan(m: &Manifest, operation: &str, sel: &Selection) -> Result<Plan, Sele
         }
     }
 
+    Ok(chosen)
+}
+
+/// Selects services and orders them so that dependencies come first.
+pub fn plan(m: &Manifest, operation: &str, sel: &Selection) -> Result<Plan, SelectionError> {
+    let chosen = select(m, sel, Some(operation))?;
     // Kahn's algorithm, taking ready services in manifest order; level = longest path.
     let mut level: HashMap<&str, usize> = HashMap::new();
     let mut done: HashSet<&str> = HashSet::new();
