@@ -3,6 +3,7 @@
 
 mod api;
 mod apiload;
+mod branches;
 mod builtins;
 mod cache;
 mod cli;

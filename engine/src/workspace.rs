@@ -412,6 +412,60 @@ impl Workspace {
         Ok(report)
     }
 
+    /// The repositories named (every repository when none is); an unknown name is a
+    /// [`WorkspaceError::Plan`] listing the repositories.
+    pub fn repos_named(
+        &self,
+        names: &[String],
+    ) -> Result<Vec<&crate::manifest::Repo>, WorkspaceError> {
+        let m = &self.manifest;
+        if names.is_empty() {
+            return Ok(m.repos.iter().collect());
+        }
+        names
+            .iter()
+            .map(|r| {
+                m.repo(r).ok_or_else(|| {
+                    let all: Vec<&str> = m.repos.iter().map(|r| r.name.as_str()).collect();
+                    WorkspaceError::Plan(format!(
+                        "there is no repository `{r}`; repositories: {}",
+                        all.join(", ")
+                    ))
+                })
+            })
+            .collect()
+    }
+
+    /// `nestr switch`: the selected repositories to `branch` (made where missing when `create`),
+    /// all or none; the reasons when any refused (then nothing changed).
+    pub fn switch(
+        &self,
+        repos: &[String],
+        branch: &str,
+        create: bool,
+    ) -> Result<Result<Vec<git::branch::SwitchOutcome>, Vec<String>>, WorkspaceError> {
+        let chosen = self.repos_named(repos)?;
+        Ok(git::branch::switch_all(
+            &self.manifest,
+            &chosen,
+            branch,
+            create,
+        ))
+    }
+
+    /// `nestr push`: each selected repository's current branch to `origin`, `jobs` at once.
+    pub fn push(
+        &self,
+        repos: &[String],
+        jobs: usize,
+    ) -> Result<Vec<git::branch::PushOutcome>, WorkspaceError> {
+        let chosen = self.repos_named(repos)?;
+        let manifest = &self.manifest;
+        Ok(git::parallel(&chosen, jobs, |r| {
+            git::branch::push_one(manifest, r)
+        }))
+    }
+
     /// The folders `nestr exec` runs in: the repositories named (every repository when nothing
     /// is named), or the folders of the services named or tagged. Every folder must exist.
     pub fn exec_targets(
@@ -429,23 +483,7 @@ impl Workspace {
             ))
         };
         if services.is_empty() && tags.is_empty() {
-            let chosen: Vec<&crate::manifest::Repo> = if repos.is_empty() {
-                m.repos.iter().collect()
-            } else {
-                repos
-                    .iter()
-                    .map(|r| {
-                        m.repo(r).ok_or_else(|| {
-                            let names: Vec<&str> =
-                                m.repos.iter().map(|r| r.name.as_str()).collect();
-                            WorkspaceError::Plan(format!(
-                                "there is no repository `{r}`; repositories: {}",
-                                names.join(", ")
-                            ))
-                        })
-                    })
-                    .collect::<Result<_, _>>()?
-            };
+            let chosen = self.repos_named(repos)?;
             return chosen
                 .into_iter()
                 .map(|r| {

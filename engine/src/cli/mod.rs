@@ -12,12 +12,14 @@ mod init;
 mod lock;
 mod logs;
 mod plugin;
+mod push;
 pub mod render;
 mod run;
 mod runs;
 mod serve;
 mod services;
 mod status;
+mod switch;
 mod sync;
 mod token;
 
@@ -91,6 +93,10 @@ pub enum Command {
     Sync(sync::SyncArgs),
     /// Show where every repository stands: branch, head, ahead/behind, uncommitted changes.
     Status(status::StatusArgs),
+    /// Create (-c) or switch a branch in every repository, or those named: all or none.
+    Switch(switch::SwitchArgs),
+    /// Push each repository's current branch to origin, setting its upstream.
+    Push(push::PushArgs),
     /// Write nestr.lock with the exact commit of every repository.
     Lock(lock::LockArgs),
     /// List the services with their repository, path, dependencies, tags and operations.
@@ -140,6 +146,8 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Sync(args) => sync::run(&mut load(&location)?, args, &ui),
         Command::Status(args) => status::run(&mut load(&location)?, args, &ui),
         Command::Lock(args) => lock::run(&load(&location)?, args, &ui),
+        Command::Switch(args) => switch::run(&mut load(&location)?, args, &ui),
+        Command::Push(args) => push::run(&mut load(&location)?, args, &ui),
         Command::Services(args) => services::run(&mut load(&location)?, args, &ui),
         Command::Run(args) => run::run(&mut load(&location)?, args, &ui),
         Command::Exec(args) => exec::run(&mut load(&location)?, args, &ui),

@@ -60,7 +60,10 @@ fn checkout(r: &RepoView) -> String {
         Pin::Branch(_) | Pin::Default => None,
     };
     match (&r.branch, pin, r.at_pin) {
-        (Some(b), None, _) => b.clone(),
+        (Some(b), None, _) => match &r.pin {
+            Pin::Branch(want) if want != b => format!("{b} (feature; pin {want})"),
+            _ => b.clone(),
+        },
         (Some(b), Some(p), _) => format!("{b} (pinned {p})"),
         (None, Some(p), Some(true)) => p,
         (None, Some(p), Some(false)) => format!("{p} (HEAD moved)"),

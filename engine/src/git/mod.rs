@@ -6,6 +6,7 @@
 //! libgit2 never runs hooks and this module never recurses into submodules.
 
 mod assemble;
+pub mod branch;
 mod lock;
 mod status;
 mod sync;
@@ -157,9 +158,9 @@ fn trim_git(s: &str) -> &str {
     s.strip_suffix(".git").unwrap_or(s)
 }
 
-/// Fetch options with non-interactive credentials (one attempt per method, never a prompt) and
-/// progress reported for `repo`.
-pub(crate) fn fetch_options<'a>(repo: &'a str, progress: &'a dyn Progress) -> FetchOptions<'a> {
+/// Remote callbacks with non-interactive credentials: one attempt per method (the SSH agent, the
+/// configured credential helper, a user name), never a prompt.
+pub(crate) fn credential_callbacks<'a>() -> RemoteCallbacks<'a> {
     let mut callbacks = RemoteCallbacks::new();
     let mut tried = CredentialType::empty();
     callbacks.credentials(move |url, username, allowed| {
@@ -191,6 +192,13 @@ pub(crate) fn fetch_options<'a>(repo: &'a str, progress: &'a dyn Progress) -> Fe
             "the remote refused the credentials nestr could offer",
         ))
     });
+    callbacks
+}
+
+/// Fetch options with non-interactive credentials (see [`credential_callbacks`]) and progress
+/// reported for `repo`.
+pub(crate) fn fetch_options<'a>(repo: &'a str, progress: &'a dyn Progress) -> FetchOptions<'a> {
+    let mut callbacks = credential_callbacks();
     callbacks.transfer_progress(move |stats| {
         progress.transfer(
             repo,

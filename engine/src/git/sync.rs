@@ -164,11 +164,13 @@ fn plan_branch(
     head: Oid,
     locked: Option<Oid>,
 ) -> Plan {
+    // On another branch than the pinned one — a feature branch (`nestr switch`): it follows its
+    // own upstream, when it has one; a lock file's commits are the pinned branch's.
     match &repo.pin {
-        Pin::Branch(want) if want != branch => {
+        Pin::Branch(want) if want != branch && locked.is_some() => {
             return Plan::Skip(format!(
-                "on branch `{branch}`, but nestr.toml pins `{want}`: left as it is; run \
-                 `git switch {want}` in it to follow the pin"
+                "on feature branch `{branch}` (nestr.toml pins `{want}`): the lock file's commit \
+                 is for `{want}`; left as it is (`nestr switch {want}` to follow the lock)"
             ));
         }
         Pin::Tag(_) | Pin::Rev(_) if locked.is_none() => {
@@ -191,8 +193,8 @@ fn plan_branch(
         .and_then(|u| Some((u.name().ok().flatten()?.to_string(), u.get().target()?)));
     let Some((upstream_name, upstream_id)) = upstream else {
         return Plan::Skip(format!(
-            "branch `{branch}` has no upstream: left as it is; set one with \
-             `git branch -u origin/{branch}`"
+            "branch `{branch}` has no upstream: left as it is; `nestr push` publishes it and \
+             sets one (or `git branch -u origin/{branch}`)"
         ));
     };
     let (ahead, behind) = match git.graph_ahead_behind(head, upstream_id) {
