@@ -384,25 +384,32 @@ fn a_scaffolded_plugin_builds_and_runs() -> TestResult {
     let ws = workspace(&sb, &[], "", "");
     sb.nestr(&ws, &["plugin", "new", "greeter", "--dir", "tools/greeter"])
         .ok();
-    // Share the compiled SDK with the engine's own plugin builds.
+    let crate_dir = ws.join("tools/greeter");
+    assert!(
+        crate_dir.join("vendor/nestr-sdk/wit/plugin.wit").is_file(),
+        "the SDK is vendored"
+    );
+    // The versions the engine's own plugins were built with (their compiled code is shared).
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins/Cargo.lock"),
+        crate_dir.join("Cargo.lock"),
+    )?;
     let target = Path::new(env!("NESTR_PLUGIN_WASM_DIR"))
         .ancestors()
         .nth(2)
         .ok_or("target dir")?
         .to_path_buf();
-    let build = std::process::Command::new("cargo")
-        .current_dir(ws.join("tools/greeter"))
-        .args([
-            "build",
-            "--release",
-            "--target",
-            "wasm32-wasip2",
-            "--target-dir",
-        ])
-        .arg(&target)
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("RUSTFLAGS")
-        .output()?;
+    let cargo = |args: &[&str]| -> std::io::Result<std::process::Output> {
+        std::process::Command::new("cargo")
+            .current_dir(&crate_dir)
+            .args(args)
+            .arg("--target-dir")
+            .arg(&target)
+            .env_remove("CARGO_TARGET_DIR")
+            .env_remove("RUSTFLAGS")
+            .output()
+    };
+    let build = cargo(&["build", "--release", "--target", "wasm32-wasip2"])?;
     assert!(
         build.status.success(),
         "{}",
@@ -419,14 +426,53 @@ fn a_scaffolded_plugin_builds_and_runs() -> TestResult {
             target.join("wasm32-wasip2/release/greeter.wasm").display()
         ),
     )?;
-    let (run, step) = run_op(&sb, &ws, "hello");
+    // A real step, its host calls recorded.
+    let run = sb.nestr(&ws, &["run", "hello", "--json", "--record", "tapes"]);
     assert_eq!(run.code, 0, "{}", run.all());
-    assert_eq!(step["status"], "succeeded");
+    assert_eq!(run.json()["steps"][0]["status"], "succeeded");
     assert!(
         stored(&ws).log.contains("bonjour from app"),
         "{}",
         stored(&ws).log
     );
+    let tape_text = std::fs::read_to_string(ws.join("tapes/app.hello.json"))?;
+    let tape: serde_json::Value = serde_json::from_str(&tape_text)?;
+    assert_eq!(tape["nestr_tape"], 1);
+    assert_eq!(tape["contract"], "nestr:plugin@0.2.0");
+    assert_eq!(tape["calls"][0]["exec"]["command"]["program"], "echo");
+    assert_eq!(
+        tape["calls"][0]["exec"]["command"]["args"],
+        serde_json::json!(["bonjour from app"])
+    );
+    assert_eq!(tape["calls"][0]["exec"]["result"]["Ok"]["exit_code"], 0);
+
+    // The plugin's own tests, natively: the scaffold's, plus replays of the recorded step (as it
+    // is, and with the request changed so that the plugin asks something the tape did not see).
+    std::fs::create_dir_all(crate_dir.join("tests/tapes"))?;
+    std::fs::write(crate_dir.join("tests/tapes/hello.json"), &tape_text)?;
+    std::fs::write(
+        crate_dir.join("tests/tapes/changed.json"),
+        tape_text.replace("\"greeting\": \"bonjour\"", "\"greeting\": \"hola\""),
+    )?;
+    std::fs::write(
+        crate_dir.join("tests/replay.rs"),
+        "use greeter::Greeter;\n\n\
+         #[test]\nfn the_recorded_step_replays() {\n    \
+         let run = nestr_sdk::testing::replay::<Greeter>(\"tests/tapes/hello.json\");\n    \
+         assert!(run.report().summary.starts_with(\"echo succeeded\"));\n}\n\n\
+         #[test]\n#[should_panic(expected = \"the tape recorded `echo 'bonjour from app'`\")]\n\
+         fn asking_something_else_than_the_tape_fails() {\n    \
+         nestr_sdk::testing::replay::<Greeter>(\"tests/tapes/changed.json\");\n}\n",
+    )?;
+    let test = cargo(&["test"])?;
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&test.stdout),
+        String::from_utf8_lossy(&test.stderr)
+    );
+    assert!(test.status.success(), "{out}");
+    assert!(out.contains("test result: ok. 4 passed"), "{out}");
+    assert!(out.contains("test result: ok. 2 passed"), "{out}");
     Ok(())
 }
 
@@ -442,5 +488,154 @@ fn displayed_commands_are_shell_quoted() -> crate::support::TestResult {
         "{}",
         run.stdout
     );
+    Ok(())
+}
+
+/// The source of the published `itoa` crate this build downloaded (the engine depends on it), in
+/// cargo's registry: a real crate to check out locally.
+fn published_itoa() -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let lock =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.lock"))?;
+    let version = lock
+        .split("[[package]]")
+        .find(|p| p.contains("name = \"itoa\""))
+        .and_then(|p| p.lines().find_map(|l| l.strip_prefix("version = ")))
+        .map(|v| v.trim_matches('"').to_string())
+        .ok_or("itoa is not in Cargo.lock")?;
+    let home = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .ok_or("no CARGO_HOME or HOME")?;
+    for index in std::fs::read_dir(home.join("registry/src"))? {
+        let dir = index?.path().join(format!("itoa-{version}"));
+        if dir.join("Cargo.toml").is_file() {
+            return Ok(dir);
+        }
+    }
+    Err(format!("itoa-{version} is not in {}/registry/src", home.display()).into())
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
+/// A crate depending on the published `itoa`, and a checkout of itoa in another repository of
+/// the workspace with a function the published one lacks, which the crate's test calls: the test
+/// passes only when the dependency is wired, cargo builds itoa from the checkout's path, the step
+/// log says what was wired to which commit, and the checkout's commit is part of the cache key.
+#[test]
+fn a_wired_dependency_builds_from_the_workspaces_checkout() -> TestResult {
+    let sb = Sandbox::new();
+    let lib = sb.remote("lib");
+    copy_tree(&published_itoa()?, &lib.work)?;
+    let src = lib.work.join("src/lib.rs");
+    let mut text = std::fs::read_to_string(&src)?;
+    text.push_str("\n/// Only in the workspace's checkout.\npub fn from_the_checkout() -> &'static str {\n    \"local itoa\"\n}\n");
+    std::fs::write(&src, text)?;
+    git(&lib.work, &["add", "-A"]);
+    git(&lib.work, &["commit", "-qm", "itoa with a new function"]);
+    git(&lib.work, &["push", "-q", "origin", "HEAD"]);
+    let app = sb.remote("app");
+    std::fs::write(
+        app.work.join("Cargo.toml"),
+        "[package]\nname = \"app\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\nitoa = \"1\"\n\n[workspace]\n",
+    )?;
+    std::fs::create_dir_all(app.work.join("src"))?;
+    std::fs::write(
+        app.work.join("src/lib.rs"),
+        "#[cfg(test)]\nmod tests {\n    #[test]\n    fn uses_the_checkout() {\n        assert_eq!(itoa::from_the_checkout(), \"local itoa\");\n        assert_eq!(itoa::Buffer::new().format(42), \"42\");\n    }\n}\n",
+    )?;
+    std::fs::write(app.work.join(".gitignore"), "/target\n/Cargo.lock\n")?;
+    git(&app.work, &["add", "-A"]);
+    git(&app.work, &["commit", "-qm", "app"]);
+    git(&app.work, &["push", "-q", "origin", "HEAD"]);
+    let manifest = |wire: bool| {
+        format!(
+            "[workspace]\nname = \"w\"\n\n[repos.lib]\nurl = \"{{remotes}}/lib.git\"\n[repos.app]\nurl = \"{{remotes}}/app.git\"\n\n\
+             [services.itoa]\nrepo = \"lib\"\n\n[services.app]\nrepo = \"app\"\ndepends_on = [{{ service = \"itoa\", wire = {wire} }}]\n\n\
+             [services.app.operations]\ntest = {{ plugin = \"cargo\", cache = true }}\n\n\
+             [plugins.cargo]\ngrants = {{ exec = [\"cargo\"], env = [\"PATH\", \"HOME\", \"CARGO_HOME\", \"RUSTUP_HOME\", \"RUSTUP_TOOLCHAIN\", \"CARGO_NET_OFFLINE\"], timeout = \"10m\" }}\n"
+        )
+    };
+    let ws = sb.workspace(&manifest(false));
+    sb.nestr(&ws, &["assemble", "-q"]).ok();
+    let run = |ws: &Path| -> std::io::Result<Run> {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_nestr"));
+        cmd.current_dir(ws)
+            .args(["--color", "never", "run", "test", "-s", "app", "--json"])
+            .env("CARGO_NET_OFFLINE", "true")
+            .env("HOME", std::env::var("HOME").unwrap_or_default());
+        for k in ["CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN"] {
+            if let Ok(v) = std::env::var(k) {
+                cmd.env(k, v);
+            }
+        }
+        Ok(Run::from(cmd.output()?))
+    };
+
+    // Unwired: the published itoa, which has no such function.
+    let unwired = run(&ws)?;
+    assert_eq!(unwired.code, 1, "{}", unwired.all());
+    let log = stored(&ws).log;
+    assert!(log.contains("from_the_checkout"), "{log}");
+    assert!(!log.contains("wired itoa"), "{log}");
+
+    // Wired: the checkout, by path.
+    std::fs::write(
+        ws.join("nestr.toml"),
+        manifest(true).replace(
+            "{remotes}",
+            &sb.path().join("remotes").display().to_string(),
+        ),
+    )?;
+    let wired = run(&ws)?;
+    assert_eq!(wired.code, 0, "{}\n{}", wired.all(), stored(&ws).log);
+    let step = &wired.json()["steps"][0];
+    assert_eq!(step["tests"]["passed"], 1, "{step}");
+    let log = stored(&ws).log;
+    let head = git(&ws.join("lib"), &["rev-parse", "HEAD"]);
+    let folder = std::fs::canonicalize(ws.join("lib"))?;
+    assert!(
+        log.contains(&format!(
+            "→ {} (itoa at {})",
+            folder.display(),
+            &head.trim()[..12]
+        )),
+        "the log names what was wired, where, at which commit:\n{log}"
+    );
+    assert!(
+        log.contains("Compiling itoa v") && log.contains(&format!("({})", folder.display())),
+        "cargo built itoa from the checkout's path:\n{log}"
+    );
+    assert!(
+        !git(&ws.join("app"), &["status", "--porcelain"]).contains("Cargo.toml"),
+        "no tracked file edited"
+    );
+
+    // The checkout's commit is in the key: a new commit there is a miss, and explain says why.
+    let lib_dir = ws.join("lib");
+    std::fs::write(lib_dir.join("NOTES.md"), "a note\n")?;
+    git(&lib_dir, &["add", "NOTES.md"]);
+    git(&lib_dir, &["commit", "-qm", "a note"]);
+    let again = run(&ws)?;
+    assert_eq!(again.code, 0, "{}", again.all());
+    let json = again.json();
+    let run_id = json["run_id"].as_str().unwrap_or_default().to_string();
+    assert_ne!(json["steps"][0]["status"], "cached", "{json}");
+    let why = sb
+        .nestr(&ws, &["cache", "explain", &run_id, "app"])
+        .ok()
+        .stdout;
+    assert!(why.contains("wired dependency `itoa` moved"), "{why}");
     Ok(())
 }

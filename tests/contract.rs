@@ -10,10 +10,16 @@ fn wit() -> std::path::PathBuf {
 }
 
 /// sha256 of every frozen file, recorded when it was frozen.
-const FROZEN: &[(&str, &str)] = &[(
-    "0.1/plugin.wit",
-    include_str!("../wit/frozen/0.1/plugin.wit.sha256"),
-)];
+const FROZEN: &[(&str, &str)] = &[
+    (
+        "0.1/plugin.wit",
+        include_str!("../wit/frozen/0.1/plugin.wit.sha256"),
+    ),
+    (
+        "0.2/plugin.wit",
+        include_str!("../wit/frozen/0.2/plugin.wit.sha256"),
+    ),
+];
 
 #[test]
 fn frozen_contracts_never_change() -> TestResult {

@@ -699,6 +699,7 @@ fn after_every_fault_in_one_process_a_normal_plugin_still_runs() -> TestResult {
             denials: Default::default(),
             containment: nestr::contain::Containment::new(&format!("inproc-{name}"), 256),
             programs: Default::default(),
+            tape: None,
         });
         let request = StepRequest {
             operation: "probe".into(),
@@ -713,6 +714,9 @@ fn after_every_fault_in_one_process_a_normal_plugin_still_runs() -> TestResult {
             commit: None,
             branch: None,
             config,
+            folder: std::path::PathBuf::from("/nonexistent"),
+            dependencies: vec![],
+            target: None,
         };
         Ok(rt.block_on(host.run_step(&plugin, &request, ctx)).status)
     };
@@ -820,5 +824,58 @@ fn after_every_fault_in_one_process_a_normal_plugin_still_runs() -> TestResult {
         StepStatus::ResourceExhausted
     );
     assert_eq!(run("noop", 5)?, StepStatus::Succeeded);
+    Ok(())
+}
+
+/// A plugin built against the frozen `nestr:plugin@0.1.0` (the fixture uses the frozen WIT, not
+/// nestr-sdk) loads in the same host as 0.2.0 plugins, and each of its outcomes reads as a
+/// 0.2.0 plugin's would: its log line and program output in the step log, a `failed` report with
+/// test counts, the engine's own refusal of an undeclared program.
+#[test]
+fn a_plugin_built_against_the_frozen_0_1_contract_still_runs() -> TestResult {
+    let sb = Sandbox::new();
+    let ws = fixture_ws(
+        &sb,
+        "contract_0_1",
+        "exec = [\"sh\", \"rm\"], env = [\"PATH\"]",
+        "",
+    );
+    let inspect = sb.nestr(&ws, &["plugin", "inspect", "fx", "--json"]).ok();
+    assert_eq!(
+        inspect.json()["info"]["contract"],
+        "nestr:plugin@0.1.0",
+        "{}",
+        inspect.stdout
+    );
+    let (run, step) = probe(&sb, &ws);
+    assert_eq!(run.code, 0, "{}", run.all());
+    assert_eq!(step["summary"], "probe svc via 0.1.0");
+    let s = stored(&ws);
+    assert!(s.log.contains("a 0.1.0 plugin speaking"), "{}", s.log);
+    assert!(s.log.contains("hello from 0.1"), "{}", s.log);
+    assert_eq!(s.metrics["tail"], "hello from 0.1");
+
+    let manifest = std::fs::read_to_string(ws.join("nestr.toml"))?;
+    std::fs::write(
+        ws.join("nestr.toml"),
+        manifest.replace("config = {  }", "config = { mode = \"fail\" }"),
+    )?;
+    let (run, step) = probe(&sb, &ws);
+    assert_eq!(run.code, 1, "{}", run.all());
+    assert_eq!(step["status"], "failed");
+    assert_eq!(step["summary"], "2 of 5 tests failed");
+    assert_eq!(
+        step["tests"],
+        serde_json::json!({"passed": 3, "failed": 2, "skipped": 0})
+    );
+
+    std::fs::write(
+        ws.join("nestr.toml"),
+        manifest.replace("config = {  }", "config = { mode = \"deny\" }"),
+    )?;
+    let (_, step) = probe(&sb, &ws);
+    assert_eq!(step["status"], "denied", "{step}");
+    let s = stored(&ws);
+    assert!(s.reason.contains("rm"), "{}", s.reason);
     Ok(())
 }

@@ -53,6 +53,7 @@ fn step_context(
         denials: Default::default(),
         containment: nestr::contain::Containment::new("bench", 256),
         programs: Default::default(),
+        tape: None,
     })
 }
 
@@ -122,6 +123,9 @@ fn main() -> Result<()> {
         commit: None,
         branch: None,
         config: serde_json::json!({}),
+        folder: service_dir.clone(),
+        dependencies: vec![],
+        target: None,
     };
     let mut call_medians = Vec::new();
     for pooling in [false, true] {

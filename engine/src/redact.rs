@@ -204,6 +204,22 @@ impl Redactor {
         self.mask_after(&[], text).0
     }
 
+    /// Masks every string of a JSON value, object keys included.
+    pub fn mask_json(&self, v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::String(s) => *s = self.mask(s),
+            serde_json::Value::Array(a) => a.iter_mut().for_each(|v| self.mask_json(v)),
+            serde_json::Value::Object(o) => {
+                let taken = std::mem::take(o);
+                for (k, mut v) in taken {
+                    self.mask_json(&mut v);
+                    o.insert(self.mask(&k), v);
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// Like [`Redactor::mask`], with `carry` (the end of the text that came before on the same
     /// stream, line breaks removed) as context, so that a secret that began there is masked
     /// where it goes on. Line breaks inside `text` are ignored for matching and kept in the

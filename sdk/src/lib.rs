@@ -1,37 +1,67 @@
-//! `nestr-sdk`: everything a nestr operation plugin author needs, with the WIT bindings hidden.
+//! `nestr-sdk`: everything a nestr operation plugin author needs, with the WIT contract
+//! (`nestr:plugin@0.2.0`) behind curated Rust types.
 //!
 //! ```ignore
-//! use nestr_sdk::{Plugin, PluginInfo, Request, Report, Error, exec, info};
+//! use nestr_sdk::{Error, Plugin, PluginInfo, Report, Request, exec, info};
+//!
+//! /// The `config` table of this plugin in nestr.toml: the one declaration (nestr checks the
+//! /// manifest against it; doc comments become the field descriptions).
+//! #[derive(serde::Deserialize, schemars::JsonSchema, Default)]
+//! #[serde(deny_unknown_fields, default)]
+//! struct Config {
+//!     /// Extra arguments for eslint.
+//!     args: Vec<String>,
+//! }
 //!
 //! struct Lint;
 //!
 //! impl Plugin for Lint {
+//!     type Config = Config;
 //!     fn describe() -> PluginInfo {
 //!         PluginInfo::new("lint", env!("CARGO_PKG_VERSION"), "Runs eslint").exec(["eslint"])
 //!     }
-//!     fn run(req: Request) -> Result<Report, Error> {
-//!         let out = exec("eslint").args(["."]).run()?;
+//!     fn run(req: Request, config: Config) -> Result<Report, Error> {
+//!         let out = exec("eslint").arg(".").args(config.args).run()?;
 //!         info!("eslint exited with {:?}", out.exit_code);
-//!         Ok(Report::from_exit(&out, "eslint"))
+//!         Report::from_exit(&out, "eslint")
 //!     }
 //! }
 //!
 //! nestr_sdk::export!(Lint);
 //! ```
 //!
-//! Build with `cargo build --release --target wasm32-wasip2` and reference the `.wasm` from
-//! `nestr.toml` with `[plugins.NAME] path = "…"`. See docs/plugin-authoring.md.
+//! A step succeeds or is skipped with a [`Report`], and fails with an [`Error`]: one channel.
+//! Programs run through [`exec`], HTTP goes through [`http`]; a refusal comes back as
+//! [`Error::Denied`] — pass it on with `?`. [`testing`] runs `run` natively with a scripted
+//! host, or replays a tape recorded from a real step. Build the component with
+//! `cargo build --release --target wasm32-wasip2`; see docs/plugin-authoring.md.
 
+pub mod http;
 pub mod parse;
+pub mod schema;
+pub mod tape;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod testing;
+mod types;
+
+#[cfg(feature = "guest")]
+mod wit;
+
+pub use types::*;
 
 use std::time::Duration;
 
-/// The generated bindings of the `operation` world (for the export macro; authors do not need
-/// them directly).
+use serde::{Deserialize, Serialize};
+
+#[cfg(all(target_arch = "wasm32", not(feature = "guest")))]
+compile_error!("a plugin built for wasm32 needs nestr-sdk's `guest` feature (on by default)");
+
+/// The generated bindings of the `operation` world (for [`export!`]; authors do not use them).
+#[cfg(feature = "guest")]
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "operation",
         pub_export_macro: true,
         export_macro_name: "__export_operation",
@@ -40,33 +70,56 @@ pub mod bindings {
     });
 }
 
-pub use bindings::nestr::plugin::exec::Output;
-pub use bindings::nestr::plugin::log::Level;
-pub use bindings::nestr::plugin::types::{
-    Artifact, Capabilities, ConfigField, Denial, Error, FsAccess, Outcome, PluginInfo, Report,
-    Request, Service, TestCounts,
-};
-
 /// An operation plugin: implement this and call [`export!`].
 pub trait Plugin {
-    /// Name, version, supported operations, needed capabilities, config fields.
+    /// The plugin's `config` table, read with serde; its `JsonSchema` is the documentation
+    /// nestr checks the manifest against. [`NoConfig`] when it takes none.
+    type Config: serde::de::DeserializeOwned + schemars::JsonSchema;
+    /// Name, version, supported operations, needed capabilities. The config fields are filled
+    /// from [`Plugin::Config`].
     fn describe() -> PluginInfo;
-    /// Does the work of one step.
-    fn run(request: Request) -> Result<Report, Error>;
+    /// Does the work of one step. A config that does not read as [`Plugin::Config`] never gets
+    /// here: the step fails with [`Error::InvalidConfig`] naming the problem.
+    fn run(request: Request, config: Self::Config) -> Result<Report, Error>;
 }
 
-/// Exports a [`Plugin`] implementation as the component's `describe` and `run`.
+/// The config of a plugin that takes none: any key in the `config` table is an error.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NoConfig {}
+
+/// What `describe` answers for `P`: its own info with the config fields of `P::Config`.
+pub fn describe<P: Plugin>() -> PluginInfo {
+    let mut info = P::describe();
+    info.config = schema::fields::<P::Config>();
+    info
+}
+
+/// Runs `P` on a request: its config read, then `run`.
+pub fn run<P: Plugin>(request: Request) -> Result<Report, Error> {
+    let config = request.config::<P::Config>()?;
+    P::run(request, config)
+}
+
+/// Exports a [`Plugin`] implementation as the component's `describe` and `run` (on wasm32; a
+/// native build, such as `cargo test`'s, exports nothing).
 #[macro_export]
 macro_rules! export {
     ($plugin:ty) => {
+        #[cfg(target_arch = "wasm32")]
         const _: () = {
             struct __NestrPlugin;
             impl $crate::bindings::Guest for __NestrPlugin {
-                fn describe() -> $crate::PluginInfo {
-                    <$plugin as $crate::Plugin>::describe()
+                fn describe() -> $crate::bindings::nestr::plugin::types::PluginInfo {
+                    $crate::__private::describe::<$plugin>()
                 }
-                fn run(request: $crate::Request) -> Result<$crate::Report, $crate::Error> {
-                    <$plugin as $crate::Plugin>::run(request)
+                fn run(
+                    request: $crate::bindings::nestr::plugin::types::Request,
+                ) -> Result<
+                    $crate::bindings::nestr::plugin::types::Report,
+                    $crate::bindings::nestr::plugin::types::Error,
+                > {
+                    $crate::__private::run::<$plugin>(request)
                 }
             }
     $crate::bindings::__export_operation!(__NestrPlugin with_types_in $crate::bindings);
@@ -74,9 +127,15 @@ macro_rules! export {
     };
 }
 
+#[cfg(feature = "guest")]
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::wit::{describe, run};
+}
+
 /// Writes a line into the step log.
 pub fn log(level: Level, message: &str) {
-    bindings::nestr::plugin::log::log(level, message);
+    host::log(level, message);
 }
 
 /// Logs at info level, `format!` style.
@@ -103,226 +162,36 @@ macro_rules! debug {
     ($($t:tt)*) => { $crate::log($crate::Level::Debug, &format!($($t)*)) };
 }
 
-impl Request {
-    /// The operation's `config` table deserialized into the plugin's own type; a mismatch is an
-    /// `invalid-config` error naming the problem.
-    /// An empty or `null` config reads as `{}`.
-    pub fn config<T: serde::de::DeserializeOwned>(&self) -> Result<T, Error> {
-        let text = self.config.trim();
-        let text = if text.is_empty() || text == "null" {
-            "{}"
-        } else {
-            text
-        };
-        serde_json::from_str(text).map_err(|e| {
-            // The position would point into JSON the user never wrote: keep only the message.
-            let text = e.to_string();
-            let text = text
-                .rsplit_once(" at line ")
-                .map_or(text.as_str(), |(msg, _)| msg)
-                .to_string();
-            Error::InvalidConfig(text)
-        })
-    }
-
-    /// The guest path of the service folder joined with `rel`.
-    pub fn path(&self, rel: &str) -> String {
-        format!(
-            "{}/{}",
-            self.workdir.trim_end_matches('/'),
-            rel.trim_start_matches('/')
-        )
-    }
-}
-
-impl PluginInfo {
-    /// A plugin that supports any operation and needs nothing.
-    pub fn new(name: &str, version: &str, description: &str) -> PluginInfo {
-        PluginInfo {
-            name: name.to_string(),
-            version: version.to_string(),
-            description: description.to_string(),
-            operations: Vec::new(),
-            capabilities: Capabilities {
-                exec: Vec::new(),
-                env: Vec::new(),
-                secrets: Vec::new(),
-                http: Vec::new(),
-                fs: FsAccess::ReadOnly,
-            },
-            config: Vec::new(),
-        }
-    }
-
-    /// Restricts the plugin to these operations.
-    pub fn operations<'a>(mut self, ops: impl IntoIterator<Item = &'a str>) -> Self {
-        self.operations.extend(ops.into_iter().map(str::to_string));
-        self
-    }
-
-    /// Declares programs the plugin runs.
-    pub fn exec<'a>(mut self, programs: impl IntoIterator<Item = &'a str>) -> Self {
-        self.capabilities
-            .exec
-            .extend(programs.into_iter().map(str::to_string));
-        self
-    }
-
-    /// Declares environment variables passed to programs.
-    pub fn env<'a>(mut self, names: impl IntoIterator<Item = &'a str>) -> Self {
-        self.capabilities
-            .env
-            .extend(names.into_iter().map(str::to_string));
-        self
-    }
-
-    /// Declares secrets passed to programs (masked in logs).
-    pub fn secrets<'a>(mut self, names: impl IntoIterator<Item = &'a str>) -> Self {
-        self.capabilities
-            .secrets
-            .extend(names.into_iter().map(str::to_string));
-        self
-    }
-
-    /// Declares HTTP origins the plugin contacts.
-    pub fn http<'a>(mut self, origins: impl IntoIterator<Item = &'a str>) -> Self {
-        self.capabilities
-            .http
-            .extend(origins.into_iter().map(str::to_string));
-        self
-    }
-
-    /// Declares the filesystem access the plugin needs.
-    pub fn fs(mut self, access: FsAccess) -> Self {
-        self.capabilities.fs = access;
-        self
-    }
-
-    /// Documents a config field. nestr checks every operation's `config` against the documented
-    /// fields when the manifest loads (unknown keys, missing required ones, wrong JSON types:
-    /// `string`, `bool`, `integer`, `number`, `array`, `object`), so document every field read.
-    pub fn field(mut self, name: &str, ty: &str, required: bool, description: &str) -> Self {
-        self.config.push(ConfigField {
-            name: name.to_string(),
-            type_: ty.to_string(),
-            required,
-            description: description.to_string(),
-        });
-        self
-    }
-}
-
-impl Report {
-    /// A succeeded report with a summary.
-    pub fn success(summary: impl Into<String>) -> Report {
-        Report {
-            outcome: Outcome::Succeeded,
-            summary: summary.into(),
-            tests: None,
-            artifacts: Vec::new(),
-            metrics: Vec::new(),
-        }
-    }
-
-    /// A failed report with the reason (also the summary).
-    pub fn failure(reason: impl Into<String>) -> Report {
-        let reason = reason.into();
-        Report {
-            outcome: Outcome::Failed(reason.clone()),
-            summary: reason,
-            tests: None,
-            artifacts: Vec::new(),
-            metrics: Vec::new(),
-        }
-    }
-
-    /// A skipped report with the reason.
-    pub fn skipped(reason: impl Into<String>) -> Report {
-        let reason = reason.into();
-        Report {
-            outcome: Outcome::Skipped(reason.clone()),
-            ..Report::success(reason)
-        }
-    }
-
-    /// Succeeded when the program exited 0, failed with its exit status otherwise.
-    pub fn from_exit(out: &Output, what: &str) -> Report {
-        if out.success() {
-            Report::success(format!("{what} succeeded in {} ms", out.duration_ms))
-        } else {
-            Report::failure(format!("{what} {}", out.describe()))
-        }
-    }
-
-    /// Adds test counts.
-    pub fn with_tests(mut self, tests: TestCounts) -> Self {
-        self.tests = Some(tests);
-        self
-    }
-
-    /// Adds a metric.
-    pub fn metric(mut self, key: &str, value: impl ToString) -> Self {
-        self.metrics.push((key.to_string(), value.to_string()));
-        self
-    }
-}
-
-impl Output {
-    /// Exited with code 0.
-    pub fn success(&self) -> bool {
-        self.exit_code == Some(0)
-    }
-
-    /// `exited with code 2`, `was killed by signal 9`, `timed out after 5000 ms`.
-    pub fn describe(&self) -> String {
-        if self.timed_out {
-            return format!("timed out after {} ms", self.duration_ms);
-        }
-        match (self.exit_code, self.signal) {
-            (Some(code), _) => format!("exited with code {code}"),
-            (None, Some(sig)) => format!("was killed by signal {sig}"),
-            _ => "ended without a status".to_string(),
-        }
-    }
-}
-
-impl Error {
-    /// A sentence for humans: what was refused and the grant that would allow it, or why the
-    /// config is invalid, or why the work failed.
-    pub fn message(&self) -> String {
-        match self {
-            Error::Denied(d) => format!(
-                "{} `{}` is not granted; add to nestr.toml: {}",
-                d.capability, d.requested, d.grant
-            ),
-            Error::InvalidConfig(m) => format!("invalid config: {m}"),
-            Error::Failed(m) => m.clone(),
-        }
-    }
-}
-
 /// Starts building a command for a granted program.
 pub fn exec(program: &str) -> Command {
     Command {
-        inner: bindings::nestr::plugin::exec::Command {
-            program: program.to_string(),
-            args: Vec::new(),
-            cwd: None,
-            env: Vec::new(),
-            timeout_ms: None,
-        },
+        program: program.to_string(),
+        args: Vec::new(),
+        cwd: None,
+        env: Vec::new(),
+        timeout_ms: None,
+        capture: false,
     }
 }
 
 /// A program to run through the engine (see [`exec`]).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Command {
-    inner: bindings::nestr::plugin::exec::Command,
+    /// A granted program: a name looked up on the engine's PATH, or an absolute path.
+    pub program: String,
+    pub args: Vec<String>,
+    /// Relative to the service folder; it may not leave it.
+    pub cwd: Option<String>,
+    /// Variables to set; each name must be granted.
+    pub env: Vec<(String, String)>,
+    pub timeout_ms: Option<u64>,
+    /// Return stdout in [`Output::stdout`] instead of writing it to the step log.
+    pub capture: bool,
 }
 
 impl Command {
     pub fn arg(mut self, arg: impl Into<String>) -> Self {
-        self.inner.args.push(arg.into());
+        self.args.push(arg.into());
         self
     }
 
@@ -331,48 +200,56 @@ impl Command {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        self.inner.args.extend(args.into_iter().map(Into::into));
+        self.args.extend(args.into_iter().map(Into::into));
         self
     }
 
     /// Runs in this folder, relative to the service folder.
     pub fn cwd(mut self, dir: impl Into<String>) -> Self {
-        self.inner.cwd = Some(dir.into());
+        self.cwd = Some(dir.into());
         self
     }
 
     /// Sets a (granted) environment variable.
     pub fn env(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.inner.env.push((name.into(), value.into()));
+        self.env.push((name.into(), value.into()));
         self
     }
 
+    /// Ends the program after `d` (the step's deadline applies as well).
     pub fn timeout(mut self, d: Duration) -> Self {
-        self.inner.timeout_ms = Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self.timeout_ms = Some(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        self
+    }
+
+    /// Keeps stdout for the plugin ([`Output::stdout`], up to 16 MiB) instead of the step log;
+    /// for programs whose output the plugin parses (`cargo metadata`, `npm pack --json`).
+    pub fn capture(mut self) -> Self {
+        self.capture = true;
         self
     }
 
     /// Runs the program to completion; its output streams into the step log.
     pub fn run(self) -> Result<Output, Error> {
-        bindings::nestr::plugin::exec::run(&self.inner)
+        host::exec(&self)
     }
 
-    /// Runs it and turns anything but exit code 0 into `Error::Failed`.
+    /// Runs it and turns anything but exit code 0 into a failure naming the command.
     pub fn check(self) -> Result<Output, Error> {
         let line = self.display();
         let out = self.run()?;
         if out.success() {
             Ok(out)
         } else {
-            Err(Error::Failed(format!("`{line}` {}", out.describe())))
+            Err(Error::failed(format!("`{line}` {}", out.describe())))
         }
     }
 
     /// The command line as shown in messages, quoted the way a POSIX shell would read it back
     /// (`sh -c 'echo a b'`), so that what is shown is what ran.
     pub fn display(&self) -> String {
-        std::iter::once(self.inner.program.as_str())
-            .chain(self.inner.args.iter().map(String::as_str))
+        std::iter::once(self.program.as_str())
+            .chain(self.args.iter().map(String::as_str))
             .map(shell_quote)
             .collect::<Vec<_>>()
             .join(" ")
@@ -390,6 +267,32 @@ pub fn shell_quote(word: &str) -> String {
         word.to_string()
     } else {
         format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+/// Where host calls go: the engine (wasm32), or the [`testing`] harness (native).
+mod host {
+    use crate::{Command, Error, Level, Output, http};
+
+    pub fn log(level: Level, message: &str) {
+        #[cfg(target_arch = "wasm32")]
+        crate::wit::log(level, message);
+        #[cfg(not(target_arch = "wasm32"))]
+        crate::testing::log(level, message);
+    }
+
+    pub fn exec(command: &Command) -> Result<Output, Error> {
+        #[cfg(target_arch = "wasm32")]
+        return crate::wit::exec(command);
+        #[cfg(not(target_arch = "wasm32"))]
+        crate::testing::exec(command)
+    }
+
+    pub fn http(request: &http::Request) -> Result<http::Response, Error> {
+        #[cfg(target_arch = "wasm32")]
+        return crate::wit::http(request);
+        #[cfg(not(target_arch = "wasm32"))]
+        crate::testing::http(request)
     }
 }
 

@@ -90,6 +90,17 @@ pub fn diff(manifest: &Manifest, old: &Value, new: &Value) -> Vec<String> {
             _ => format!("dependency `{k}`'s key changed"),
         });
     });
+    map_diff(&get(old, "wired"), &get(new, "wired"), &mut |k, a, b| {
+        out.push(match (a.is_null(), b.is_null()) {
+            (true, false) => format!("dependency `{k}` is now wired"),
+            (false, true) => format!("dependency `{k}` is no longer wired"),
+            _ => format!(
+                "wired dependency `{k}` moved from {} to {}",
+                short(a.get("commit")),
+                short(b.get("commit"))
+            ),
+        });
+    });
     // Anything else (a part this version does not know).
     if let (Some(a), Some(b)) = (old.as_object(), new.as_object()) {
         const KNOWN: &[&str] = &[
@@ -105,6 +116,7 @@ pub fn diff(manifest: &Manifest, old: &Value, new: &Value) -> Vec<String> {
             "outputs",
             "inputs",
             "deps",
+            "wired",
         ];
         let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
         keys.sort();

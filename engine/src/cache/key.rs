@@ -241,7 +241,7 @@ impl<'a> Keys<'a> {
                 (n.clone(), v.unwrap_or(Value::Null))
             })
             .collect();
-        Ok(json!({
+        let mut key = json!({
             "format": FORMAT,
             "service": service.name,
             "operation": self.operation,
@@ -258,7 +258,23 @@ impl<'a> Keys<'a> {
             "outputs": outputs,
             "inputs": inputs,
             "deps": deps,
-        }))
+        });
+        // The checkouts a wired build uses, by commit (only when there are some, so that the
+        // keys of unwired steps stay as they were).
+        let wired: serde_json::Map<String, Value> = service
+            .wired
+            .iter()
+            .filter_map(|d| {
+                let ds = manifest.service(d)?;
+                let repo = manifest.repo(&ds.repo)?;
+                let (commit, _) = crate::git::head_and_branch(manifest, repo);
+                Some((d.clone(), json!({ "repo": ds.repo, "commit": commit })))
+            })
+            .collect();
+        if let (false, Some(o)) = (wired.is_empty(), key.as_object_mut()) {
+            o.insert("wired".into(), Value::Object(wired));
+        }
+        Ok(key)
     }
 
     /// The service's inputs: its folder's tree at HEAD and its uncommitted changes, or with

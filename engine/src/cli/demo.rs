@@ -340,6 +340,7 @@ fn run_args(operation: &str, tags: &[&str]) -> super::run::RunArgs {
         json: false,
         no_cache: false,
         cache: None,
+        record: None,
         affected: false,
         range: Default::default(),
     }

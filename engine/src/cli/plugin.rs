@@ -48,7 +48,8 @@ pub enum PluginCommand {
         /// Where to create it (default: ./NAME).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Path of nestr-sdk to depend on (default: the sdk/ this nestr was built from).
+        /// Depend on the nestr-sdk at this path (a nestr checkout's sdk/) instead of vendoring the
+        /// copy this nestr carries into NAME/vendor/nestr-sdk.
         #[arg(long, value_name = "PATH")]
         sdk: Option<PathBuf>,
     },
@@ -338,6 +339,40 @@ fn check_workspace_config(
         .map_err(|e| CliError::Manifest(Box::new(e)))
 }
 
+/// nestr-sdk as `plugin new` vendors it: its sources and the contract, embedded in the binary,
+/// so that a new plugin builds wherever nestr is installed (no checkout, no registry).
+const SDK_FILES: &[(&str, &str)] = &[
+    ("src/lib.rs", include_str!("../../../sdk/src/lib.rs")),
+    ("src/types.rs", include_str!("../../../sdk/src/types.rs")),
+    ("src/schema.rs", include_str!("../../../sdk/src/schema.rs")),
+    ("src/http.rs", include_str!("../../../sdk/src/http.rs")),
+    ("src/tape.rs", include_str!("../../../sdk/src/tape.rs")),
+    (
+        "src/testing.rs",
+        include_str!("../../../sdk/src/testing.rs"),
+    ),
+    ("src/wit.rs", include_str!("../../../sdk/src/wit.rs")),
+    ("src/parse.rs", include_str!("../../../sdk/src/parse.rs")),
+    ("wit/plugin.wit", include_str!("../../../wit/plugin.wit")),
+];
+
+/// The SDK's Cargo.toml with the values it inherits from nestr's workspace written out.
+fn vendored_sdk_manifest() -> String {
+    let v = env!("CARGO_PKG_VERSION");
+    include_str!("../../../sdk/Cargo.toml")
+        .replace(
+            "\nversion.workspace = true",
+            &format!("\nversion = \"{v}\""),
+        )
+        .replace("edition.workspace = true", "edition = \"2024\"")
+        .replace("rust-version.workspace = true", "rust-version = \"1.95\"")
+        .replace(
+            "license.workspace = true",
+            "license = \"Apache-2.0\"\npublish = false",
+        )
+        .replace("\n[lints]\nworkspace = true\n", "\n")
+}
+
 fn new(
     at: &Location,
     name: &str,
@@ -358,42 +393,93 @@ fn new(
         )));
     }
     let sdk = match sdk {
-        Some(p) => at.cwd.join(p),
-        None => PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk")),
+        Some(p) => {
+            let p = at.cwd.join(p);
+            let real = std::fs::canonicalize(&p).map_err(|_| {
+                CliError::usage(format!(
+                    "nestr-sdk is not at {}; pass --sdk PATH to a nestr checkout's sdk/, or \
+                     leave --sdk out to vendor the SDK this nestr carries",
+                    p.display()
+                ))
+            })?;
+            Some(real)
+        }
+        None => None,
     };
-    let sdk = std::fs::canonicalize(&sdk).map_err(|_| {
-        CliError::usage(format!(
-            "nestr-sdk is not at {}; pass --sdk PATH to your nestr checkout's sdk/",
-            sdk.display()
-        ))
-    })?;
     let crate_name = name.replace('-', "_");
+    let sdk_path = sdk.as_ref().map_or_else(
+        || "vendor/nestr-sdk".to_string(),
+        |p| p.display().to_string(),
+    );
     let cargo_toml = format!(
         "[package]\nname = \"{name}\"\nversion = \"0.1.0\"\nedition = \"2024\"\npublish = false\n\n\
-         [lib]\ncrate-type = [\"cdylib\"]\n\n[dependencies]\nnestr-sdk = {{ path = {:?} }}\n\
-         serde = {{ version = \"1\", features = [\"derive\"] }}\n\n\
-         [profile.release]\nopt-level = \"s\"\nstrip = true\n\n# A plugin builds on its own.\n[workspace]\n",
-        sdk.display().to_string()
+         [lib]\n# cdylib: the component; rlib: for integration tests under tests/.\n\
+         crate-type = [\"cdylib\", \"rlib\"]\n\n[dependencies]\nnestr-sdk = {{ path = {sdk_path:?} }}\n\
+         schemars = \"1\"\nserde = {{ version = \"1\", features = [\"derive\"] }}\nserde_json = \"1\"\n\n\
+         [profile.release]\nopt-level = \"s\"\nstrip = true\n\n# A plugin builds on its own.\n[workspace]\n"
     );
     let lib = include_str!("plugin_template.rs").replace("{{name}}", name);
     let write = |p: PathBuf, text: &str| {
+        if let Some(parent) = p.parent() {
+            std::fs::create_dir_all(parent)
+                .map_err(|e| CliError::usage(format!("cannot create {}: {e}", parent.display())))?;
+        }
         std::fs::write(&p, text)
             .map_err(|e| CliError::usage(format!("cannot write {}: {e}", p.display())))
     };
-    std::fs::create_dir_all(dir.join("src"))
-        .map_err(|e| CliError::usage(format!("cannot create {}: {e}", dir.display())))?;
     write(dir.join("Cargo.toml"), &cargo_toml)?;
     write(dir.join("src/lib.rs"), &lib)?;
     write(dir.join(".gitignore"), "/target\n")?;
+    if sdk.is_none() {
+        let vendor = dir.join("vendor/nestr-sdk");
+        write(vendor.join("Cargo.toml"), &vendored_sdk_manifest())?;
+        for (file, text) in SDK_FILES {
+            write(vendor.join(file), text)?;
+        }
+    }
     let rel = dir
         .strip_prefix(&at.cwd)
         .unwrap_or(&dir)
         .display()
         .to_string();
+    let sdk_note = match &sdk {
+        Some(p) => format!("nestr-sdk: {}", p.display()),
+        None => format!(
+            "nestr-sdk {} is vendored in {rel}/vendor/nestr-sdk (for {})",
+            env!("CARGO_PKG_VERSION"),
+            crate::plugin::CONTRACT
+        ),
+    };
     ui.note(&format!(
-        "created the plugin crate {rel}\n\nbuild it:\n  cd {rel} && cargo build --release --target wasm32-wasip2\n\n\
+        "created the plugin crate {rel} ({sdk_note})\n\ntest it natively, then build the component:\n  \
+         cd {rel} && cargo test && cargo build --release --target wasm32-wasip2\n\n\
          use it from nestr.toml (one table):\n  [plugins.{name}]\n  path = \"{rel}/target/wasm32-wasip2/release/{crate_name}.wasm\"\n  \
-         grants = {{ exec = [\"echo\"] }}\n\nthen give a service an operation:  lint = {{ plugin = \"{name}\" }}"
+         grants = {{ exec = [\"echo\"] }}\n\nthen give a service an operation:  greet = {{ plugin = \"{name}\" }}"
     ));
     Ok(ExitCode::Ok)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{SDK_FILES, vendored_sdk_manifest};
+
+    #[test]
+    fn every_sdk_source_is_vendored_and_its_manifest_stands_alone() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../sdk/src");
+        for entry in std::fs::read_dir(dir).expect("sdk/src") {
+            let name = entry.expect("entry").file_name();
+            let file = format!("src/{}", name.to_string_lossy());
+            assert!(
+                SDK_FILES.iter().any(|(f, _)| *f == file),
+                "sdk/{file} is not in SDK_FILES: `plugin new` would vendor an SDK without it"
+            );
+        }
+        let manifest = vendored_sdk_manifest();
+        assert!(!manifest.contains("workspace"), "{manifest}");
+        let parsed: toml::Value = toml::from_str(&manifest).expect("TOML");
+        assert_eq!(
+            parsed["package"]["version"].as_str(),
+            Some(env!("CARGO_PKG_VERSION"))
+        );
+    }
 }

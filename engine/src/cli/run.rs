@@ -62,6 +62,11 @@ pub struct RunArgs {
     /// (use stored results, store nothing: for CI consumers), write (run all, store), off.
     #[arg(long, value_enum, value_name = "MODE")]
     pub cache: Option<CacheMode>,
+    /// Record each step's host calls (programs run, HTTP requests, log lines, with their
+    /// answers) as a tape DIR/SERVICE.OPERATION.json, for `nestr_sdk::testing::replay` in a
+    /// plugin's native tests. Every step runs (stored results are not used).
+    #[arg(long, value_name = "DIR")]
+    pub record: Option<std::path::PathBuf>,
     /// Run only the services a change affects (see `nestr affected`), since each repository's
     /// upstream, --base REF or --from OLD.lock.
     #[arg(long, conflicts_with_all = ["services", "tags"])]
@@ -153,11 +158,19 @@ pub fn run(ws: &mut Workspace, args: RunArgs, ui: &Ui) -> Result<ExitCode, CliEr
     }
     let mut options = RunOptions {
         continue_mode: args.continue_mode,
-        cache: if args.no_cache {
-            CacheMode::Off
-        } else {
-            args.cache.unwrap_or_default()
+        cache: match (args.no_cache, args.cache.unwrap_or_default()) {
+            (true, _) => CacheMode::Off,
+            // A recorded step must run: results may be stored, never used.
+            (false, CacheMode::ReadWrite | CacheMode::Write) if args.record.is_some() => {
+                CacheMode::Write
+            }
+            (false, CacheMode::Read | CacheMode::Off) if args.record.is_some() => CacheMode::Off,
+            (false, mode) => mode,
         },
+        record: args
+            .record
+            .as_ref()
+            .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone())),
         ..RunOptions::default()
     };
     if let Some(j) = args.jobs {

@@ -179,6 +179,9 @@ pub struct Service {
     /// Relative to the repository's folder; `.` for the repository itself.
     pub path: PathBuf,
     pub depends_on: Vec<String>,
+    /// The dependencies whose checkouts its builds use instead of published packages
+    /// (`wire = true` on the service or on a `depends_on` entry).
+    pub wired: Vec<String>,
     pub tags: Vec<String>,
     /// Operations the service defines itself.
     pub operations: IndexMap<String, OperationSpec>,

@@ -69,11 +69,54 @@ pub(crate) struct RawService {
     pub repo: Spanned<String>,
     pub path: Option<Spanned<String>>,
     #[serde(default)]
-    pub depends_on: Vec<Spanned<String>>,
+    pub depends_on: Vec<Spanned<RawDep>>,
+    /// `wire = true`: every dependency is wired.
+    pub wire: Option<Spanned<bool>>,
     #[serde(default)]
     pub tags: Vec<Spanned<String>>,
     #[serde(default)]
     pub operations: Named<RawServiceOperation>,
+}
+
+/// One `depends_on` entry: `"name"` or `{ service = "name", wire = true }`.
+#[derive(Debug)]
+pub(crate) struct RawDep {
+    pub service: String,
+    pub wire: bool,
+}
+
+impl<'de> Deserialize<'de> for RawDep {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::{self, MapAccess, Visitor};
+        struct Entry;
+        impl<'de> Visitor<'de> for Entry {
+            type Value = RawDep;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a service name, or a table `{ service = \"name\", wire = true }`")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawDep, E> {
+                Ok(RawDep {
+                    service: v.to_string(),
+                    wire: false,
+                })
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut m: A) -> Result<RawDep, A::Error> {
+                let (mut service, mut wire) = (None, false);
+                while let Some(key) = m.next_key::<String>()? {
+                    match key.as_str() {
+                        "service" => service = Some(m.next_value::<String>()?),
+                        "wire" => wire = m.next_value::<bool>()?,
+                        other => {
+                            return Err(de::Error::unknown_field(other, &["service", "wire"]));
+                        }
+                    }
+                }
+                let service = service.ok_or_else(|| de::Error::missing_field("service"))?;
+                Ok(RawDep { service, wire })
+            }
+        }
+        d.deserialize_any(Entry)
+    }
 }
 
 /// A service's operation: its own definition, or `false` to turn a workspace default off.

@@ -96,7 +96,7 @@ mod keys {
     ];
     pub const WORKSPACE: &[&str] = &["name", "description"];
     pub const REPO: &[&str] = &["url", "branch", "tag", "rev", "path"];
-    pub const SERVICE: &[&str] = &["repo", "path", "depends_on", "tags", "operations"];
+    pub const SERVICE: &[&str] = &["repo", "path", "depends_on", "wire", "tags", "operations"];
     pub const OPERATION: &[&str] = &[
         "plugin",
         "config",
@@ -913,7 +913,7 @@ impl Validator<'_> {
             };
             let mut seen = HashSet::new();
             for dep in &s.depends_on {
-                let d = dep.get_ref();
+                let d = &dep.get_ref().service;
                 if !seen.insert(d) {
                     self.p.err(
                         dep.span(),
@@ -982,7 +982,17 @@ impl Validator<'_> {
                 name: name.get_ref().clone(),
                 repo: repo.clone(),
                 path: path.unwrap_or_else(|| PathBuf::from(".")),
-                depends_on: s.depends_on.iter().map(|d| d.get_ref().clone()).collect(),
+                depends_on: s
+                    .depends_on
+                    .iter()
+                    .map(|d| d.get_ref().service.clone())
+                    .collect(),
+                wired: s
+                    .depends_on
+                    .iter()
+                    .filter(|d| d.get_ref().wire || s.wire.as_ref().is_some_and(|w| *w.get_ref()))
+                    .map(|d| d.get_ref().service.clone())
+                    .collect(),
                 tags: s.tags.iter().map(|t| t.get_ref().clone()).collect(),
                 operations,
                 opted_out,
@@ -1002,7 +1012,11 @@ impl Validator<'_> {
                 s.get_ref()
                     .depends_on
                     .iter()
-                    .filter_map(|d| index.get(d.get_ref().as_str()).map(|&i| (i, d.span())))
+                    .filter_map(|d| {
+                        index
+                            .get(d.get_ref().service.as_str())
+                            .map(|&i| (i, d.span()))
+                    })
                     .collect()
             })
             .collect();

@@ -41,10 +41,15 @@ impl exec::Host for StepState {
     }
 }
 
+/// Bytes of stdout a plugin may capture (`command.capture`).
+const CAPTURE_BYTES: usize = 16 * 1024 * 1024;
+
 /// The last bytes of a program's output, masked.
 #[derive(Default)]
 struct Tail {
     bytes: VecDeque<u8>,
+    /// Earlier bytes were dropped to keep [`TAIL_BYTES`].
+    cut: bool,
 }
 
 impl Tail {
@@ -53,6 +58,7 @@ impl Tail {
         self.bytes.push_back(b'\n');
         while self.bytes.len() > TAIL_BYTES {
             self.bytes.pop_front();
+            self.cut = true;
         }
     }
 
@@ -116,6 +122,15 @@ pub struct Program<'a> {
     pub deadline: Option<Instant>,
     /// How it is named in the step log's notices.
     pub shown: &'a str,
+    /// Keep stdout (up to 16 MiB) for the caller instead of writing it to the log.
+    pub capture: bool,
+}
+
+/// Captured stdout: its text (masked) and whether it was cut.
+#[derive(Default)]
+pub struct Captured {
+    pub text: String,
+    pub cut: bool,
 }
 
 /// How a [`Program`] ended.
@@ -126,6 +141,10 @@ pub struct Ended {
     pub duration: Duration,
     /// The last 64 KiB of its output, masked.
     pub tail: String,
+    /// `tail` lost earlier output.
+    pub tail_cut: bool,
+    /// Its stdout, when captured.
+    pub stdout: Option<Captured>,
 }
 
 /// Runs `p` to its end: born inside the step's containment, in its own process group, stdin
@@ -166,20 +185,28 @@ pub async fn run_program(p: Program<'_>) -> Result<Ended, String> {
     };
 
     let tail = Arc::new(Mutex::new(Tail::default()));
-    let readers: Vec<_> = [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn tokio::io::AsyncRead + Send + Unpin>),
-    ]
-    .into_iter()
-    .zip([Stream::Stdout, Stream::Stderr])
-    .filter_map(|(r, stream)| r.map(|r| tokio::spawn(pump(r, p.log.clone(), stream, tail.clone()))))
-    .collect();
+    let mut readers = Vec::new();
+    let mut captured = None;
+    if let Some(out) = child.stdout.take() {
+        if p.capture {
+            captured = Some(tokio::spawn(capture(out, p.log.clone())));
+        } else {
+            readers.push(tokio::spawn(pump(
+                Box::new(out),
+                p.log.clone(),
+                Stream::Stdout,
+                tail.clone(),
+            )));
+        }
+    }
+    if let Some(err) = child.stderr.take() {
+        readers.push(tokio::spawn(pump(
+            Box::new(err),
+            p.log.clone(),
+            Stream::Stderr,
+            tail.clone(),
+        )));
+    }
 
     let never = started + Duration::from_secs(100 * 365 * 24 * 3600);
     let deadline = p.deadline.unwrap_or(never);
@@ -206,24 +233,47 @@ pub async fn run_program(p: Program<'_>) -> Result<Ended, String> {
         // Output still buffered in the pipes is read; a pipe held open by nothing is closed now.
         let _ = tokio::time::timeout(Duration::from_millis(500), r).await;
     }
+    let stdout = match captured {
+        Some(c) => Some(
+            tokio::time::timeout(Duration::from_millis(500), c)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or_default(),
+        ),
+        None => None,
+    };
     let status = status.map_err(|e| format!("waiting for `{shown}`: {e}"))?;
-    let tail = tail.lock().map(|t| t.text()).unwrap_or_default();
+    let (tail, tail_cut) = tail.lock().map(|t| (t.text(), t.cut)).unwrap_or_default();
     Ok(Ended {
         status,
         timed_out,
         cancelled,
         duration: started.elapsed(),
         tail,
+        tail_cut,
+        stdout,
     })
 }
 
+/// The contract's `exec.run`: checked against the grants, run contained, recorded on the step's
+/// tape when there is one.
 pub async fn run(ctx: &StepContext, cmd: Command) -> Result<Output, types::Error> {
+    let Some(tape) = &ctx.tape else {
+        return run_checked(ctx, cmd).await;
+    };
+    let result = run_checked(ctx, cmd.clone()).await;
+    tape.exec(&cmd, &result);
+    result
+}
+
+async fn run_checked(ctx: &StepContext, cmd: Command) -> Result<Output, types::Error> {
     if ctx.cancel.is_cancelled() {
-        return Err(types::Error::Failed("the step was cancelled".into()));
+        return Err(failed("the step was cancelled"));
     }
     let program = match ctx.caps.check_exec(&cmd.program, &cmd.args) {
         Err(d) => return Err(ctx.denied(d)),
-        Ok(Err(not_found)) => return Err(types::Error::Failed(not_found)),
+        Ok(Err(not_found)) => return Err(failed(not_found)),
         Ok(Ok(p)) => p,
     };
     for (name, _) in &cmd.env {
@@ -231,15 +281,13 @@ pub async fn run(ctx: &StepContext, cmd: Command) -> Result<Output, types::Error
             return Err(ctx.denied(d));
         }
         if name == "NESTR_STEP" {
-            return Err(types::Error::Failed(
-                "NESTR_STEP is set by the engine".into(),
-            ));
+            return Err(failed("NESTR_STEP is set by the engine"));
         }
     }
     let cwd = match resolve_cwd(&ctx.service_dir, cmd.cwd.as_deref()) {
         Ok(dir) => dir,
         Err(Ok(d)) => return Err(ctx.denied(d)),
-        Err(Err(msg)) => return Err(types::Error::Failed(msg)),
+        Err(Err(msg)) => return Err(failed(msg)),
     };
 
     let mut envs = ctx.caps.environment();
@@ -260,9 +308,10 @@ pub async fn run(ctx: &StepContext, cmd: Command) -> Result<Output, types::Error
         cancel: &ctx.cancel,
         deadline: Some(deadline),
         shown: &shown,
+        capture: cmd.capture,
     })
     .await
-    .map_err(types::Error::Failed)?;
+    .map_err(failed)?;
     let duration_ms = u64::try_from(ended.duration.as_millis()).unwrap_or(u64::MAX);
     let masker = ctx.log.masker();
     ctx.programs.push(crate::cache::provenance::ProgramRun {
@@ -274,13 +323,27 @@ pub async fn run(ctx: &StepContext, cmd: Command) -> Result<Output, types::Error
         signal: ended.status.signal(),
         duration_ms,
     });
+    let stdout = ended.stdout.unwrap_or_default();
     Ok(Output {
         exit_code: ended.status.code(),
         signal: ended.status.signal(),
         duration_ms,
         tail: ended.tail,
-        truncated: ctx.log.truncated(),
+        tail_truncated: ended.tail_cut,
+        log_truncated: ctx.log.truncated(),
+        stdout: stdout.text,
+        stdout_truncated: stdout.cut,
         timed_out: ended.timed_out,
+    })
+}
+
+/// A failure the engine reports to the plugin (no tests, artifacts or metrics).
+pub fn failed(message: impl Into<String>) -> types::Error {
+    types::Error::Failed(types::Failure {
+        message: message.into(),
+        tests: None,
+        artifacts: Vec::new(),
+        metrics: Vec::new(),
     })
 }
 
@@ -332,6 +395,28 @@ async fn pump(
         }
     }
     lines.finish();
+}
+
+/// Reads a captured stdout to its end: kept up to [`CAPTURE_BYTES`] (the rest is read and
+/// dropped, so the program never blocks on a full pipe), then masked.
+async fn capture(mut reader: tokio::process::ChildStdout, log: Arc<StepLog>) -> Captured {
+    let mut kept = Vec::new();
+    let mut cut = false;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match reader.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let room = CAPTURE_BYTES.saturating_sub(kept.len());
+                kept.extend_from_slice(&buf[..n.min(room)]);
+                cut |= n > room;
+            }
+        }
+    }
+    Captured {
+        text: log.masker().mask(&String::from_utf8_lossy(&kept)),
+        cut,
+    }
 }
 
 /// The working folder: the service folder, or a folder inside it (symbolic links resolved).

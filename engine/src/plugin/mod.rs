@@ -16,12 +16,14 @@
 
 pub mod bindings;
 pub mod caps;
+mod compat;
 mod exec;
 pub(crate) mod fs;
 mod http;
 pub(crate) mod limits;
 pub mod sink;
 pub mod state;
+pub mod tape;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,8 +50,10 @@ pub use exec::{Ended, Program, kill_marked, kill_marked_prefix, run_program};
 
 include!(concat!(env!("OUT_DIR"), "/builtin_plugins.rs"));
 
-/// The package of the contract this host speaks.
-pub const CONTRACT: &str = "nestr:plugin@0.1.0";
+/// The package of the contract this host speaks (and builds its built-in plugins against).
+pub const CONTRACT: &str = "nestr:plugin@0.2.0";
+/// Older contracts it still loads plugins of (frozen under `wit/frozen/`).
+pub const OLDER_CONTRACTS: &[&str] = &["nestr:plugin@0.1.0"];
 /// Where the service folder appears in a plugin's filesystem.
 pub const GUEST_WORKDIR: &str = "/service";
 
@@ -78,9 +82,10 @@ pub struct PluginInfo {
     pub operations: Vec<String>,
     pub capabilities: Declared,
     pub config: Vec<ConfigField>,
-    /// Whether its results may be cached. Contract 0.1.0 has no word for it: every plugin is
-    /// cacheable except the built-in `http-deploy`, which acts on the world.
+    /// Whether its results may be cached (`describe()` says; a 0.1.0 plugin always may be).
     pub cacheable: bool,
+    /// The contract it was built against (`nestr:plugin@0.2.0`).
+    pub contract: String,
 }
 
 impl PluginInfo {
@@ -103,7 +108,80 @@ pub struct LoadedPlugin {
     /// `builtin` or the file it came from.
     pub source: String,
     pub info: PluginInfo,
-    pre: OperationPre<StepState>,
+    pre: Pre,
+}
+
+/// A component ready to instantiate, by the contract it was built against.
+#[derive(Clone)]
+enum Pre {
+    Current(OperationPre<StepState>),
+    V0_1(bindings::v0_1::OperationPre<StepState>),
+}
+
+impl Pre {
+    /// Checks a component's exports against the current contract, then the older ones.
+    fn new(pre: wasmtime::component::InstancePre<StepState>) -> wasmtime::Result<Pre> {
+        match OperationPre::new(pre.clone()) {
+            Ok(p) => Ok(Pre::Current(p)),
+            Err(current) => bindings::v0_1::OperationPre::new(pre)
+                .map(Pre::V0_1)
+                .map_err(|_| current),
+        }
+    }
+
+    fn contract(&self) -> &'static str {
+        match self {
+            Pre::Current(_) => CONTRACT,
+            Pre::V0_1(_) => OLDER_CONTRACTS[0],
+        }
+    }
+
+    async fn describe(&self, store: &mut Store<StepState>) -> wasmtime::Result<types::PluginInfo> {
+        match self {
+            Pre::Current(p) => {
+                p.instantiate_async(&mut *store)
+                    .await?
+                    .call_describe(store)
+                    .await
+            }
+            Pre::V0_1(p) => Ok(compat::info_from_old(
+                p.instantiate_async(&mut *store)
+                    .await?
+                    .call_describe(store)
+                    .await?,
+            )),
+        }
+    }
+
+    /// Instantiates (timing it), then calls `run(request)`.
+    async fn run(
+        &self,
+        store: &mut Store<StepState>,
+        request: &types::Request,
+    ) -> wasmtime::Result<Result<types::Report, types::Error>> {
+        let t = Instant::now();
+        let observe = || {
+            if let Some(m) = crate::metrics::global() {
+                m.plugin_instantiate_seconds
+                    .observe(t.elapsed().as_secs_f64());
+            }
+        };
+        match self {
+            Pre::Current(p) => {
+                let instance = p.instantiate_async(&mut *store).await?;
+                observe();
+                instance.call_run(store, request).await
+            }
+            Pre::V0_1(p) => {
+                let instance = p.instantiate_async(&mut *store).await?;
+                observe();
+                let old = compat::request_to_old(request);
+                Ok(compat::result_from_old(
+                    instance.call_run(store, &old).await?,
+                ))
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for LoadedPlugin {
@@ -124,6 +202,10 @@ pub struct StepRequest {
     pub commit: Option<String>,
     pub branch: Option<String>,
     pub config: serde_json::Value,
+    /// The service folder on this machine.
+    pub folder: PathBuf,
+    pub dependencies: Vec<types::Dependency>,
+    pub target: Option<types::Target>,
 }
 
 impl StepRequest {
@@ -137,6 +219,9 @@ impl StepRequest {
             branch: self.branch.clone(),
             config: self.config.to_string(),
             workdir: GUEST_WORKDIR.to_string(),
+            folder: self.folder.to_string_lossy().into_owned(),
+            dependencies: self.dependencies.clone(),
+            target: self.target.clone(),
         }
     }
 }
@@ -189,7 +274,7 @@ pub struct Host {
 /// What loading a component produced; it depends on the bytes only, not on the name used.
 #[derive(Clone)]
 struct Compiled {
-    pre: OperationPre<StepState>,
+    pre: Pre,
     info: PluginInfo,
 }
 
@@ -266,6 +351,10 @@ impl Host {
         fs::add_to_linker(&mut linker)?;
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
         Operation::add_to_linker::<StepState, HasSelf<StepState>>(&mut linker, |s| s)?;
+        bindings::v0_1::Operation::add_to_linker::<StepState, HasSelf<StepState>>(
+            &mut linker,
+            |s| s,
+        )?;
         let ticker = Ticker::start(&engine);
         Ok(Host {
             engine,
@@ -394,13 +483,14 @@ impl Host {
         let pre = self
             .linker
             .instantiate_pre(&component)
-            .and_then(OperationPre::new)
+            .and_then(Pre::new)
             .map_err(|e| {
                 load_error(
                     name,
                     format!(
                         "{source} was built for a different plugin contract than this nestr \
-                         speaks ({CONTRACT}): {}. Rebuild it against nestr-sdk {}",
+                         speaks ({CONTRACT}, or the older {}): {}. Rebuild it against nestr-sdk {}",
+                        OLDER_CONTRACTS.join(", "),
                         root_cause(&e),
                         env!("CARGO_PKG_VERSION")
                     ),
@@ -414,8 +504,6 @@ impl Host {
             pre,
         };
         plugin.info = self.describe(&plugin).await?;
-        // Contract 0.1.0 cannot say "not cacheable"; the built-in deploy plugin is not.
-        plugin.info.cacheable = !(source == "builtin" && name == "http-deploy");
         if let Ok(mut m) = self.compiled.lock() {
             if m.len() >= MAX_COMPILED {
                 m.clear();
@@ -458,14 +546,14 @@ impl Host {
             denials: Denials::default(),
             containment: crate::contain::Containment::new("describe", caps::DEFAULT_PIDS),
             programs: Default::default(),
+            tape: None,
         });
         let mut store = self
             .store(ctx, caps::DEFAULT_MEMORY_MB, limits::DESCRIBE_TIMEOUT, None)
             .map_err(|e| load_error(&plugin.name, e.to_string()))?;
         let call = async {
             let _slot = self.slot().await?;
-            let instance = plugin.pre.instantiate_async(&mut store).await?;
-            instance.call_describe(&mut store).await
+            plugin.pre.describe(&mut store).await
         };
         let info = tokio::time::timeout(limits::DESCRIBE_TIMEOUT, call)
             .await
@@ -476,7 +564,9 @@ impl Host {
                     format!("describe() failed: {}", root_cause(&e)),
                 )
             })?;
-        Ok(convert_info(info))
+        let mut info = convert_info(info);
+        info.contract = plugin.pre.contract().to_string();
+        Ok(info)
     }
 
     /// Waits for a pool slot (see [`limits::CONCURRENT_STORES`]).
@@ -554,8 +644,13 @@ impl Host {
         let mut store = self.store(ctx, caps::DEFAULT_MEMORY_MB, timeout, None)?;
         let build = t.elapsed();
         let _slot = self.slot().await?;
+        let Pre::Current(pre) = &plugin.pre else {
+            return Err(wasmtime::Error::msg(
+                "the benchmark plugin speaks an older contract",
+            ));
+        };
         let t = Instant::now();
-        let instance = plugin.pre.instantiate_async(&mut store).await?;
+        let instance = pre.instantiate_async(&mut store).await?;
         let instantiate = t.elapsed();
         let t = Instant::now();
         instance.call_describe(&mut store).await?;
@@ -594,13 +689,7 @@ impl Host {
         let wit_request = request.to_wit();
         let call = async {
             let _slot = self.slot().await?;
-            let t = Instant::now();
-            let instance = plugin.pre.instantiate_async(&mut store).await?;
-            if let Some(m) = crate::metrics::global() {
-                m.plugin_instantiate_seconds
-                    .observe(t.elapsed().as_secs_f64());
-            }
-            instance.call_run(&mut store, &wit_request).await
+            plugin.pre.run(&mut store, &wit_request).await
         };
         // The wall-clock bound: beyond the deadline (plus the grace a program gets to exit), the
         // call is dropped wherever it is, even inside a host function.
@@ -616,6 +705,22 @@ impl Host {
         };
         let hit_memory = store.data().limiter.hit_memory_limit;
         drop(store);
+        if let Some(tape) = &ctx.tape {
+            let returned = result.as_ref().and_then(|r| r.as_ref().ok());
+            match tape.finish(
+                &plugin.name,
+                &plugin.info.contract,
+                &wit_request,
+                returned,
+                ctx.log.masker(),
+            ) {
+                Ok(path) => ctx.log.system(format!(
+                    "[nestr: host calls recorded in {}]",
+                    path.display()
+                )),
+                Err(e) => ctx.log.system(format!("[nestr: {e}]")),
+            }
+        }
         let deadline_passed = Instant::now() >= ctx.deadline;
         // Show the configured limit when the deadline is the step's own (not a shorter one).
         let shown = if caps.timeout.saturating_sub(timeout) < Duration::from_millis(100) {
@@ -675,6 +780,7 @@ fn empty_info(name: &str) -> PluginInfo {
         capabilities: Declared::default(),
         config: vec![],
         cacheable: true,
+        contract: CONTRACT.to_string(),
     }
 }
 
@@ -715,7 +821,8 @@ fn convert_info(i: types::PluginInfo) -> PluginInfo {
                 description: text(f.description, 1024),
             })
             .collect(),
-        cacheable: true,
+        cacheable: i.cacheable,
+        contract: CONTRACT.to_string(),
     }
 }
 
@@ -814,20 +921,6 @@ fn root_cause(e: &wasmtime::Error) -> String {
 /// Masks every string of an outcome (summary, reason, and every key and value of its artifacts
 /// and metrics) at the step's one redaction boundary.
 fn seal(outcome: &mut StepOutcome, masker: &crate::redact::Redactor) {
-    fn walk(v: &mut serde_json::Value, masker: &crate::redact::Redactor) {
-        match v {
-            serde_json::Value::String(s) => *s = masker.mask(s),
-            serde_json::Value::Array(a) => a.iter_mut().for_each(|v| walk(v, masker)),
-            serde_json::Value::Object(o) => {
-                let taken = std::mem::take(o);
-                for (k, mut v) in taken {
-                    walk(&mut v, masker);
-                    o.insert(masker.mask(&k), v);
-                }
-            }
-            _ => {}
-        }
-    }
     outcome.summary = masker.mask(&outcome.summary);
     outcome.reason = outcome.reason.as_deref().map(|r| masker.mask(r));
     for a in &mut outcome.artifacts {
@@ -835,7 +928,7 @@ fn seal(outcome: &mut StepOutcome, masker: &crate::redact::Redactor) {
         a.kind = masker.mask(&a.kind);
         a.sha256 = a.sha256.as_deref().map(|h| masker.mask(h));
     }
-    walk(&mut outcome.metrics, masker);
+    masker.mask_json(&mut outcome.metrics);
 }
 
 /// Caps on what a plugin's report may make the engine keep.
@@ -924,13 +1017,15 @@ fn classify(
                 Some(format!("invalid config: {m}")),
             )
         }
-        Some(Ok(Err(types::Error::Failed(m)))) => {
-            let m = capped(m, report_caps::REASON, "the failure message", cuts);
-            StepOutcome::new(
+        Some(Ok(Err(types::Error::Failed(f)))) => {
+            let m = capped(f.message, report_caps::REASON, "the failure message", cuts);
+            let mut o = StepOutcome::new(
                 StepStatus::Failed,
                 caps::clip(&m, report_caps::SUMMARY),
                 Some(m),
-            )
+            );
+            produced(&mut o, f.tests, f.artifacts, f.metrics, cuts);
+            o
         }
         Some(Err(e)) => {
             let trap = e.downcast_ref::<Trap>().copied();
@@ -981,10 +1076,6 @@ fn from_report(r: types::Report, cuts: &mut Vec<String>) -> StepOutcome {
     use report_caps as cap;
     let (status, reason) = match r.outcome {
         types::Outcome::Succeeded => (StepStatus::Succeeded, None),
-        types::Outcome::Failed(why) => (
-            StepStatus::Failed,
-            Some(capped(why, cap::REASON, "the failure reason", cuts)),
-        ),
         types::Outcome::Skipped(why) => (
             StepStatus::Skipped,
             Some(capped(why, cap::REASON, "the skip reason", cuts)),
@@ -992,21 +1083,33 @@ fn from_report(r: types::Report, cuts: &mut Vec<String>) -> StepOutcome {
     };
     let summary = capped(r.summary, cap::SUMMARY, "the summary", cuts);
     let mut o = StepOutcome::new(status, summary, reason);
-    o.tests = r.tests.map(|t| crate::model::TestCounts {
+    produced(&mut o, r.tests, r.artifacts, r.metrics, cuts);
+    o
+}
+
+/// What a step produced, succeeded or failed: its test counts, artifacts and metrics, bounded.
+fn produced(
+    o: &mut StepOutcome,
+    tests: Option<types::TestCounts>,
+    artifacts: Vec<types::Artifact>,
+    metrics: Vec<(String, String)>,
+    cuts: &mut Vec<String>,
+) {
+    use report_caps as cap;
+    o.tests = tests.map(|t| crate::model::TestCounts {
         passed: t.passed,
         failed: t.failed,
         skipped: t.skipped,
     });
-    if r.artifacts.len() > cap::ARTIFACTS {
+    if artifacts.len() > cap::ARTIFACTS {
         cuts.push(format!(
             "{} artifacts to {}",
-            r.artifacts.len(),
+            artifacts.len(),
             cap::ARTIFACTS
         ));
     }
     let mut long = Vec::new();
-    o.artifacts = r
-        .artifacts
+    o.artifacts = artifacts
         .into_iter()
         .take(cap::ARTIFACTS)
         .map(|a| {
@@ -1021,11 +1124,11 @@ fn from_report(r: types::Report, cuts: &mut Vec<String>) -> StepOutcome {
             }
         })
         .collect();
-    if r.metrics.len() > cap::METRICS {
-        cuts.push(format!("{} metrics to {}", r.metrics.len(), cap::METRICS));
+    if metrics.len() > cap::METRICS {
+        cuts.push(format!("{} metrics to {}", metrics.len(), cap::METRICS));
     }
     o.metrics = serde_json::Value::Object(
-        r.metrics
+        metrics
             .into_iter()
             .take(cap::METRICS)
             .map(|(k, v)| {
@@ -1047,5 +1150,4 @@ fn from_report(r: types::Report, cuts: &mut Vec<String>) -> StepOutcome {
             long.len()
         ));
     }
-    o
 }

@@ -48,6 +48,8 @@ pub struct StepContext {
     pub audit: AuditSink,
     /// What the engine refused during the step.
     pub denials: Denials,
+    /// Records the step's host calls (`nestr run --record`), when asked to.
+    pub tape: Option<Arc<super::tape::Recorder>>,
     /// Where the step's programs are contained (made at the first `exec`).
     pub containment: Containment,
     /// The programs the step ran, for its provenance.
@@ -88,12 +90,17 @@ impl StepContext {
     /// Records a refusal and turns it into the plugin-visible error.
     pub fn denied(&self, d: Denial) -> types::Error {
         self.record_denial(&d);
-        types::Error::Denied(types::Denial {
-            capability: d.capability,
-            requested: d.requested,
-            grant: d.grant,
-        })
+        denial_error(d)
     }
+}
+
+/// A refusal as the plugin sees it.
+pub fn denial_error(d: Denial) -> types::Error {
+    types::Error::Denied(types::Denial {
+        capability: d.capability,
+        requested: d.requested,
+        grant: d.grant,
+    })
 }
 
 /// The refusals the engine made during a step, to tell them from a denial a plugin invents.
@@ -219,6 +226,9 @@ impl types::Host for StepState {}
 
 impl log::Host for StepState {
     async fn log(&mut self, level: log::Level, message: String) {
+        if let Some(tape) = &self.ctx.tape {
+            tape.log(level, &message);
+        }
         let level = match level {
             log::Level::Trace => "trace",
             log::Level::Debug => "debug",

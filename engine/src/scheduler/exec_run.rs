@@ -236,6 +236,7 @@ async fn one(
         cancel,
         deadline: None,
         shown: &job.program,
+        capture: false,
     })
     .await;
     log.finish();

@@ -50,6 +50,8 @@ pub struct RunOptions {
     pub continue_mode: ContinueMode,
     /// How operations with `cache = true` use the cache.
     pub cache: CacheMode,
+    /// Write each step's host calls as a tape into this folder (`SERVICE.OPERATION.json`).
+    pub record: Option<PathBuf>,
 }
 
 impl Default for RunOptions {
@@ -58,6 +60,7 @@ impl Default for RunOptions {
             jobs: std::thread::available_parallelism().map_or(2, |n| n.get()),
             continue_mode: ContinueMode::Never,
             cache: CacheMode::ReadWrite,
+            record: None,
         }
     }
 }
@@ -1028,8 +1031,38 @@ impl Executor<'_> {
             denials: Default::default(),
             containment: Containment::new(&marker, pids),
             programs: Default::default(),
+            tape: self.opts.record.as_ref().map(|dir| {
+                let file = format!("{}.{}.json", service.name, self.rec.operation());
+                Arc::new(crate::plugin::tape::Recorder::new(dir.join(file)))
+            }),
         });
+        // Each dependency with its checkout (a folder that cannot be resolved is left out: the
+        // plugin is told only of folders that exist).
+        let mut dependencies = Vec::new();
+        for dep in &service.depends_on {
+            let Some(ds) = m.service(dep) else { continue };
+            let Some(drepo) = m.repo(&ds.repo) else {
+                continue;
+            };
+            let Ok(folder) = self::service_dir(&m.repo_dir(drepo), &ds.path) else {
+                continue;
+            };
+            let (dcommit, _) = heads
+                .entry(drepo.name.clone())
+                .or_insert_with(|| git::head_and_branch(m, drepo))
+                .clone();
+            dependencies.push(types::Dependency {
+                service: ds.name.clone(),
+                repo: ds.repo.clone(),
+                commit: dcommit,
+                folder: folder.to_string_lossy().into_owned(),
+                wired: service.wired.contains(dep),
+            });
+        }
         let request = StepRequest {
+            folder: ctx.service_dir.clone(),
+            dependencies,
+            target: None,
             operation: self.rec.operation().to_string(),
             run_id,
             service: types::Service {

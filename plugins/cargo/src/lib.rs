@@ -12,7 +12,8 @@
 //! ```
 
 use nestr_sdk::{
-    Error, FsAccess, Output, Plugin, PluginInfo, Report, Request, TestCounts, exec, info, warn,
+    Error, FsAccess, Output, Plugin, PluginInfo, Report, Request, StepResult, TestCounts, exec,
+    info, warn,
 };
 use serde::Deserialize;
 
@@ -25,33 +26,35 @@ const MAX_DETAIL_CHARS: usize = 200;
 /// How many failed tests a failure summary names.
 const NAMES_SHOWN: usize = 3;
 
-/// The size of the output tail the engine keeps; a tail this long may have lost earlier lines.
-const TAIL_CAP_BYTES: usize = 64 * 1024;
-
-#[derive(Deserialize, Default)]
+/// The cargo plugin's `config` table.
+#[derive(Deserialize, schemars::JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 struct Config {
-    /// `--release`.
+    /// Build with --release (default false).
     #[serde(default)]
     release: bool,
-    /// `--features a,b`.
+    /// Features to enable, e.g. ["postgres"].
     #[serde(default)]
     features: Vec<String>,
-    /// `--all-features`.
+    /// Pass --all-features (default false).
     #[serde(default)]
     all_features: bool,
-    /// `-p NAME`.
+    /// The workspace package to build (-p).
     package: Option<String>,
-    /// Extra arguments, placed after the plugin's own (they may contain a `--`).
+    /// Extra arguments after the plugin's own; may contain "--".
     #[serde(default)]
     args: Vec<String>,
-    /// clippy only: `-- -D warnings` (default true).
+    /// clippy only: fail on warnings (default true).
     deny_warnings: Option<bool>,
+    /// The registry wired dependencies replace (default crates-io).
+    registry: Option<String>,
 }
 
 struct Cargo;
 
 impl Plugin for Cargo {
+    type Config = Config;
+
     fn describe() -> PluginInfo {
         PluginInfo::new(
             "cargo",
@@ -62,45 +65,9 @@ impl Plugin for Cargo {
         .exec(["cargo"])
         .env(["PATH", "HOME", "*"])
         .fs(FsAccess::None)
-        .field(
-            "release",
-            "bool",
-            false,
-            "build with --release (default false)",
-        )
-        .field(
-            "features",
-            "array",
-            false,
-            "features to enable, e.g. [\"postgres\"]",
-        )
-        .field(
-            "all_features",
-            "bool",
-            false,
-            "pass --all-features (default false)",
-        )
-        .field(
-            "package",
-            "string",
-            false,
-            "the workspace package to build (-p)",
-        )
-        .field(
-            "args",
-            "array",
-            false,
-            "extra arguments after the plugin's own; may contain \"--\"",
-        )
-        .field(
-            "deny_warnings",
-            "bool",
-            false,
-            "clippy only: fail on warnings (default true)",
-        )
     }
 
-    fn run(request: Request) -> Result<Report, Error> {
+    fn run(request: Request, config: Config) -> Result<Report, Error> {
         let op = request.operation.as_str();
         if !OPERATIONS.contains(&op) {
             return Err(Error::InvalidConfig(format!(
@@ -108,9 +75,32 @@ impl Plugin for Cargo {
                 OPERATIONS.join(", ")
             )));
         }
-        let config: Config = request.config()?;
-        let args = cargo_args(op, &config)?;
         let label = label(op, &config);
+        let registry = config.registry.as_deref().unwrap_or("crates-io");
+        let wired = wire(&request, registry)?;
+        // `--config` is cargo's own option: before the subcommand.
+        let patches: Vec<String> = wired
+            .iter()
+            .flat_map(|(_, patch)| ["--config".to_string(), patch.clone()])
+            .collect();
+        // A lockfile that pins a published version newer than the checkout's would leave the
+        // patch unused: let cargo resolve each wired package again, the patch in force.
+        for (name, _) in &wired {
+            let update =
+                exec("cargo")
+                    .args(patches.iter().cloned())
+                    .args(["update", "-p", name.as_str()]);
+            info!("$ {}", update.display());
+            let out = update.run()?;
+            if !out.success() {
+                warn!(
+                    "`cargo update -p {name}` {}; building with the lockfile as it is",
+                    out.describe()
+                );
+            }
+        }
+        let mut args = patches.clone();
+        args.extend(cargo_args(op, &config)?);
 
         let cmd = exec("cargo").args(args);
         info!("$ {}", cmd.display());
@@ -121,8 +111,80 @@ impl Plugin for Cargo {
         } else {
             plain_report(&out, &label)
         };
-        Ok(report.metric("duration_ms", out.duration_ms))
+        report
+            .metric("duration_ms", out.duration_ms)
+            .metric("wired", wired.len())
     }
+}
+
+/// What `cargo metadata --no-deps` says of a checkout.
+#[derive(Deserialize)]
+struct Metadata {
+    packages: Vec<Package>,
+}
+
+#[derive(Deserialize)]
+struct Package {
+    name: String,
+    version: String,
+    manifest_path: String,
+}
+
+/// The `--config` values that patch each wired dependency's packages (found with `cargo
+/// metadata` in its checkout) over `registry`, by package name, each reported in the step log
+/// with its commit.
+fn wire(request: &Request, registry: &str) -> Result<Vec<(String, String)>, Error> {
+    let mut patches = Vec::new();
+    for dep in request.wired() {
+        let manifest = format!("{}/Cargo.toml", dep.folder.trim_end_matches('/'));
+        let out = exec("cargo")
+            .args([
+                "metadata",
+                "--no-deps",
+                "--format-version",
+                "1",
+                "--offline",
+            ])
+            .args(["--manifest-path", manifest.as_str()])
+            .capture()
+            .run()?;
+        if !out.success() {
+            return Err(Error::failed(format!(
+                "cannot wire `{}`: `cargo metadata` in {} {}",
+                dep.service,
+                dep.folder,
+                out.describe()
+            )));
+        }
+        let meta: Metadata = serde_json::from_str(&out.stdout).map_err(|e| {
+            Error::failed(format!(
+                "cannot wire `{}`: `cargo metadata` printed something unexpected: {e}",
+                dep.service
+            ))
+        })?;
+        let commit = dep
+            .commit
+            .as_deref()
+            .map_or("no commit", |c| &c[..c.len().min(12)]);
+        if meta.packages.is_empty() {
+            warn!("wired `{}`: no package in {}", dep.service, dep.folder);
+        }
+        for p in meta.packages {
+            let dir = p
+                .manifest_path
+                .strip_suffix("/Cargo.toml")
+                .unwrap_or(&p.manifest_path)
+                .to_string();
+            info!(
+                "wired {} {} → {} ({} at {commit})",
+                p.name, p.version, dir, dep.service
+            );
+            let path = serde_json::to_string(&dir).unwrap_or_default();
+            let patch = format!("patch.{registry}.{}.path={path}", p.name);
+            patches.push((p.name, patch));
+        }
+    }
+    Ok(patches)
 }
 
 /// The arguments after `cargo`.
@@ -180,46 +242,51 @@ fn label(op: &str, config: &Config) -> String {
 }
 
 /// build, check, clippy: succeeded in N ms, or the exit status and the first error.
-fn plain_report(out: &Output, label: &str) -> Report {
+fn plain_report(out: &Output, label: &str) -> Result<Report, Error> {
     if out.success() {
-        Report::success(format!("{label} succeeded in {} ms", out.duration_ms))
+        Ok(Report::success(format!(
+            "{label} succeeded in {} ms",
+            out.duration_ms
+        )))
     } else {
-        Report::failure(failure_line(out, label))
+        Err(Error::failed(failure_line(out, label)))
     }
 }
 
 /// test: the counts from the `test result:` lines, failing when a test failed or cargo did.
-fn test_report(out: &Output, label: &str) -> Report {
+fn test_report(out: &Output, label: &str) -> Result<Report, Error> {
     let Some(counts) = nestr_sdk::parse::cargo_test(&out.tail) else {
         if out.success() {
             warn!("cargo test succeeded but printed no `test result:` line; no test counts");
-            return Report::success(format!(
+            return Ok(Report::success(format!(
                 "{label} succeeded in {} ms (no test results found)",
                 out.duration_ms
-            ));
+            )));
         }
-        return Report::failure(failure_line(out, label));
+        return Err(Error::failed(failure_line(out, label)));
     };
-    if out.tail.len() >= TAIL_CAP_BYTES - 1024 {
+    if out.tail_truncated {
         warn!(
             "the test output is longer than the tail the engine keeps; the counts cover only the \
-             test binaries whose results are in the last {} KiB",
-            TAIL_CAP_BYTES / 1024
+             test binaries whose results are in its last part"
         );
     }
-    let report = if counts.failed > 0 {
-        Report::failure(failed_tests_line(&counts, &failed_test_names(&out.tail)))
+    if counts.failed > 0 {
+        Err(
+            Error::failed(failed_tests_line(&counts, &failed_test_names(&out.tail)))
+                .with_tests(counts),
+        )
     } else if !out.success() {
         // Every counted test passed, yet cargo failed: a test binary crashed, a doctest did not
         // compile, or the run timed out.
-        Report::failure(failure_line(out, label))
+        Err(Error::failed(failure_line(out, label)).with_tests(counts))
     } else {
-        Report::success(format!(
+        Ok(Report::success(format!(
             "{} passed, {} failed, {} ignored",
             counts.passed, counts.failed, counts.skipped
         ))
-    };
-    report.with_tests(counts)
+        .with_tests(counts))
+    }
 }
 
 /// `2 of 9 tests failed, 1 ignored: tests::a, tests::b`.

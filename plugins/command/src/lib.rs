@@ -11,14 +11,15 @@ use std::time::Duration;
 use nestr_sdk::{Error, Plugin, PluginInfo, Report, Request, exec, info};
 use serde::Deserialize;
 
-#[derive(Deserialize)]
+/// The command plugin's `config` table.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Config {
-    /// Commands as argv lists.
+    /// Commands as argv lists, e.g. [["make", "build"]].
     run: Vec<Vec<String>>,
     /// Folder relative to the service folder.
     cwd: Option<String>,
-    /// Variables to set (names must be granted).
+    /// Variables to set; names must be granted in env.
     #[serde(default)]
     env: BTreeMap<String, String>,
     /// Seconds each command may take.
@@ -28,6 +29,8 @@ struct Config {
 struct Command;
 
 impl Plugin for Command {
+    type Config = Config;
+
     fn describe() -> PluginInfo {
         PluginInfo::new(
             "command",
@@ -37,34 +40,9 @@ impl Plugin for Command {
         .exec(["*"])
         .env(["*"])
         .secrets(["*"])
-        .field(
-            "run",
-            "array",
-            true,
-            "commands as argv lists, e.g. [[\"make\", \"build\"]]",
-        )
-        .field(
-            "cwd",
-            "string",
-            false,
-            "folder relative to the service folder",
-        )
-        .field(
-            "env",
-            "object",
-            false,
-            "variables to set; names must be granted in env",
-        )
-        .field(
-            "timeout_secs",
-            "integer",
-            false,
-            "seconds each command may take",
-        )
     }
 
-    fn run(request: Request) -> Result<Report, Error> {
-        let config: Config = request.config()?;
+    fn run(_request: Request, config: Config) -> Result<Report, Error> {
         if config.run.is_empty() {
             return Err(Error::InvalidConfig("`run` lists no command".into()));
         }
@@ -90,7 +68,7 @@ impl Plugin for Command {
             info!("$ {line}");
             let out = cmd.run()?;
             if !out.success() {
-                return Ok(Report::failure(format!("`{line}` {}", out.describe()))
+                return Err(Error::failed(format!("`{line}` {}", out.describe()))
                     .metric("commands_run", i + 1));
             }
         }

@@ -14,21 +14,21 @@
 //! ```
 //!
 //! The hook receives `{"service", "repo", "commit", "branch", "run_id", "operation",
-//! "artifacts"}`. A header value of exactly `{{secret:NAME}}` is filled in by the engine with
-//! the granted secret `NAME`; the plugin never sees it.
+//! "artifacts"}` (and `environment`, `previous` for a deploy to an environment). A header value
+//! of exactly `{{secret:NAME}}` is filled in by the engine with the granted secret `NAME`; the
+//! plugin never sees it. Requests go through `nestr_sdk::http`; a refused origin or secret is
+//! the engine's denial, passed on as it is. It acts on the world: never cached.
 
-mod http;
 mod url;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use nestr_sdk::{Denial, Error, FsAccess, Plugin, PluginInfo, Report, Request, info, warn};
+use nestr_sdk::http::{self, Response};
+use nestr_sdk::{Error, FsAccess, Plugin, PluginInfo, Report, Request, info, warn};
 use serde::Deserialize;
 use serde_json::json;
-use wasi::http::types::Method;
 
-use crate::http::{Failure, Response};
 use crate::url::Url;
 
 /// The most of a response body quoted in a summary, in characters.
@@ -37,25 +37,29 @@ const MAX_EXCERPT_CHARS: usize = 200;
 /// The shortest pause between health checks, so that a typo cannot hammer a server.
 const MIN_POLL_INTERVAL_MS: u64 = 100;
 
-const NANOS_PER_SEC: u64 = 1_000_000_000;
-const NANOS_PER_MS: u64 = 1_000_000;
-
-#[derive(Deserialize)]
+/// The http-deploy plugin's `config` table.
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct Config {
-    /// The deploy hook (required; an `Option` only to say so clearly when it is missing).
+    /// The deploy hook (http or https); grant its origin.
+    #[schemars(required)]
     url: Option<String>,
+    /// Method of the hook request (default "POST").
     #[serde(default = "default_method")]
     method: String,
-    /// Header name → value; a value may be exactly `{{secret:NAME}}`.
+    /// Headers of the hook request; a value of exactly "{{secret:NAME}}" becomes the granted
+    /// secret NAME.
     #[serde(default)]
     headers: BTreeMap<String, String>,
+    /// Polled with GET after the hook until it answers 2xx; grant its origin.
     health_url: Option<String>,
+    /// How long health_url has to answer 2xx (default 120).
     #[serde(default = "default_health_timeout_secs")]
     health_timeout_secs: u64,
+    /// Pause before each health check (default 1000, at least 100).
     #[serde(default = "default_poll_interval_ms")]
     poll_interval_ms: u64,
-    /// For each request: the hook and every health check.
+    /// Limit of each request (default 30).
     #[serde(default = "default_timeout_secs")]
     timeout_secs: u64,
 }
@@ -76,7 +80,7 @@ fn default_timeout_secs() -> u64 {
 /// The config, checked and parsed.
 struct Plan {
     url: Url,
-    method: Method,
+    method: String,
     /// Whether the hook request carries the JSON body (not for GET and HEAD).
     sends_body: bool,
     headers: BTreeMap<String, String>,
@@ -106,8 +110,15 @@ impl Plan {
             ));
         };
         let url = Url::parse(url).map_err(|e| invalid(format!("`url` {e}")))?;
-        let method = http::method(&config.method).map_err(|e| invalid(format!("`method`: {e}")))?;
-        let sends_body = !matches!(method, Method::Get | Method::Head);
+        let method = config.method.to_ascii_uppercase();
+        let token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+        if method.is_empty() || !method.chars().all(token) {
+            return Err(invalid(format!(
+                "`method`: {:?} is not an HTTP method; write e.g. \"POST\"",
+                config.method
+            )));
+        }
+        let sends_body = !matches!(method.as_str(), "GET" | "HEAD");
         if config.timeout_secs == 0 {
             return Err(invalid("`timeout_secs` must be at least 1".into()));
         }
@@ -154,6 +165,8 @@ impl Plan {
 struct HttpDeploy;
 
 impl Plugin for HttpDeploy {
+    type Config = Config;
+
     fn describe() -> PluginInfo {
         PluginInfo::new(
             "http-deploy",
@@ -163,112 +176,76 @@ impl Plugin for HttpDeploy {
         .http(["*"])
         .secrets(["*"])
         .fs(FsAccess::None)
-        .field(
-            "url",
-            "string",
-            true,
-            "the deploy hook (http or https); grant its origin",
-        )
-        .field(
-            "method",
-            "string",
-            false,
-            "method of the hook request (default \"POST\")",
-        )
-        .field(
-            "headers",
-            "object",
-            false,
-            "headers of the hook request; a value of exactly \"{{secret:NAME}}\" becomes the \
-             granted secret NAME",
-        )
-        .field(
-            "health_url",
-            "string",
-            false,
-            "polled with GET after the hook until it answers 2xx; grant its origin",
-        )
-        .field(
-            "health_timeout_secs",
-            "integer",
-            false,
-            "how long health_url has to answer 2xx (default 120)",
-        )
-        .field(
-            "poll_interval_ms",
-            "integer",
-            false,
-            "pause before each health check (default 1000, at least 100)",
-        )
-        .field(
-            "timeout_secs",
-            "integer",
-            false,
-            "limit of each request (default 30)",
-        )
+        .not_cacheable()
     }
 
-    fn run(request: Request) -> Result<Report, Error> {
-        let plan = Plan::new(request.config()?)?;
+    fn run(request: Request, config: Config) -> Result<Report, Error> {
+        let plan = Plan::new(config)?;
         let body = if plan.sends_body {
             hook_body(&request).into_bytes()
         } else {
             Vec::new()
         };
-        let headers = hook_headers(&plan.headers, &body);
-        let hook = http::Request {
-            method: &plan.method,
-            url: &plan.url,
-            headers: &headers,
-            body: &body,
-        };
+        let mut hook = http::request(&plan.method, &plan.url.full())
+            .body(body.clone())
+            .timeout(Duration::from_secs(plan.timeout_secs));
+        for (k, v) in hook_headers(&plan.headers, &body) {
+            hook = hook.header(&k, &v);
+        }
         let shown = plan.url.display();
 
-        info!("{} {shown}", http::method_name(&plan.method));
-        let started = http::now();
-        let answer = match http::send(
-            &hook,
-            started.saturating_add(secs_to_nanos(plan.timeout_secs)),
-        ) {
+        info!("{} {shown}", plan.method);
+        let started = Instant::now();
+        let answer = match hook.send() {
             Ok(answer) => answer,
-            Err(Failure::Denied) => return Err(denied(&plan.url, &plan.secrets)),
-            Err(Failure::BadHeader(message)) => return Err(Error::InvalidConfig(message)),
-            Err(Failure::TimedOut) => {
-                let secs = plan.timeout_secs;
-                return Ok(Report::failure(format!(
-                    "deploy hook {shown} did not answer within {secs} s"
+            Err(Error::Failed(f)) => {
+                return Err(Error::failed(format!(
+                    "deploy hook {shown} failed: {}",
+                    f.message
                 )));
             }
-            Err(Failure::Other(reason)) => {
-                return Ok(Report::failure(format!(
-                    "deploy hook {shown} failed: {reason}"
-                )));
+            Err(other) => {
+                if let Error::Denied(d) = &other
+                    && d.capability == "http"
+                    && !plan.secrets.is_empty()
+                {
+                    warn!(
+                        "grant the hook's origin and the secrets its headers use ({})",
+                        plan.secrets.join(", ")
+                    );
+                }
+                return Err(other);
             }
         };
-        let hook_ms = http::now().saturating_sub(started) / NANOS_PER_MS;
+        let hook_ms = millis(started);
         let status = answer.status;
-        if !is_success(status) {
-            let report = Report::failure(format!(
+        if !answer.is_success() {
+            return Err(Error::failed(format!(
                 "deploy hook {shown} answered {}",
                 describe(&answer)
-            ));
-            return Ok(report
-                .metric("hook_status", status)
-                .metric("hook_ms", hook_ms));
+            ))
+            .metric("hook_status", status)
+            .metric("hook_ms", hook_ms));
         }
         info!("deploy hook answered {} in {hook_ms} ms", describe(&answer));
 
         let report = match &plan.health {
-            None => Report::success(format!(
+            None => Ok(Report::success(format!(
                 "deploy hook {shown} answered {} in {hook_ms} ms",
                 status_text(status)
-            )),
-            Some(health) => wait_healthy(health)?,
+            ))),
+            Some(health) => wait_healthy(health),
         };
-        Ok(report
-            .metric("hook_status", status)
-            .metric("hook_ms", hook_ms))
+        match report {
+            Ok(r) => Ok(r.metric("hook_status", status).metric("hook_ms", hook_ms)),
+            Err(e) => Err(e.metric("hook_status", status).metric("hook_ms", hook_ms)),
+        }
     }
+}
+
+/// Milliseconds since `t`.
+fn millis(t: Instant) -> u64 {
+    u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Checks the configured headers and returns the secret names their placeholders use. A value
@@ -340,7 +317,7 @@ fn hook_headers(configured: &BTreeMap<String, String>, body: &[u8]) -> Vec<(Stri
 
 /// The JSON the hook receives.
 fn hook_body(request: &Request) -> String {
-    json!({
+    let mut body = json!({
         "service": request.service.name,
         "repo": request.service.repo,
         "commit": request.commit,
@@ -348,8 +325,12 @@ fn hook_body(request: &Request) -> String {
         "run_id": request.run_id,
         "operation": request.operation,
         "artifacts": [],
-    })
-    .to_string()
+    });
+    if let (Some(t), Some(o)) = (&request.target, body.as_object_mut()) {
+        o.insert("environment".into(), json!(t.environment));
+        o.insert("previous".into(), json!(t.previous));
+    }
+    body.to_string()
 }
 
 /// Polls the health URL with GET, a pause before each check, until it answers 2xx or its time
@@ -360,25 +341,19 @@ fn wait_healthy(health: &Health) -> Result<Report, Error> {
         "waiting up to {} s for {shown} to answer 2xx",
         health.timeout_secs
     );
-    let check = http::Request {
-        method: &Method::Get,
-        url: &health.url,
-        headers: &[],
-        body: &[],
-    };
-    let started = http::now();
-    let deadline = started.saturating_add(secs_to_nanos(health.timeout_secs));
-    let pause = health.poll_interval_ms.saturating_mul(NANOS_PER_MS);
-    let per_request = secs_to_nanos(health.request_timeout_secs);
+    let started = Instant::now();
+    let limit = Duration::from_secs(health.timeout_secs);
+    let pause = Duration::from_millis(health.poll_interval_ms);
     let mut checks: u32 = 0;
     let mut last = String::from("no check ran");
-    while http::now().saturating_add(pause) < deadline {
-        std::thread::sleep(Duration::from_millis(health.poll_interval_ms));
+    while started.elapsed() + pause < limit {
+        std::thread::sleep(pause);
         checks = checks.saturating_add(1);
-        let request_deadline = http::now().saturating_add(per_request).min(deadline);
-        let outcome = match http::send(&check, request_deadline) {
-            Ok(answer) if is_success(answer.status) => {
-                let waited_ms = http::now().saturating_sub(started) / NANOS_PER_MS;
+        let left = limit.saturating_sub(started.elapsed());
+        let each = Duration::from_secs(health.request_timeout_secs).min(left);
+        let outcome = match http::get(&health.url.full()).timeout(each).send() {
+            Ok(answer) if answer.is_success() => {
+                let waited_ms = millis(started);
                 let status = answer.status;
                 info!("health check {checks}: {}", status_text(status));
                 let summary = format!(
@@ -393,10 +368,8 @@ fn wait_healthy(health: &Health) -> Result<Report, Error> {
                     .metric("health_checks", checks));
             }
             Ok(answer) => describe(&answer),
-            Err(Failure::Denied) => return Err(denied(&health.url, &[])),
-            Err(Failure::BadHeader(message)) => return Err(Error::Failed(message)),
-            Err(Failure::TimedOut) => "no answer in time".to_string(),
-            Err(Failure::Other(reason)) => reason,
+            Err(Error::Failed(f)) => f.message,
+            Err(other) => return Err(other),
         };
         // One line per change keeps the log short while a deployment starts up.
         if outcome != last {
@@ -406,7 +379,7 @@ fn wait_healthy(health: &Health) -> Result<Report, Error> {
     }
     let secs = health.timeout_secs;
     warn!("{shown} did not become healthy; last: {last}");
-    Ok(Report::failure(format!(
+    Err(Error::failed(format!(
         "health check {shown} did not answer 2xx within {secs} s; last: {last}"
     ))
     .metric("health_checks", checks))
@@ -417,37 +390,11 @@ fn seconds(ms: u64) -> String {
     format!("{}.{} s", ms / 1000, ms % 1000 / 100)
 }
 
-/// The denial for a refused request. When headers carry secret placeholders the engine refuses
-/// for an ungranted secret too, which the step log then says.
-fn denied(url: &Url, secrets: &[String]) -> Error {
-    let origin = url.origin();
-    if !secrets.is_empty() {
-        let list = secrets
-            .iter()
-            .map(|s| format!("\"{s}\""))
-            .collect::<Vec<_>>()
-            .join(", ");
-        warn!(
-            "the engine refused the request to {origin}: grant its origin (http = [\"{origin}\"]) \
-             and the secrets its headers use (secrets = [{list}])"
-        );
-    }
-    Error::Denied(Denial {
-        capability: "http".to_string(),
-        requested: origin.clone(),
-        grant: format!("http = [\"{origin}\"]"),
-    })
-}
-
-fn is_success(status: u16) -> bool {
-    (200..300).contains(&status)
-}
-
 /// `503 Service Unavailable: <body excerpt>`, plus the target of a redirect.
 fn describe(answer: &Response) -> String {
     let mut text = status_text(answer.status);
     if (300..400).contains(&answer.status) {
-        match &answer.location {
+        match answer.header("location") {
             Some(location) => text.push_str(&format!(
                 " (redirects are not followed; point the URL at {})",
                 shorten(location, MAX_EXCERPT_CHARS)
@@ -494,10 +441,6 @@ fn status_text(status: u16) -> String {
         _ => return status.to_string(),
     };
     format!("{status} {reason}")
-}
-
-fn secs_to_nanos(secs: u64) -> u64 {
-    secs.saturating_mul(NANOS_PER_SEC)
 }
 
 /// `text` cut to at most `max` characters, with `…` when cut.

@@ -1,6 +1,6 @@
 //! The `http://` and `https://` URLs of the config (`url`, `health_url`): parsed by the `url`
 //! crate (WHATWG rules: host names lower-cased and in punycode, default ports dropped, dot
-//! segments resolved) into the parts a wasi:http request needs, the origin the engine grants,
+//! segments resolved) into the parts a request needs, the origin the engine grants,
 //! and a form safe to show in logs. Credentials are refused (they belong in a
 //! `{{secret:NAME}}` header), and so is anything but an absolute http(s) URL.
 
@@ -86,6 +86,11 @@ impl Url {
     }
 
     /// `scheme://host[:port]`, what the manifest grants under `http`.
+    pub fn full(&self) -> String {
+        format!("{}{}", self.origin(), self.path_and_query)
+    }
+
+    /// `scheme://host[:port]`, as grants name it.
     pub fn origin(&self) -> String {
         format!(
             "{}://{}",

@@ -14,30 +14,31 @@
 //! ```
 
 use nestr_sdk::{
-    Error, FsAccess, Output, Plugin, PluginInfo, Report, Request, TestCounts, exec, info, parse,
+    Error, FsAccess, Output, Plugin, PluginInfo, Report, Request, StepResult, TestCounts, exec,
+    info, parse,
 };
 use serde::Deserialize;
 
 /// The longest npm error line quoted in a failure summary, in characters.
 const MAX_DETAIL_CHARS: usize = 200;
 
-#[derive(Deserialize, Default)]
+/// The npm plugin's `config` table.
+#[derive(Deserialize, schemars::JsonSchema, Default)]
 #[serde(deny_unknown_fields)]
 struct Config {
-    /// The script of package.json to run (default: the operation's name).
+    /// The package.json script to run (default: the operation's name).
     script: Option<String>,
-    /// Install dependencies first (`install = "auto"`).
+    /// Install dependencies first, as `install = "auto"` (default false).
     #[serde(default)]
     ci: bool,
-    /// How to install dependencies first: `auto` (`npm ci` when there is a lockfile, else `npm
-    /// install --no-package-lock`), `ci`, `install`, or `none` (the default unless `ci = true`).
+    /// auto (npm ci with a lockfile, else npm install), ci, install or none.
     install: Option<Mode>,
     /// Arguments for the script, passed after `--`.
     #[serde(default)]
     args: Vec<String>,
 }
 
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[derive(Deserialize, schemars::JsonSchema, Clone, Copy, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 enum Mode {
     Auto,
@@ -52,6 +53,8 @@ const LOCKFILES: [&str; 2] = ["package-lock.json", "npm-shrinkwrap.json"];
 struct Npm;
 
 impl Plugin for Npm {
+    type Config = Config;
+
     fn describe() -> PluginInfo {
         PluginInfo::new(
             "npm",
@@ -61,34 +64,9 @@ impl Plugin for Npm {
         .exec(["npm"])
         .env(["PATH", "HOME", "*"])
         .fs(FsAccess::ReadOnly)
-        .field(
-            "script",
-            "string",
-            false,
-            "the package.json script to run (default: the operation's name)",
-        )
-        .field(
-            "ci",
-            "bool",
-            false,
-            "install dependencies first, as `install = \"auto\"` (default false)",
-        )
-        .field(
-            "install",
-            "string",
-            false,
-            "auto (npm ci with a lockfile, else npm install), ci, install or none",
-        )
-        .field(
-            "args",
-            "array",
-            false,
-            "arguments for the script, passed after `--`",
-        )
     }
 
-    fn run(request: Request) -> Result<Report, Error> {
-        let config: Config = request.config()?;
+    fn run(request: Request, config: Config) -> Result<Report, Error> {
         let script = config.script.as_deref().unwrap_or(&request.operation);
         if script.trim().is_empty() || script.starts_with('-') {
             return Err(Error::InvalidConfig(format!(
@@ -122,10 +100,11 @@ impl Plugin for Npm {
             let out = cmd.run()?;
             total_ms = total_ms.saturating_add(out.duration_ms);
             if !out.success() {
-                return Ok(Report::failure(failure_line(&out, label))
+                return Err(Error::failed(failure_line(&out, label))
                     .metric("install_duration_ms", out.duration_ms));
             }
         }
+        let wired = wire(&request)?;
 
         let mut cmd = if script == "test" {
             exec("npm").arg("test")
@@ -148,20 +127,82 @@ impl Plugin for Npm {
         let is_test = testish(&request.operation) || testish(script);
         let report = match is_test.then(|| parse::js_test(&out.tail)).flatten() {
             Some(counts) => test_report(&out, &label, counts),
-            None if out.success() => {
-                Report::success(format!("{label} succeeded in {} ms", out.duration_ms))
-            }
-            None => Report::failure(failure_line(&out, &label)),
+            None if out.success() => Ok(Report::success(format!(
+                "{label} succeeded in {} ms",
+                out.duration_ms
+            ))),
+            None => Err(Error::failed(failure_line(&out, &label))),
         };
-        Ok(report.metric("duration_ms", total_ms))
+        report
+            .metric("duration_ms", total_ms)
+            .metric("wired", wired)
     }
 }
 
+/// Links each wired dependency's checkout into `node_modules` (`npm install --no-save
+/// --no-package-lock FOLDER`: a symbolic link; package.json and the lockfile are not touched),
+/// each reported in the step log with its commit. How many were linked.
+fn wire(request: &Request) -> Result<usize, Error> {
+    let mut linked = 0;
+    for dep in request.wired() {
+        let named = exec("npm")
+            .args(["pkg", "get", "name", "version", "--json", "--prefix"])
+            .arg(dep.folder.as_str())
+            .capture()
+            .run()?;
+        let what = serde_json::from_str::<serde_json::Value>(&named.stdout)
+            .ok()
+            .and_then(|v| {
+                Some(format!(
+                    "{} {}",
+                    v.get("name")?.as_str()?,
+                    v.get("version").and_then(|v| v.as_str()).unwrap_or("")
+                ))
+            })
+            .ok_or_else(|| {
+                Error::failed(format!(
+                    "cannot wire `{}`: no package.json with a name in {}",
+                    dep.service, dep.folder
+                ))
+            })?;
+        let cmd = exec("npm")
+            .args([
+                "install",
+                "--no-save",
+                "--no-package-lock",
+                "--no-fund",
+                "--no-audit",
+            ])
+            .arg(dep.folder.as_str());
+        info!("$ {}", cmd.display());
+        let out = cmd.run()?;
+        if !out.success() {
+            return Err(Error::failed(format!(
+                "cannot wire `{}`: {}",
+                dep.service,
+                failure_line(&out, "npm install")
+            )));
+        }
+        let commit = dep
+            .commit
+            .as_deref()
+            .map_or("no commit", |c| &c[..c.len().min(12)]);
+        info!(
+            "wired {} → {} ({} at {commit})",
+            what.trim(),
+            dep.folder,
+            dep.service
+        );
+        linked += 1;
+    }
+    Ok(linked)
+}
+
 /// A test run with counts: failed when a test failed or npm did.
-fn test_report(out: &Output, label: &str, counts: TestCounts) -> Report {
-    let report = if counts.failed > 0 {
+fn test_report(out: &Output, label: &str, counts: TestCounts) -> Result<Report, Error> {
+    if counts.failed > 0 {
         let total = counts.passed.saturating_add(counts.failed);
-        Report::failure(format!(
+        Err(Error::failed(format!(
             "{} of {total} test{} failed{}",
             counts.failed,
             if total == 1 { "" } else { "s" },
@@ -171,15 +212,16 @@ fn test_report(out: &Output, label: &str, counts: TestCounts) -> Report {
                 String::new()
             }
         ))
+        .with_tests(counts))
     } else if !out.success() {
-        Report::failure(failure_line(out, label))
+        Err(Error::failed(failure_line(out, label)).with_tests(counts))
     } else {
-        Report::success(format!(
+        Ok(Report::success(format!(
             "{} passed, {} failed, {} skipped",
             counts.passed, counts.failed, counts.skipped
         ))
-    };
-    report.with_tests(counts)
+        .with_tests(counts))
+    }
 }
 
 /// Whether the service folder has a lockfile `npm ci` can use.
