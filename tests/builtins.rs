@@ -639,3 +639,88 @@ fn a_wired_dependency_builds_from_the_workspaces_checkout() -> TestResult {
     assert!(why.contains("wired dependency `itoa` moved"), "{why}");
     Ok(())
 }
+
+/// An npm package depending on `greet`, and the checkout of `greet` in another repository: the
+/// package's test passes only when the dependency is wired, which links the checkout into
+/// node_modules without touching a tracked file, and the step log says what was wired.
+#[test]
+fn a_wired_npm_dependency_is_linked_from_the_workspaces_checkout() -> TestResult {
+    crate::support::need_npm()?;
+    let sb = Sandbox::new();
+    let lib = sb.remote("greet");
+    std::fs::write(
+        lib.work.join("package.json"),
+        "{\"name\":\"greet\",\"version\":\"1.2.0\",\"main\":\"index.js\"}\n",
+    )?;
+    std::fs::write(
+        lib.work.join("index.js"),
+        "exports.hello = (n) => 'hello ' + n + ' from the checkout';\n",
+    )?;
+    git(&lib.work, &["add", "-A"]);
+    git(&lib.work, &["commit", "-qm", "greet"]);
+    git(&lib.work, &["push", "-q", "origin", "HEAD"]);
+    let app = sb.remote("web");
+    std::fs::write(
+        app.work.join("package.json"),
+        "{\"name\":\"web\",\"version\":\"1.0.0\",\"private\":true,\"dependencies\":{\"greet\":\"^1.0.0\"},\"scripts\":{\"test\":\"node test.js\"}}\n",
+    )?;
+    std::fs::write(
+        app.work.join("test.js"),
+        "const g = require('greet');\nconst ok = g.hello('web') === 'hello web from the checkout';\nconsole.log('TAP version 13');\nconsole.log((ok ? 'ok' : 'not ok') + ' 1 - greets');\nconsole.log('1..1');\nprocess.exit(ok ? 0 : 1);\n",
+    )?;
+    std::fs::write(app.work.join(".gitignore"), "node_modules/\n")?;
+    git(&app.work, &["add", "-A"]);
+    git(&app.work, &["commit", "-qm", "web"]);
+    git(&app.work, &["push", "-q", "origin", "HEAD"]);
+    let manifest = |wire: bool| {
+        format!(
+            "[workspace]\nname = \"w\"\n\n[repos.greet]\nurl = \"{{remotes}}/greet.git\"\n[repos.web]\nurl = \"{{remotes}}/web.git\"\n\n\
+             [services.greet]\nrepo = \"greet\"\n\n[services.web]\nrepo = \"web\"\nwire = {wire}\ndepends_on = [\"greet\"]\n\n\
+             [services.web.operations]\ntest = {{ plugin = \"npm\" }}\n\n\
+             [plugins.npm]\ngrants = {{ exec = [\"npm\"], env = [\"PATH\", \"HOME\"], timeout = \"5m\" }}\n"
+        )
+    };
+    let ws = sb.workspace(&manifest(false));
+    sb.nestr(&ws, &["assemble", "-q"]).ok();
+    let (run, step) = run_op(&sb, &ws, "test");
+    assert_eq!(
+        run.code,
+        1,
+        "unwired, greet is not installed: {}",
+        run.all()
+    );
+    assert_eq!(step["status"], "failed");
+    std::fs::write(
+        ws.join("nestr.toml"),
+        manifest(true).replace(
+            "{remotes}",
+            &sb.path().join("remotes").display().to_string(),
+        ),
+    )?;
+    let (run, step) = run_op(&sb, &ws, "test");
+    assert_eq!(run.code, 0, "{}\n{}", run.all(), stored(&ws).log);
+    assert_eq!(
+        step["tests"],
+        serde_json::json!({"passed": 1, "failed": 0, "skipped": 0}),
+        "{step}"
+    );
+    let log = stored(&ws).log;
+    let head = git(&ws.join("greet"), &["rev-parse", "HEAD"]);
+    let folder = std::fs::canonicalize(ws.join("greet"))?;
+    assert!(
+        log.contains(&format!(
+            "wired greet 1.2.0 → {} (greet at {})",
+            folder.display(),
+            &head.trim()[..12]
+        )),
+        "{log}"
+    );
+    let linked = std::fs::canonicalize(ws.join("web/node_modules/greet"))?;
+    assert_eq!(linked, folder, "node_modules/greet is the checkout");
+    assert_eq!(
+        git(&ws.join("web"), &["status", "--porcelain"]).trim(),
+        "",
+        "no tracked file changed, nothing untracked left outside node_modules"
+    );
+    Ok(())
+}
