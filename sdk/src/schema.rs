@@ -33,7 +33,10 @@ pub fn fields<T: schemars::JsonSchema>() -> Vec<ConfigField> {
                 .or_else(|| resolve(p, defs).get("description"))
                 .and_then(Value::as_str)
                 .unwrap_or_default()
-                .to_string(),
+                // A doc comment wrapped over lines reads as one line.
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
         })
         .collect()
 }
@@ -122,7 +125,8 @@ mod tests {
     #[derive(serde::Deserialize, schemars::JsonSchema)]
     #[allow(dead_code)]
     struct Config {
-        /// Build with --release.
+        /// Build with
+        /// --release.
         #[serde(default)]
         release: bool,
         /// The package to build.

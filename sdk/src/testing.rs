@@ -291,9 +291,24 @@ impl Harness {
 /// Replays a tape (written by `nestr run OP --record DIR`): runs `P` on the tape's request,
 /// answers each call from the tape, and panics, saying where, when the plugin asks something
 /// else, asks more or less, or returns something other than what the tape recorded.
+///
+/// The tape holds host calls, not the service folder: a plugin that reads its folder through
+/// its own filesystem (`request.workdir`) needs [`replay_in`] with a folder holding those files.
 pub fn replay<P: Plugin>(path: impl AsRef<Path>) -> Run {
-    let path = path.as_ref();
-    let tape = Tape::read(path).unwrap_or_else(|e| panic!("{e}"));
+    replay_tape::<P>(path.as_ref(), None)
+}
+
+/// Like [`replay`], with the request's `workdir` (the service folder in the plugin's own
+/// filesystem) pointed at `workdir`, a folder of the test's.
+pub fn replay_in<P: Plugin>(path: impl AsRef<Path>, workdir: impl AsRef<Path>) -> Run {
+    replay_tape::<P>(path.as_ref(), Some(workdir.as_ref()))
+}
+
+fn replay_tape<P: Plugin>(path: &Path, workdir: Option<&Path>) -> Run {
+    let mut tape = Tape::read(path).unwrap_or_else(|e| panic!("{e}"));
+    if let Some(dir) = workdir {
+        tape.request.workdir = dir.to_string_lossy().into_owned();
+    }
     let recorded = tape.calls.len();
     let _session = install(Answer::Tape {
         calls: tape.calls.into_iter(),
@@ -309,9 +324,12 @@ pub fn replay<P: Plugin>(path: impl AsRef<Path>) -> Run {
     assert_eq!(
         run.calls.len(),
         recorded,
-        "{}: the plugin made {} host calls; the tape recorded {recorded}",
+        "{}: the plugin made {} host calls; the tape recorded {recorded} (it returned {:?}; the \
+         tape recorded {:?})",
         path.display(),
-        run.calls.len()
+        run.calls.len(),
+        run.result,
+        tape.result
     );
     if let Some(expected) = &tape.result {
         assert_eq!(

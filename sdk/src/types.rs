@@ -375,6 +375,19 @@ impl Error {
         self
     }
 
+    /// The failure with an artifact it produced all the same (other errors are returned as
+    /// they are).
+    pub fn artifact(mut self, path: &str, kind: &str, sha256: Option<String>) -> Error {
+        if let Error::Failed(f) = &mut self {
+            f.artifacts.push(Artifact {
+                path: path.to_string(),
+                kind: kind.to_string(),
+                sha256,
+            });
+        }
+        self
+    }
+
     /// The failure with a metric (other errors are returned as they are).
     pub fn metric(mut self, key: &str, value: impl ToString) -> Error {
         if let Error::Failed(f) = &mut self {
@@ -482,6 +495,8 @@ pub trait StepResult {
     fn metric(self, key: &str, value: impl ToString) -> Self;
     /// Adds test counts to the report, or to the failure.
     fn with_tests(self, tests: TestCounts) -> Self;
+    /// Adds an artifact to the report, or to the failure.
+    fn artifact(self, path: &str, kind: &str, sha256: Option<String>) -> Self;
 }
 
 impl StepResult for Result<Report, Error> {
@@ -496,6 +511,13 @@ impl StepResult for Result<Report, Error> {
         match self {
             Ok(r) => Ok(r.with_tests(tests)),
             Err(e) => Err(e.with_tests(tests)),
+        }
+    }
+
+    fn artifact(self, path: &str, kind: &str, sha256: Option<String>) -> Self {
+        match self {
+            Ok(r) => Ok(r.artifact(path, kind, sha256)),
+            Err(e) => Err(e.artifact(path, kind, sha256)),
         }
     }
 }

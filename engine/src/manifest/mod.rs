@@ -46,10 +46,44 @@ pub struct Manifest {
     pub api: ApiSettings,
     /// `[cache]`: the local operation cache.
     pub cache: CacheSettings,
+    /// `[environments.NAME]`: where deploys go, in manifest order.
+    pub environments: IndexMap<String, Environment>,
     /// The text it was read from, for problems found after validation (plugin config).
     source: std::sync::Arc<str>,
     /// Service name → position in `services`, built on first lookup.
     service_index: std::sync::OnceLock<std::collections::HashMap<String, usize>>,
+}
+
+/// An environment deploys go to (`[environments.NAME]`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Environment {
+    pub name: String,
+    /// A second person must approve a plan before it is applied.
+    pub approval: bool,
+    /// Services of one wave deployed at once (default 1).
+    pub max_parallel: u32,
+    /// The operation that deploys (default `deploy`).
+    pub operation: String,
+    /// Merged over every service's deploy `config` here.
+    pub config: serde_json::Map<String, serde_json::Value>,
+    /// Per service: merged over that service's deploy `config` here (after `config`).
+    pub services: IndexMap<String, serde_json::Map<String, serde_json::Value>>,
+}
+
+impl Environment {
+    /// The deploy `config` of `service` in this environment: its operation's own, then this
+    /// environment's `config`, then its own overrides here (each key replaced as a whole).
+    pub fn config_for(&self, service: &str, base: &serde_json::Value) -> serde_json::Value {
+        let mut merged = base.as_object().cloned().unwrap_or_default();
+        for (k, v) in self
+            .config
+            .iter()
+            .chain(self.services.get(service).into_iter().flatten())
+        {
+            merged.insert(k.clone(), v.clone());
+        }
+        serde_json::Value::Object(merged)
+    }
 }
 
 /// The `[api]` table.

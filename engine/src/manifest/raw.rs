@@ -22,6 +22,27 @@ pub(crate) struct RawManifest {
     pub plugins: Named<RawPlugin>,
     pub api: Option<RawApi>,
     pub cache: Option<RawCache>,
+    #[serde(default)]
+    pub environments: Named<RawEnvironment>,
+}
+
+/// `[environments.NAME]`: where deploys go.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEnvironment {
+    pub approval: Option<Spanned<bool>>,
+    pub max_parallel: Option<Spanned<i64>>,
+    pub operation: Option<Spanned<String>>,
+    pub config: Option<Spanned<Named<toml::Value>>>,
+    #[serde(default)]
+    pub services: Named<RawEnvironmentService>,
+}
+
+/// `[environments.NAME.services.SERVICE]`: one service's overrides there.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawEnvironmentService {
+    pub config: Option<Spanned<Named<toml::Value>>>,
 }
 
 #[derive(Debug, Deserialize)]

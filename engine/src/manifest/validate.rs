@@ -15,6 +15,7 @@ use super::raw::{
 };
 use super::{
     ApiSettings, BUILTIN_PLUGINS, CacheSettings, ConfigKey, ConfigSite, DEFAULT_REMOTE_TIMEOUT,
+    Environment,
     ExecGrant, FsGrant, Grants, Manifest, OperationSpec, Pin, PluginDecl, PluginSource, RemoteAuth,
     RemoteCache, Repo, Service, remote_url,
 };
@@ -62,6 +63,7 @@ pub(crate) fn validate(path: &Path, source: &str) -> Result<Manifest, InvalidMan
     v.cycles(&raw);
     let api = v.api(raw.api.as_ref());
     let cache = v.cache(raw.cache.as_ref());
+    let environments = v.environments(&raw);
 
     if !v.p.list.is_empty() {
         return Err(InvalidManifest::new(path, source, v.p.list));
@@ -77,6 +79,7 @@ pub(crate) fn validate(path: &Path, source: &str) -> Result<Manifest, InvalidMan
         plugins,
         api,
         cache,
+        environments,
         source: std::sync::Arc::from(source),
         service_index: Default::default(),
     })
@@ -93,7 +96,10 @@ mod keys {
         "plugins",
         "api",
         "cache",
+        "environments",
     ];
+    pub const ENVIRONMENT: &[&str] = &["approval", "max_parallel", "operation", "config", "services"];
+    pub const ENVIRONMENT_SERVICE: &[&str] = &["config"];
     pub const WORKSPACE: &[&str] = &["name", "description"];
     pub const REPO: &[&str] = &["url", "branch", "tag", "rev", "path"];
     pub const SERVICE: &[&str] = &["repo", "path", "depends_on", "wire", "tags", "operations"];
@@ -196,6 +202,12 @@ fn unknown_keys(source: &str, problems: &mut Problems<'_>) {
     }
     if let Some(cache) = table(root, "cache") {
         check(cache, keys::CACHE, problems);
+    }
+    for env in named(table(root, "environments")) {
+        check(env, keys::ENVIRONMENT, problems);
+        for svc in named(table(env, "services")) {
+            check(svc, keys::ENVIRONMENT_SERVICE, problems);
+        }
     }
 }
 
@@ -443,6 +455,69 @@ impl Validator<'_> {
                 continue;
             }
             out.push(pat.clone());
+        }
+        out
+    }
+
+    /// The `[environments.NAME]` tables.
+    fn environments(&mut self, raw: &RawManifest) -> IndexMap<String, Environment> {
+        let table = |c: &Option<Spanned<Named<toml::Value>>>| {
+            let mut out = serde_json::Map::new();
+            for (k, v) in c.iter().flat_map(|c| c.get_ref()) {
+                out.insert(k.get_ref().clone(), toml_to_json(v.get_ref()));
+            }
+            out
+        };
+        let mut out = IndexMap::new();
+        for (name, env) in &raw.environments {
+            let env = env.get_ref();
+            self.name(name, "environment");
+            let max_parallel = match &env.max_parallel {
+                Some(m) if !(1..=64).contains(m.get_ref()) => {
+                    self.p.err(
+                        m.span(),
+                        format!("max_parallel {} is out of range", m.get_ref()),
+                        "write how many services of a wave may deploy at once, from 1 to 64",
+                    );
+                    1
+                }
+                Some(m) => u32::try_from(*m.get_ref()).unwrap_or(1),
+                None => 1,
+            };
+            let operation = env
+                .operation
+                .as_ref()
+                .map_or_else(|| "deploy".to_string(), |o| o.get_ref().clone());
+            let mut services = IndexMap::new();
+            for (svc, o) in &env.services {
+                let o = o.get_ref();
+                if raw.services.keys().all(|k| k.get_ref() != svc.get_ref()) {
+                    self.p.err(
+                        svc.span(),
+                        format!(
+                            "environment `{}` configures `{}`, which is not a service",
+                            name.get_ref(),
+                            svc.get_ref()
+                        ),
+                        did_you_mean(
+                            svc.get_ref(),
+                            raw.services.keys().map(|k| k.get_ref().as_str()),
+                        ),
+                    );
+                }
+                services.insert(svc.get_ref().clone(), table(&o.config));
+            }
+            out.insert(
+                name.get_ref().clone(),
+                Environment {
+                    name: name.get_ref().clone(),
+                    approval: env.approval.as_ref().is_some_and(|a| *a.get_ref()),
+                    max_parallel,
+                    operation,
+                    config: table(&env.config),
+                    services,
+                },
+            );
         }
         out
     }
