@@ -9,6 +9,7 @@ mod cache;
 mod cli;
 mod contract;
 mod dashboard;
+mod deploys;
 mod exec;
 mod git;
 mod manifest;

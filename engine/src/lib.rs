@@ -10,6 +10,7 @@ pub mod api;
 pub mod cache;
 pub mod cli;
 pub mod contain;
+pub mod deploy;
 pub(crate) mod git;
 pub mod manifest;
 pub(crate) mod metrics;

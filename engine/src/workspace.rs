@@ -397,6 +397,18 @@ impl Workspace {
         cancel: Cancel,
     ) -> Result<RunReport, WorkspaceError> {
         let plan = self.plan(operation, selection)?;
+        self.run_plan(plan, selection, options, cancel)
+    }
+
+    /// Runs a plan made by the caller (a deploy's rollback orders its steps in reverse), as
+    /// [`Workspace::run_operation`] runs the plan it makes.
+    pub fn run_plan(
+        &mut self,
+        plan: scheduler::Plan,
+        selection: &Selection,
+        options: &RunOptions,
+        cancel: Cancel,
+    ) -> Result<RunReport, WorkspaceError> {
         let store = match self.store.take() {
             Some(s) => s,
             None => open_and_recover(&self.state_dir)?,

@@ -128,6 +128,15 @@ impl Sandbox {
     }
 
     /// Like [`Sandbox::nestr`], with extra environment variables.
+    /// The nestr command `nestr` would run, not started (for a test that runs it in the
+    /// background).
+    pub fn command(&self, dir: &Path, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_nestr"));
+        cmd.current_dir(dir).arg("--color").arg("never").args(args);
+        isolate(&mut cmd, self.path());
+        cmd
+    }
+
     pub fn nestr_with(&self, dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Run {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_nestr"));
         cmd.current_dir(dir).arg("--color").arg("never").args(args);

@@ -6,6 +6,7 @@ mod assemble;
 mod cache;
 mod completions;
 pub(crate) mod demo;
+mod deploy;
 mod exec;
 pub mod exit;
 mod init;
@@ -123,6 +124,9 @@ pub enum Command {
     Serve(serve::ServeArgs),
     /// Create, list and revoke API tokens.
     Token(token::TokenArgs),
+    /// Deploy to an environment: plan, approve, apply (health-gated, rolled back in reverse
+    /// order on failure), status.
+    Deploy(deploy::DeployArgs),
     /// Print the shell completion script (e.g. `nestr completions bash > /etc/bash_completion.d/nestr`).
     Completions(completions::CompletionsArgs),
     /// Print the man page in roff (e.g. `nestr man > ~/.local/share/man/man1/nestr.1`).
@@ -158,6 +162,7 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
         Command::Plugin(args) => plugin::run(&location, args, &ui),
         Command::Serve(args) => serve::run(&location, args, &ui),
         Command::Token(args) => token::run(&mut load(&location)?, args, &ui),
+        Command::Deploy(args) => deploy::run(&mut load(&location)?, args, &ui),
         Command::Completions(args) => completions::run(args),
         Command::Man => completions::man(),
     }

@@ -297,7 +297,8 @@ fn check(at: &Location, file: &Path, json: bool, ui: &Ui) -> Result<ExitCode, Cl
             ..Default::default()
         };
         ui.note(&format!(
-            "\n{} is a valid nestr plugin. Use it from nestr.toml (path relative to nestr.toml):\n\
+            "\n{} is a valid nestr plugin. Use it from nestr.toml (`path` may also be relative to \
+             nestr.toml's folder):\n\
              [plugins.{}]\npath = \"{}\"\nsha256 = \"{}\"\n{}",
             path.display(),
             plugin.info.name,

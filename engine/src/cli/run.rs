@@ -86,6 +86,11 @@ const PALETTE: &[&str] = &["36", "35", "33", "32", "34", "31"];
 /// The run Ctrl-C cancels (and its id, to kill its programs on a second Ctrl-C).
 static CURRENT: Mutex<Option<(Cancel, Option<String>)>> = Mutex::new(None);
 
+/// Ctrl-C cancels `cancel` (a second one kills everything and quits).
+pub(super) fn watch_cancel(cancel: &Cancel) {
+    watch_ctrl_c(cancel);
+}
+
 fn watch_ctrl_c(cancel: &Cancel) {
     static INSTALLED: std::sync::Once = std::sync::Once::new();
     if let Ok(mut current) = CURRENT.lock() {

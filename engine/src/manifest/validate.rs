@@ -15,9 +15,8 @@ use super::raw::{
 };
 use super::{
     ApiSettings, BUILTIN_PLUGINS, CacheSettings, ConfigKey, ConfigSite, DEFAULT_REMOTE_TIMEOUT,
-    Environment,
-    ExecGrant, FsGrant, Grants, Manifest, OperationSpec, Pin, PluginDecl, PluginSource, RemoteAuth,
-    RemoteCache, Repo, Service, remote_url,
+    Environment, ExecGrant, FsGrant, Grants, Manifest, OperationSpec, Pin, PluginDecl,
+    PluginSource, RemoteAuth, RemoteCache, Repo, Service, remote_url,
 };
 
 const NAME_HELP: &str = "names use lower-case letters, digits, `-` and `_`, start with a letter or \
@@ -98,7 +97,13 @@ mod keys {
         "cache",
         "environments",
     ];
-    pub const ENVIRONMENT: &[&str] = &["approval", "max_parallel", "operation", "config", "services"];
+    pub const ENVIRONMENT: &[&str] = &[
+        "approval",
+        "max_parallel",
+        "operation",
+        "config",
+        "services",
+    ];
     pub const ENVIRONMENT_SERVICE: &[&str] = &["config"];
     pub const WORKSPACE: &[&str] = &["name", "description"];
     pub const REPO: &[&str] = &["url", "branch", "tag", "rev", "path"];

@@ -52,6 +52,26 @@ pub struct RunOptions {
     pub cache: CacheMode,
     /// Write each step's host calls as a tape into this folder (`SERVICE.OPERATION.json`).
     pub record: Option<PathBuf>,
+    /// A deploy to an environment: each step's target and config there.
+    pub deploy: Option<Arc<DeployTargets>>,
+}
+
+/// What the steps of a deploy run are told: the environment, and for each service where its
+/// deploy goes and with which config.
+#[derive(Debug, Clone, Default)]
+pub struct DeployTargets {
+    pub environment: String,
+    pub services: HashMap<String, DeployTarget>,
+}
+
+/// One service's deploy (or rollback) in an environment.
+#[derive(Debug, Clone)]
+pub struct DeployTarget {
+    /// The version deployed there before this apply (what a rollback returns to).
+    pub previous: Option<String>,
+    pub rollback: bool,
+    /// Its deploy `config` with the environment's overrides merged in.
+    pub config: serde_json::Value,
 }
 
 impl Default for RunOptions {
@@ -61,6 +81,7 @@ impl Default for RunOptions {
             continue_mode: ContinueMode::Never,
             cache: CacheMode::ReadWrite,
             record: None,
+            deploy: None,
         }
     }
 }
@@ -1079,6 +1100,17 @@ impl Executor<'_> {
                 .map(|o| o.config.clone())
                 .unwrap_or_default(),
         };
+        let mut request = request;
+        if let Some(d) = &self.opts.deploy
+            && let Some(t) = d.services.get(&service.name)
+        {
+            request.config = t.config.clone();
+            request.target = Some(types::Target {
+                environment: d.environment.clone(),
+                previous: t.previous.clone(),
+                rollback: t.rollback,
+            });
+        }
         Ok(Prepared::Ready(request, ctx))
     }
 

@@ -4,6 +4,7 @@
 //! table group (`repos.rs`, `runs.rs`, `tokens.rs`, `cache.rs`). Every write runs in a `BEGIN IMMEDIATE` transaction.
 
 mod cache;
+mod deploys;
 mod repos;
 mod runs;
 mod tokens;
@@ -16,6 +17,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use rusqlite_migration::{M, Migrations};
 
 pub use cache::{CacheEntry, CacheStats};
+pub use deploys::{DeployEvent, DeploymentRow, LockRefused, LockRow, PlanRow};
 pub use repos::{RepoRecord, RepoRow, SyncEvent};
 pub use runs::{
     AuditEntry, CachedStepRecord, JournalEntry, LogChunk, LogLine, LogPart, NewRun, RunFilter,

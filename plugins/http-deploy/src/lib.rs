@@ -14,7 +14,10 @@
 //! ```
 //!
 //! The hook receives `{"service", "repo", "commit", "branch", "run_id", "operation",
-//! "artifacts"}` (and `environment`, `previous` for a deploy to an environment). A header value
+//! "artifacts"}` (and `environment`, `previous`, `rollback` for a deploy to an environment). A
+//! rollback (a failed deploy undone by `nestr deploy apply`) is posted to `rollback_url` with
+//! `previous`, the version to return to; without one it is the hook again with `commit` set to
+//! `previous` (`rolled_back_from`: the version left). A header value
 //! of exactly `{{secret:NAME}}` is filled in by the engine with the granted secret `NAME`; the
 //! plugin never sees it. Requests go through `nestr_sdk::http`; a refused origin or secret is
 //! the engine's denial, passed on as it is. It acts on the world: never cached.
@@ -62,6 +65,9 @@ struct Config {
     /// Limit of each request (default 30).
     #[serde(default = "default_timeout_secs")]
     timeout_secs: u64,
+    /// Receives a rollback: a POST with the step as JSON and `previous`, the version to return
+    /// to (health-checked like a deploy). Without it a rollback redeploys `previous` through `url`.
+    rollback_url: Option<String>,
 }
 
 fn default_method() -> String {
@@ -80,6 +86,8 @@ fn default_timeout_secs() -> u64 {
 /// The config, checked and parsed.
 struct Plan {
     url: Url,
+    /// Where a rollback is posted, when configured.
+    rollback_url: Option<Url>,
     method: String,
     /// Whether the hook request carries the JSON body (not for GET and HEAD).
     sends_body: bool,
@@ -150,8 +158,15 @@ impl Plan {
                 })
             }
         };
+        let rollback_url = match &config.rollback_url {
+            Some(text) => {
+                Some(Url::parse(text).map_err(|e| invalid(format!("`rollback_url` {e}")))?)
+            }
+            None => None,
+        };
         Ok(Plan {
             url,
+            rollback_url,
             method,
             sends_body,
             headers: config.headers,
@@ -181,26 +196,49 @@ impl Plugin for HttpDeploy {
 
     fn run(request: Request, config: Config) -> Result<Report, Error> {
         let plan = Plan::new(config)?;
-        let body = if plan.sends_body {
+        let rollback = request.target.as_ref().is_some_and(|t| t.rollback);
+        if rollback
+            && request
+                .target
+                .as_ref()
+                .and_then(|t| t.previous.as_ref())
+                .is_none()
+        {
+            return Ok(Report::skipped(
+                "nothing to roll back to: no earlier version is recorded",
+            ));
+        }
+        // A rollback goes to `rollback_url` (always a POST), or redeploys the previous version
+        // through the hook.
+        let (method, url, sends_body) = match (&plan.rollback_url, rollback) {
+            (Some(u), true) => ("POST".to_string(), u, true),
+            _ => (plan.method.clone(), &plan.url, plan.sends_body),
+        };
+        let body = if sends_body {
             hook_body(&request).into_bytes()
         } else {
             Vec::new()
         };
-        let mut hook = http::request(&plan.method, &plan.url.full())
+        let mut hook = http::request(&method, &url.full())
             .body(body.clone())
             .timeout(Duration::from_secs(plan.timeout_secs));
         for (k, v) in hook_headers(&plan.headers, &body) {
             hook = hook.header(&k, &v);
         }
-        let shown = plan.url.display();
+        let shown = url.display();
+        let what = if rollback {
+            "rollback hook"
+        } else {
+            "deploy hook"
+        };
 
-        info!("{} {shown}", plan.method);
+        info!("{method} {shown}");
         let started = Instant::now();
         let answer = match hook.send() {
             Ok(answer) => answer,
             Err(Error::Failed(f)) => {
                 return Err(Error::failed(format!(
-                    "deploy hook {shown} failed: {}",
+                    "{what} {shown} failed: {}",
                     f.message
                 )));
             }
@@ -220,18 +258,17 @@ impl Plugin for HttpDeploy {
         let hook_ms = millis(started);
         let status = answer.status;
         if !answer.is_success() {
-            return Err(Error::failed(format!(
-                "deploy hook {shown} answered {}",
-                describe(&answer)
-            ))
-            .metric("hook_status", status)
-            .metric("hook_ms", hook_ms));
+            return Err(
+                Error::failed(format!("{what} {shown} answered {}", describe(&answer)))
+                    .metric("hook_status", status)
+                    .metric("hook_ms", hook_ms),
+            );
         }
-        info!("deploy hook answered {} in {hook_ms} ms", describe(&answer));
+        info!("{what} answered {} in {hook_ms} ms", describe(&answer));
 
         let report = match &plan.health {
             None => Ok(Report::success(format!(
-                "deploy hook {shown} answered {} in {hook_ms} ms",
+                "{what} {shown} answered {} in {hook_ms} ms",
                 status_text(status)
             ))),
             Some(health) => wait_healthy(health),
@@ -329,6 +366,12 @@ fn hook_body(request: &Request) -> String {
     if let (Some(t), Some(o)) = (&request.target, body.as_object_mut()) {
         o.insert("environment".into(), json!(t.environment));
         o.insert("previous".into(), json!(t.previous));
+        o.insert("rollback".into(), json!(t.rollback));
+        // Redeploying the previous version through the hook: that is the commit to deploy.
+        if t.rollback {
+            o.insert("commit".into(), json!(t.previous));
+            o.insert("rolled_back_from".into(), json!(request.commit));
+        }
     }
     body.to_string()
 }
