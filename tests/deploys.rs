@@ -145,16 +145,28 @@ fn serve(stream: std::net::TcpStream, state: &Mutex<Platform>) {
 }
 
 /// Three services in three repositories, c → b → a, each deployed through http-deploy to the
-/// receiver, in an environment `staging` (`extra` added to its table).
+/// receiver (which checks health itself), in an environment `staging` (`extra` added to its
+/// table).
 fn workspace(sb: &Sandbox, r: &Receiver, extra: &str) -> PathBuf {
+    workspace_gated(sb, r, extra, true)
+}
+
+/// The same; without `plugin_health` the plugin does not check health (the environment's
+/// engine gate does).
+fn workspace_gated(sb: &Sandbox, r: &Receiver, extra: &str, plugin_health: bool) -> PathBuf {
     for name in ["alpha", "beta", "gamma"] {
         sb.remote(name);
     }
     let u = r.url();
     let svc = |name: &str, repo: &str, deps: &str| {
+        let health = if plugin_health {
+            format!("health_url = \"{u}/healthz/{name}\", ")
+        } else {
+            String::new()
+        };
         format!(
             "[services.{name}]\nrepo = \"{repo}\"\ndepends_on = [{deps}]\n[services.{name}.operations]\n\
-             deploy = {{ plugin = \"http-deploy\", config = {{ url = \"{u}/hooks/{name}\", health_url = \"{u}/healthz/{name}\", \
+             deploy = {{ plugin = \"http-deploy\", config = {{ url = \"{u}/hooks/{name}\", {health}\
              rollback_url = \"{u}/rollback/{name}\", health_timeout_secs = 2, poll_interval_ms = 100, timeout_secs = 1 }} }}\n"
         )
     };
@@ -443,5 +455,94 @@ fn one_apply_per_environment_and_a_killed_one_is_reported_and_frees_it() -> Test
     plan(&sb, &ws, "p3.json");
     let apply = sb.nestr(&ws, &["deploy", "apply", "p3.json"]);
     assert_eq!(apply.code, 0, "{}", apply.all());
+    Ok(())
+}
+
+/// The environment's own gate (the plugin checks nothing): passes, and a gate with no verdict
+/// pauses the apply with the environment held; `resume` goes on, `abort` rolls back in reverse.
+#[test]
+fn an_inconclusive_engine_gate_pauses_then_resume_or_abort() -> TestResult {
+    let r = Receiver::start()?;
+    let sb = Sandbox::new();
+    let u = r.url();
+    let ws = workspace_gated(
+        &sb,
+        &r,
+        &format!(
+            "health = {{ url = \"{u}/healthz/{{service}}\", passes = 2, failures = 2, interval = \"100ms\", timeout = \"1500ms\" }}"
+        ),
+        false,
+    );
+    plan(&sb, &ws, "p1.json");
+    let first = sb.nestr(&ws, &["deploy", "apply", "p1.json", "--json"]);
+    assert_eq!(first.code, 0, "{}", first.all());
+    let healthz_a = r.calls().iter().filter(|c| *c == "GET /healthz/a").count();
+    assert!(healthz_a >= 2, "two passes in a row: {:?}", r.calls());
+
+    // b's health never answers in time: no verdict, the apply pauses after b.
+    commit(&ws, "alpha", "a2");
+    commit(&ws, "beta", "b2");
+    r.with(|p| {
+        p.calls.clear();
+        p.stalled.insert("b".into());
+    });
+    plan(&sb, &ws, "p2.json");
+    let paused = sb.nestr(&ws, &["deploy", "apply", "p2.json", "--json"]);
+    assert_eq!(paused.code, 1, "{}", paused.all());
+    assert_eq!(paused.json()["state"], "paused", "{}", paused.stdout);
+    assert_eq!(r.posts(), ["POST /hooks/a", "POST /hooks/b"]);
+    let st = status(&sb, &ws);
+    assert_eq!(st["lock"]["pid"], 0, "held by the paused plan: {st}");
+    plan(&sb, &ws, "other.json");
+    let other = sb.nestr(&ws, &["deploy", "apply", "other.json"]);
+    assert_eq!(other.code, 1);
+    assert!(
+        other.stderr.contains("is paused on plan"),
+        "{}",
+        other.stderr
+    );
+    // A person decides b is fine: the rest of the plan goes on.
+    r.with(|p| {
+        p.stalled.clear();
+    });
+    let resumed = sb.nestr(&ws, &["deploy", "resume", "p2.json", "--json"]);
+    assert_eq!(resumed.code, 0, "{}", resumed.all());
+    assert_eq!(resumed.json()["state"], "applied");
+    assert_eq!(
+        r.posts(),
+        ["POST /hooks/a", "POST /hooks/b", "POST /hooks/c"]
+    );
+    assert_eq!(status(&sb, &ws)["lock"], serde_json::Value::Null);
+
+    // Again, and this time the person aborts: b then a are rolled back.
+    let (a2, b2) = (head(&ws, "alpha"), head(&ws, "beta"));
+    commit(&ws, "alpha", "a3");
+    commit(&ws, "beta", "b3");
+    r.with(|p| {
+        p.calls.clear();
+        p.stalled.insert("b".into());
+    });
+    plan(&sb, &ws, "p3.json");
+    assert_eq!(sb.nestr(&ws, &["deploy", "apply", "p3.json"]).code, 1);
+    r.with(|p| {
+        p.stalled.clear();
+    });
+    let aborted = sb.nestr(&ws, &["deploy", "abort", "p3.json", "--json"]);
+    assert_eq!(aborted.code, 1, "{}", aborted.all());
+    assert_eq!(aborted.json()["state"], "rolled_back", "{}", aborted.stdout);
+    assert_eq!(
+        r.posts(),
+        [
+            "POST /hooks/a",
+            "POST /hooks/b",
+            "POST /rollback/b",
+            "POST /rollback/a"
+        ]
+    );
+    assert_eq!(r.running("a").as_deref(), Some(a2.as_str()));
+    assert_eq!(r.running("b").as_deref(), Some(b2.as_str()));
+    let st = status(&sb, &ws);
+    assert_eq!(service(&st, "b")["commit"], b2.as_str(), "{st}");
+    assert_eq!(st["lock"], serde_json::Value::Null);
     Ok(())
 }

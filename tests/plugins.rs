@@ -700,6 +700,7 @@ fn after_every_fault_in_one_process_a_normal_plugin_still_runs() -> TestResult {
             containment: nestr::contain::Containment::new(&format!("inproc-{name}"), 256),
             programs: Default::default(),
             tape: None,
+            gate: None,
         });
         let request = StepRequest {
             operation: "probe".into(),

@@ -54,6 +54,7 @@ fn step_context(
         containment: nestr::contain::Containment::new("bench", 256),
         programs: Default::default(),
         tape: None,
+        gate: None,
     })
 }
 

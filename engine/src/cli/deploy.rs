@@ -1,6 +1,7 @@
 //! `nestr deploy`: `plan` an environment's deploy (recorded; `--out FILE` writes it), `approve`
 //! it where the environment asks for a second person, `apply` exactly that plan (in dependency
-//! order, each deploy health-gated by its plugin, a failure rolled back in reverse order),
+//! order, each deploy health-gated, a failure rolled back in reverse order, an inconclusive gate
+//! pausing it for `resume` or `abort`),
 //! `status` of what runs where, and `show` of a plan with its audit trail. The engine's side is
 //! `crate::deploy`.
 
@@ -59,6 +60,24 @@ pub enum DeployCommand {
         #[arg(long = "as", value_name = "NAME")]
         who: Option<String>,
         /// Print how it ended as JSON: plan, environment, state, run, rollback.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Go on with an apply paused on an inconclusive health gate: that service counts as
+    /// deployed, then the rest of the plan is applied.
+    Resume {
+        plan: String,
+        #[arg(long = "as", value_name = "NAME")]
+        who: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// End an apply paused on an inconclusive health gate by rolling back what it deployed, in
+    /// reverse order.
+    Abort {
+        plan: String,
+        #[arg(long = "as", value_name = "NAME")]
+        who: Option<String>,
         #[arg(long)]
         json: bool,
     },
@@ -141,55 +160,19 @@ pub fn run(ws: &mut Workspace, args: DeployArgs, ui: &Ui) -> Result<ExitCode, Cl
             let cancel = crate::plugin::state::Cancel::default();
             super::run::watch_cancel(&cancel);
             let report = deploy::apply(ws, &plan, &who, cancel)?;
-            let code = match report.state.as_str() {
-                "applied" => ExitCode::Ok,
-                "interrupted" => ExitCode::Interrupted,
-                _ => ExitCode::Failed,
-            };
-            if json {
-                super::print_json(&report)?;
-                return Ok(code);
-            }
-            let mut rows = Vec::new();
-            for s in &report.run.steps {
-                rows.push(step_row("deploy", s));
-            }
-            if let Some(back) = &report.rollback {
-                for s in &back.steps {
-                    rows.push(step_row("rollback", s));
-                }
-            }
-            println!(
-                "{}",
-                render::table(
-                    &["ACTION", "SERVICE", "STATUS", "TIME", "SUMMARY"],
-                    &rows,
-                    ui.color_out
-                )
-            );
-            for (service, why) in &report.not_rolled_back {
-                ui.note(&format!("{service} was not rolled back: {why}"));
-            }
-            let (tone, what) = match report.state.as_str() {
-                "applied" => (Tone::Good, "applied"),
-                "rolled_back" => (Tone::Bad, "failed and was rolled back"),
-                "rollback_failed" => (Tone::Bad, "failed, and a rollback failed too"),
-                _ => (Tone::Bad, "was interrupted"),
-            };
-            ui.note(&format!(
-                "plan {} to {} {} (run {}{}) — nestr deploy status {}",
-                &report.plan[..12],
-                report.environment,
-                ui.paint_err(tone, what),
-                report.run.run_id,
-                report
-                    .rollback
-                    .as_ref()
-                    .map(|r| format!(", rollback run {}", r.run_id))
-                    .unwrap_or_default(),
-                report.environment
-            ));
-            Ok(code)
+            print_apply(&report, json, ui)
+        }
+        DeployCommand::Resume { plan, who, json } => {
+            let who = who.unwrap_or_else(deploy::actor);
+            let cancel = crate::plugin::state::Cancel::default();
+            super::run::watch_cancel(&cancel);
+            let report = deploy::resume(ws, &plan, &who, cancel)?;
+            print_apply(&report, json, ui)
+        }
+        DeployCommand::Abort { plan, who, json } => {
+            let who = who.unwrap_or_else(deploy::actor);
+            let report = deploy::abort(ws, &plan, &who)?;
+            print_apply(&report, json, ui)
         }
         DeployCommand::Status { env, json } => {
             let envs = deploy::status(ws, env.as_deref())?;
@@ -285,6 +268,69 @@ pub fn run(ws: &mut Workspace, args: DeployArgs, ui: &Ui) -> Result<ExitCode, Cl
             Ok(ExitCode::Ok)
         }
     }
+}
+
+/// How an apply (or resume, or abort) ended: the steps of its runs, and its exit code.
+fn print_apply(report: &deploy::ApplyReport, json: bool, ui: &Ui) -> Result<ExitCode, CliError> {
+    let code = match report.state.as_str() {
+        "applied" => ExitCode::Ok,
+        "interrupted" => ExitCode::Interrupted,
+        _ => ExitCode::Failed,
+    };
+    if json {
+        super::print_json(report)?;
+        return Ok(code);
+    }
+    let mut rows = Vec::new();
+    for s in report.run.iter().flat_map(|r| &r.steps) {
+        rows.push(step_row("deploy", s));
+    }
+    for s in report.rollback.iter().flat_map(|r| &r.steps) {
+        rows.push(step_row("rollback", s));
+    }
+    if !rows.is_empty() {
+        println!(
+            "{}",
+            render::table(
+                &["ACTION", "SERVICE", "STATUS", "TIME", "SUMMARY"],
+                &rows,
+                ui.color_out
+            )
+        );
+    }
+    for (service, why) in &report.not_rolled_back {
+        ui.note(&format!("{service} was not rolled back: {why}"));
+    }
+    let (tone, what) = match report.state.as_str() {
+        "applied" => (Tone::Good, "applied"),
+        "paused" => (
+            Tone::Bad,
+            "paused: a health gate gave no verdict; decide with `nestr deploy resume` or `nestr deploy abort`",
+        ),
+        "rolled_back" => (Tone::Bad, "failed and was rolled back"),
+        "rollback_failed" => (Tone::Bad, "failed, and a rollback failed too"),
+        _ => (Tone::Bad, "was interrupted"),
+    };
+    let runs: Vec<String> = report
+        .run
+        .iter()
+        .map(|r| format!("run {}", r.run_id))
+        .chain(
+            report
+                .rollback
+                .iter()
+                .map(|r| format!("rollback run {}", r.run_id)),
+        )
+        .collect();
+    ui.note(&format!(
+        "plan {} to {} {} ({}) — nestr deploy status {}",
+        &report.plan[..12],
+        report.environment,
+        ui.paint_err(tone, what),
+        runs.join(", "),
+        report.environment
+    ));
+    Ok(code)
 }
 
 fn step_row(action: &str, s: &crate::scheduler::StepReport) -> Vec<(String, Option<Tone>)> {

@@ -66,8 +66,31 @@ pub struct Environment {
     pub operation: String,
     /// Merged over every service's deploy `config` here.
     pub config: serde_json::Map<String, serde_json::Value>,
-    /// Per service: merged over that service's deploy `config` here (after `config`).
-    pub services: IndexMap<String, serde_json::Map<String, serde_json::Value>>,
+    /// The engine's health gate after each service's deploy here (`{service}` in its URL).
+    pub health: Option<HealthSpec>,
+    /// Per service: its overrides here.
+    pub services: IndexMap<String, EnvironmentService>,
+}
+
+/// One service's overrides in an environment.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct EnvironmentService {
+    /// Merged over its deploy `config` here (after the environment's `config`).
+    pub config: serde_json::Map<String, serde_json::Value>,
+    /// Its own health gate here (instead of the environment's).
+    pub health: Option<HealthSpec>,
+}
+
+/// `health = { url, passes = 3, failures = 3, interval = "2s", timeout = "2m" }`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HealthSpec {
+    pub url: String,
+    pub passes: u32,
+    pub failures: u32,
+    #[serde(with = "humantime_serde_ms")]
+    pub interval: std::time::Duration,
+    #[serde(with = "humantime_serde_ms")]
+    pub timeout: std::time::Duration,
 }
 
 impl Environment {
@@ -75,14 +98,29 @@ impl Environment {
     /// environment's `config`, then its own overrides here (each key replaced as a whole).
     pub fn config_for(&self, service: &str, base: &serde_json::Value) -> serde_json::Value {
         let mut merged = base.as_object().cloned().unwrap_or_default();
-        for (k, v) in self
-            .config
-            .iter()
-            .chain(self.services.get(service).into_iter().flatten())
-        {
+        for (k, v) in self.config.iter().chain(
+            self.services
+                .get(service)
+                .into_iter()
+                .flat_map(|s| &s.config),
+        ) {
             merged.insert(k.clone(), v.clone());
         }
         serde_json::Value::Object(merged)
+    }
+
+    /// The health gate of `service` here: its own, else the environment's; `{service}` in the
+    /// URL replaced by its name.
+    pub fn health_for(&self, service: &str) -> Option<HealthSpec> {
+        let spec = self
+            .services
+            .get(service)
+            .and_then(|s| s.health.clone())
+            .or_else(|| self.health.clone())?;
+        Some(HealthSpec {
+            url: spec.url.replace("{service}", service),
+            ..spec
+        })
     }
 }
 

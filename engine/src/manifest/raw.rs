@@ -34,8 +34,20 @@ pub(crate) struct RawEnvironment {
     pub max_parallel: Option<Spanned<i64>>,
     pub operation: Option<Spanned<String>>,
     pub config: Option<Spanned<Named<toml::Value>>>,
+    pub health: Option<Spanned<RawHealth>>,
     #[serde(default)]
     pub services: Named<RawEnvironmentService>,
+}
+
+/// `health = { url, passes, failures, interval, timeout }`: the engine's gate after a deploy.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawHealth {
+    pub url: Spanned<String>,
+    pub passes: Option<Spanned<i64>>,
+    pub failures: Option<Spanned<i64>>,
+    pub interval: Option<Spanned<String>>,
+    pub timeout: Option<Spanned<String>>,
 }
 
 /// `[environments.NAME.services.SERVICE]`: one service's overrides there.
@@ -43,6 +55,7 @@ pub(crate) struct RawEnvironment {
 #[serde(deny_unknown_fields)]
 pub(crate) struct RawEnvironmentService {
     pub config: Option<Spanned<Named<toml::Value>>>,
+    pub health: Option<Spanned<RawHealth>>,
 }
 
 #[derive(Debug, Deserialize)]

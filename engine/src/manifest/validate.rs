@@ -10,13 +10,14 @@ use toml::Spanned;
 
 use super::diagnostic::{InvalidManifest, Problems};
 use super::raw::{
-    Named, RawApi, RawCache, RawGrants, RawManifest, RawOperation, RawPlugin, RawRepo,
+    Named, RawApi, RawCache, RawGrants, RawHealth, RawManifest, RawOperation, RawPlugin, RawRepo,
     RawServiceOperation,
 };
 use super::{
     ApiSettings, BUILTIN_PLUGINS, CacheSettings, ConfigKey, ConfigSite, DEFAULT_REMOTE_TIMEOUT,
-    Environment, ExecGrant, FsGrant, Grants, Manifest, OperationSpec, Pin, PluginDecl,
-    PluginSource, RemoteAuth, RemoteCache, Repo, Service, remote_url,
+    Environment, EnvironmentService, ExecGrant, FsGrant, Grants, HealthSpec, Manifest,
+    OperationSpec, Pin, PluginDecl, PluginSource, RemoteAuth, RemoteCache, Repo, Service,
+    remote_url,
 };
 
 const NAME_HELP: &str = "names use lower-case letters, digits, `-` and `_`, start with a letter or \
@@ -102,9 +103,11 @@ mod keys {
         "max_parallel",
         "operation",
         "config",
+        "health",
         "services",
     ];
-    pub const ENVIRONMENT_SERVICE: &[&str] = &["config"];
+    pub const ENVIRONMENT_SERVICE: &[&str] = &["config", "health"];
+    pub const HEALTH: &[&str] = &["url", "passes", "failures", "interval", "timeout"];
     pub const WORKSPACE: &[&str] = &["name", "description"];
     pub const REPO: &[&str] = &["url", "branch", "tag", "rev", "path"];
     pub const SERVICE: &[&str] = &["repo", "path", "depends_on", "wire", "tags", "operations"];
@@ -210,8 +213,14 @@ fn unknown_keys(source: &str, problems: &mut Problems<'_>) {
     }
     for env in named(table(root, "environments")) {
         check(env, keys::ENVIRONMENT, problems);
+        if let Some(h) = table(env, "health") {
+            check(h, keys::HEALTH, problems);
+        }
         for svc in named(table(env, "services")) {
             check(svc, keys::ENVIRONMENT_SERVICE, problems);
+            if let Some(h) = table(svc, "health") {
+                check(h, keys::HEALTH, problems);
+            }
         }
     }
 }
@@ -510,8 +519,16 @@ impl Validator<'_> {
                         ),
                     );
                 }
-                services.insert(svc.get_ref().clone(), table(&o.config));
+                let health = o.health.as_ref().and_then(|h| self.health(h));
+                services.insert(
+                    svc.get_ref().clone(),
+                    EnvironmentService {
+                        config: table(&o.config),
+                        health,
+                    },
+                );
             }
+            let health = env.health.as_ref().and_then(|h| self.health(h));
             out.insert(
                 name.get_ref().clone(),
                 Environment {
@@ -520,11 +537,65 @@ impl Validator<'_> {
                     max_parallel,
                     operation,
                     config: table(&env.config),
+                    health,
                     services,
                 },
             );
         }
         out
+    }
+
+    /// A `health = { … }` gate.
+    fn health(&mut self, raw: &Spanned<RawHealth>) -> Option<HealthSpec> {
+        let h = raw.get_ref();
+        let url = h.url.get_ref();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            self.p.err(
+                h.url.span(),
+                format!("health `url` {url:?} is not an http:// or https:// URL"),
+                "write the URL the engine polls after each deploy, e.g. \
+                 \"https://{service}.staging.example.com/healthz\"",
+            );
+            return None;
+        }
+        let count = |v: &Option<Spanned<i64>>, what: &str, default: u32, p: &mut Problems| match v {
+            Some(n) if !(1..=100).contains(n.get_ref()) => {
+                p.err(
+                    n.span(),
+                    format!("health `{what}` {} is out of range", n.get_ref()),
+                    "write a whole number from 1 to 100",
+                );
+                default
+            }
+            Some(n) => u32::try_from(*n.get_ref()).unwrap_or(default),
+            None => default,
+        };
+        let passes = count(&h.passes, "passes", 3, &mut self.p);
+        let failures = count(&h.failures, "failures", 3, &mut self.p);
+        let duration =
+            |v: &Option<Spanned<String>>, what: &str, default: u64, p: &mut Problems| match v {
+                Some(d) => match humantime::parse_duration(d.get_ref()) {
+                    Ok(d) if !d.is_zero() => d,
+                    _ => {
+                        p.err(
+                            d.span(),
+                            format!("health `{what}` {:?} is not a duration", d.get_ref()),
+                            "write a duration such as \"2s\", \"500ms\" or \"2m\"",
+                        );
+                        std::time::Duration::from_secs(default)
+                    }
+                },
+                None => std::time::Duration::from_secs(default),
+            };
+        let interval = duration(&h.interval, "interval", 2, &mut self.p);
+        let timeout = duration(&h.timeout, "timeout", 120, &mut self.p);
+        Some(HealthSpec {
+            url: url.clone(),
+            passes,
+            failures,
+            interval,
+            timeout,
+        })
     }
 
     /// The `[cache]` table: the local store's size bound.

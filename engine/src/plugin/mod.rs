@@ -547,6 +547,7 @@ impl Host {
             containment: crate::contain::Containment::new("describe", caps::DEFAULT_PIDS),
             programs: Default::default(),
             tape: None,
+            gate: None,
         });
         let mut store = self
             .store(ctx, caps::DEFAULT_MEMORY_MB, limits::DESCRIBE_TIMEOUT, None)
@@ -763,11 +764,58 @@ impl Host {
                 "the step reached its deadline of {limit} ({why}); raise it with `timeout` in the plugin's grants"
             ));
         }
+        if outcome.status == StepStatus::Succeeded
+            && let Some(gate) = ctx.gate.clone()
+        {
+            judge(&gate, &ctx, &mut outcome).await;
+        }
         seal(&mut outcome, ctx.log.masker());
         outcome.duration = ctx.started.elapsed();
         outcome.programs = ctx.programs.take();
         ctx.log.finish();
         outcome
+    }
+}
+
+/// A deploy's health gate after its plugin succeeded: a pass keeps the step succeeded, a fail
+/// fails it, no verdict ends it timed out with [`crate::deploy::gate::INCONCLUSIVE`].
+async fn judge(
+    gate: &Arc<crate::deploy::gate::HealthGate>,
+    ctx: &Arc<StepContext>,
+    outcome: &mut StepOutcome,
+) {
+    use crate::deploy::gate::Verdict;
+    let (g, c) = (gate.clone(), ctx.clone());
+    let judged = tokio::task::spawn_blocking(move || {
+        g.judge(&|line| c.log.system(line), &|| c.cancel.is_cancelled())
+    })
+    .await;
+    let (verdict, text) = judged.unwrap_or_else(|e| {
+        (
+            Verdict::Inconclusive,
+            format!(
+                "{}: the gate failed: {e}",
+                crate::deploy::gate::INCONCLUSIVE
+            ),
+        )
+    });
+    if let serde_json::Value::Object(m) = &mut outcome.metrics {
+        m.insert("health_gate".into(), verdict.as_str().into());
+    }
+    match verdict {
+        Verdict::Pass => outcome.summary = format!("{}; {text}", outcome.summary),
+        Verdict::Fail => {
+            outcome.status = StepStatus::Failed;
+            outcome.reason = Some(text.clone());
+            outcome.summary = text;
+        }
+        Verdict::Inconclusive => {
+            outcome.status = StepStatus::TimedOut;
+            outcome.reason = Some(format!(
+                "{text}; the apply waits for a decision: `nestr deploy resume PLAN` or `nestr deploy abort PLAN`"
+            ));
+            outcome.summary = text;
+        }
     }
 }
 

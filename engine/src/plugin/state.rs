@@ -50,6 +50,8 @@ pub struct StepContext {
     pub denials: Denials,
     /// Records the step's host calls (`nestr run --record`), when asked to.
     pub tape: Option<Arc<super::tape::Recorder>>,
+    /// A deploy's health gate: judged after the plugin succeeds, before the step ends.
+    pub gate: Option<Arc<crate::deploy::gate::HealthGate>>,
     /// Where the step's programs are contained (made at the first `exec`).
     pub containment: Containment,
     /// The programs the step ran, for its provenance.

@@ -72,6 +72,8 @@ pub struct DeployTarget {
     pub rollback: bool,
     /// Its deploy `config` with the environment's overrides merged in.
     pub config: serde_json::Value,
+    /// The engine's health gate after it, when the environment has one.
+    pub gate: Option<crate::deploy::gate::HealthGate>,
 }
 
 impl Default for RunOptions {
@@ -1052,6 +1054,13 @@ impl Executor<'_> {
             denials: Default::default(),
             containment: Containment::new(&marker, pids),
             programs: Default::default(),
+            gate: self
+                .opts
+                .deploy
+                .as_ref()
+                .and_then(|d| d.services.get(&service.name))
+                .and_then(|t| t.gate.clone())
+                .map(Arc::new),
             tape: self.opts.record.as_ref().map(|dir| {
                 let file = format!("{}.{}.json", service.name, self.rec.operation());
                 Arc::new(crate::plugin::tape::Recorder::new(dir.join(file)))

@@ -320,8 +320,10 @@ impl Store {
         let start = crate::scheduler::recover::own_start();
         let now = now_ms();
         let held = self.deploy_lock(environment)?;
+        // Held by a live process, or by a paused plan (pid 0) other than this one.
         if let Some(h) = &held
-            && crate::scheduler::recover::owner_alive(Some(h.pid), h.pid_start)
+            && h.plan_id != plan_id
+            && (h.pid == 0 || crate::scheduler::recover::owner_alive(Some(h.pid), h.pid_start))
         {
             return Err(LockRefused::Held(h.clone()));
         }
@@ -384,6 +386,21 @@ impl Store {
             })
         })?;
         Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    /// Keeps `environment` held by `plan_id` with no process (pid 0): a paused apply.
+    pub fn pause_deploy_lock(
+        &mut self,
+        environment: &str,
+        plan_id: &str,
+    ) -> Result<(), StoreError> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE deploy_locks SET pid = 0, pid_start = NULL WHERE environment = ?1 AND plan_id = ?2",
+                params![environment, plan_id],
+            )
+        })?;
+        Ok(())
     }
 
     /// Releases `environment`'s lock if `plan_id` holds it.

@@ -9,6 +9,8 @@
 //! lifecycle; every plan, approval, apply, verdict and rollback is an audit record
 //! (`deploy_events`), and `status` says what runs where.
 
+pub mod gate;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -141,9 +143,10 @@ pub enum DeployError {
 pub struct ApplyReport {
     pub plan: String,
     pub environment: String,
-    /// `applied`, `rolled_back`, `rollback_failed` or `interrupted`.
+    /// `applied`, `paused`, `rolled_back`, `rollback_failed` or `interrupted`.
     pub state: String,
-    pub run: RunReport,
+    /// The deploy run (none for an abort, which only rolls back).
+    pub run: Option<RunReport>,
     pub rollback: Option<RunReport>,
     /// Services whose rollback could not run (no earlier version recorded), with why.
     pub not_rolled_back: Vec<(String, String)>,
@@ -222,7 +225,8 @@ pub fn environment<'m>(m: &'m Manifest, name: &str) -> Result<&'m Environment, D
 pub fn recover(store: &mut Store) -> Result<Vec<(String, String)>, StoreError> {
     let mut out = Vec::new();
     for lock in store.deploy_locks()? {
-        if crate::scheduler::recover::owner_alive(Some(lock.pid), lock.pid_start) {
+        // pid 0: a paused apply holds it, with no process.
+        if lock.pid == 0 || crate::scheduler::recover::owner_alive(Some(lock.pid), lock.pid_start) {
             continue;
         }
         store.set_plan_state(&lock.plan_id, "interrupted", None, None)?;
@@ -517,8 +521,9 @@ fn reversed(forward: &RunPlan, services: &[String]) -> RunPlan {
 }
 
 /// Applies a recorded plan, exactly: refused when it is stale, unapproved where approval is
-/// needed, already applied, or while another apply holds the environment. Failed deploys roll
-/// back what this apply deployed, in reverse order.
+/// needed, already applied, or while another apply holds the environment. A failed deploy
+/// rolls back what this apply deployed, in reverse order; an inconclusive health gate pauses
+/// the apply (the environment stays held) until [`resume`] or [`abort`].
 pub fn apply(
     ws: &mut Workspace,
     plan: &str,
@@ -529,21 +534,28 @@ pub fn apply(
     let (p, row) = find(ws, plan)?;
     let env_name = p.body.environment.clone();
     let environment = environment(&ws.manifest, &env_name)?.clone();
-    let refuse = |ws: &mut Workspace, why: String| -> Result<ApplyReport, DeployError> {
-        ws.store()?.deploy_event(
-            &env_name,
-            Some(&row.id),
-            "refused",
-            Some(who),
-            &serde_json::json!({ "why": why }),
-        )?;
-        Err(DeployError::Refused(why))
-    };
     match row.state.as_str() {
         "planned" | "approved" => {}
+        "paused" => {
+            return refuse(
+                ws,
+                &p,
+                &row,
+                who,
+                format!(
+                    "plan {} is paused on an inconclusive health gate: `nestr deploy resume {}` or `nestr deploy abort {}`",
+                    short(&row.id),
+                    short(&row.id),
+                    short(&row.id)
+                ),
+            );
+        }
         state => {
             return refuse(
                 ws,
+                &p,
+                &row,
+                who,
                 format!(
                     "plan {} is {state}: a plan is applied once; make a new one with `nestr deploy plan {env_name}`",
                     short(&row.id)
@@ -552,222 +564,408 @@ pub fn apply(
         }
     }
     if (p.body.approval || environment.approval) && row.approved_by.is_none() {
-        return refuse(
-            ws,
-            format!(
-                "{env_name} needs an approval: someone other than {} runs `nestr deploy approve {}`",
-                row.created_by,
-                short(&row.id)
-            ),
+        let why = format!(
+            "{env_name} needs an approval: someone other than {} runs `nestr deploy approve {}`",
+            row.created_by,
+            short(&row.id)
         );
+        return refuse(ws, &p, &row, who, why);
     }
     if let Some(why) = staleness(ws, &p)? {
-        return refuse(
-            ws,
-            format!(
-                "plan {} is stale: {why}; make a new plan with `nestr deploy plan {env_name}`",
-                short(&row.id)
-            ),
+        let why = format!(
+            "plan {} is stale: {why}; make a new plan with `nestr deploy plan {env_name}`",
+            short(&row.id)
         );
+        return refuse(ws, &p, &row, who, why);
     }
-    match ws.store()?.take_deploy_lock(&env_name, &row.id) {
-        Ok(_) => {}
-        Err(LockRefused::Held(h)) => {
-            return refuse(
-                ws,
-                format!(
-                    "{env_name} is being deployed by plan {} (process {}, since {}); wait for it to end",
-                    short(&h.plan_id),
-                    h.pid,
-                    crate::model::rfc3339(h.acquired_at)
-                ),
-            );
-        }
-        Err(LockRefused::Store(e)) => return Err(e.into()),
+    lock(ws, &p, &row, who)?;
+    {
+        let store = ws.store()?;
+        store.set_plan_state(&row.id, "applying", None, None)?;
+        store.deploy_event(
+            &env_name,
+            Some(&row.id),
+            "apply_started",
+            Some(who),
+            &serde_json::json!({
+                "services": p.body.services.iter().map(|s| &s.service).collect::<Vec<_>>(),
+                "pid": std::process::id(),
+            }),
+        )?;
     }
-    let result = apply_locked(ws, &p, &row, &environment, who, cancel);
-    // The lock is released however the apply ended (an error included).
-    if let Ok(store) = ws.store() {
-        let _ = store.release_deploy_lock(&env_name, &row.id);
-    }
+    let names: Vec<String> = p.body.services.iter().map(|s| s.service.clone()).collect();
+    let result = proceed(ws, &p, &row, &environment, who, cancel, Vec::new(), names);
+    unlock(ws, &p, &row, &result);
     result
 }
 
-fn apply_locked(
+/// Goes on with a paused apply: the service whose gate was inconclusive counts as deployed (a
+/// human said so), then the services not deployed yet.
+pub fn resume(
+    ws: &mut Workspace,
+    plan: &str,
+    who: &str,
+    cancel: Cancel,
+) -> Result<ApplyReport, DeployError> {
+    recover(ws.store()?)?;
+    let (p, row) = find(ws, plan)?;
+    let environment = environment(&ws.manifest, &p.body.environment)?.clone();
+    paused(ws, &p, &row, who)?;
+    lock(ws, &p, &row, who)?;
+    let (done, unverified) = progress(ws, &p, &row)?;
+    let env = p.body.environment.clone();
+    let mut deployed = done;
+    for service in &unverified {
+        let target = p
+            .body
+            .services
+            .iter()
+            .find(|s| &s.service == service)
+            .and_then(|s| s.target.clone());
+        let store = ws.store()?;
+        let run_id = row.run_id.clone().unwrap_or_default();
+        store.insert_deployment(
+            &env,
+            service,
+            target.as_deref(),
+            "deployed",
+            &row.id,
+            &run_id,
+        )?;
+        store.deploy_event(
+            &env,
+            Some(&row.id),
+            "resumed",
+            Some(who),
+            &serde_json::json!({ "service": service, "gate": "accepted by a person" }),
+        )?;
+        deployed.push(service.clone());
+    }
+    ws.store()?
+        .set_plan_state(&row.id, "applying", None, None)?;
+    let remaining: Vec<String> = p
+        .body
+        .services
+        .iter()
+        .map(|s| s.service.clone())
+        .filter(|s| !deployed.contains(s))
+        .collect();
+    let result = proceed(ws, &p, &row, &environment, who, cancel, deployed, remaining);
+    unlock(ws, &p, &row, &result);
+    result
+}
+
+/// Ends a paused apply by rolling back everything it deployed (the service whose gate was
+/// inconclusive included), in reverse order.
+pub fn abort(ws: &mut Workspace, plan: &str, who: &str) -> Result<ApplyReport, DeployError> {
+    recover(ws.store()?)?;
+    let (p, row) = find(ws, plan)?;
+    let environment = environment(&ws.manifest, &p.body.environment)?.clone();
+    paused(ws, &p, &row, who)?;
+    lock(ws, &p, &row, who)?;
+    let (done, unverified) = progress(ws, &p, &row)?;
+    ws.store()?.deploy_event(
+        &p.body.environment,
+        Some(&row.id),
+        "aborted",
+        Some(who),
+        &serde_json::json!({ "deployed": done, "unverified": unverified }),
+    )?;
+    let result = roll_back(ws, &p, &row, &environment, who, None, done, unverified);
+    unlock(ws, &p, &row, &result);
+    result
+}
+
+/// Refuses a command on a plan that is not paused.
+fn paused(ws: &mut Workspace, p: &DeployPlan, row: &PlanRow, who: &str) -> Result<(), DeployError> {
+    if row.state == "paused" {
+        return Ok(());
+    }
+    let why = format!(
+        "plan {} is {}, not paused: only an apply paused on an inconclusive health gate is resumed or aborted",
+        short(&row.id),
+        row.state
+    );
+    refuse(ws, p, row, who, why).map(|_| ())
+}
+
+/// The services this plan's apply deployed so far, and those left unverified by a pause.
+fn progress(
+    ws: &mut Workspace,
+    p: &DeployPlan,
+    row: &PlanRow,
+) -> Result<(Vec<String>, Vec<String>), DeployError> {
+    let latest = ws.store()?.latest_deployments(&p.body.environment)?;
+    let of_plan = |action: &str| -> Vec<String> {
+        p.body
+            .services
+            .iter()
+            .filter(|s| {
+                latest
+                    .iter()
+                    .any(|d| d.service == s.service && d.plan_id == row.id && d.action == action)
+            })
+            .map(|s| s.service.clone())
+            .collect()
+    };
+    Ok((of_plan("deployed"), of_plan("unverified")))
+}
+
+/// Records a refusal in the audit trail and returns it as the error.
+fn refuse(
+    ws: &mut Workspace,
+    p: &DeployPlan,
+    row: &PlanRow,
+    who: &str,
+    why: String,
+) -> Result<ApplyReport, DeployError> {
+    ws.store()?.deploy_event(
+        &p.body.environment,
+        Some(&row.id),
+        "refused",
+        Some(who),
+        &serde_json::json!({ "why": why }),
+    )?;
+    Err(DeployError::Refused(why))
+}
+
+/// Takes the environment's lock for this plan and process.
+fn lock(ws: &mut Workspace, p: &DeployPlan, row: &PlanRow, who: &str) -> Result<(), DeployError> {
+    let env = &p.body.environment;
+    match ws.store()?.take_deploy_lock(env, &row.id) {
+        Ok(_) => Ok(()),
+        Err(LockRefused::Held(h)) if h.pid == 0 => {
+            let why = format!(
+                "{env} is paused on plan {}: `nestr deploy resume {}` or `nestr deploy abort {}` first",
+                short(&h.plan_id),
+                short(&h.plan_id),
+                short(&h.plan_id)
+            );
+            refuse(ws, p, row, who, why).map(|_| ())
+        }
+        Err(LockRefused::Held(h)) => {
+            let why = format!(
+                "{env} is being deployed by plan {} (process {}, since {}); wait for it to end",
+                short(&h.plan_id),
+                h.pid,
+                crate::model::rfc3339(h.acquired_at)
+            );
+            refuse(ws, p, row, who, why).map(|_| ())
+        }
+        Err(LockRefused::Store(e)) => Err(e.into()),
+    }
+}
+
+/// Releases the lock however the apply ended, except when it paused (the environment stays
+/// held, by the plan rather than a process).
+fn unlock(
+    ws: &mut Workspace,
+    p: &DeployPlan,
+    row: &PlanRow,
+    result: &Result<ApplyReport, DeployError>,
+) {
+    let Ok(store) = ws.store() else { return };
+    let _ = match result {
+        Ok(r) if r.state == "paused" => store.pause_deploy_lock(&p.body.environment, &row.id),
+        _ => store.release_deploy_lock(&p.body.environment, &row.id),
+    };
+}
+
+/// The run options of a deploy (or rollback) run, each service told its target.
+fn deploy_run(
+    ws: &Workspace,
+    p: &DeployPlan,
+    environment: &Environment,
+    rollback: bool,
+) -> RunOptions {
+    let services = p
+        .body
+        .services
+        .iter()
+        .filter_map(|s| {
+            let svc = ws.manifest.service(&s.service)?;
+            let base = ws
+                .manifest
+                .operation(svc, &p.body.operation)
+                .map(|o| o.config.clone())
+                .unwrap_or_default();
+            Some((
+                s.service.clone(),
+                DeployTarget {
+                    previous: s.current.clone(),
+                    rollback,
+                    config: environment.config_for(&s.service, &base),
+                    gate: environment
+                        .health_for(&s.service)
+                        .map(gate::HealthGate::from),
+                },
+            ))
+        })
+        .collect();
+    RunOptions {
+        jobs: environment.max_parallel as usize,
+        // Every rollback is tried, whatever became of the ones before it.
+        continue_mode: if rollback {
+            ContinueMode::Always
+        } else {
+            ContinueMode::Never
+        },
+        cache: CacheMode::Off,
+        record: None,
+        deploy: Some(Arc::new(DeployTargets {
+            environment: environment.name.clone(),
+            services,
+        })),
+    }
+}
+
+/// Deploys `remaining` (after `deployed`, already done by this apply) and concludes: applied,
+/// paused, interrupted, or rolled back.
+#[allow(clippy::too_many_arguments)]
+fn proceed(
     ws: &mut Workspace,
     p: &DeployPlan,
     row: &PlanRow,
     environment: &Environment,
     who: &str,
     cancel: Cancel,
+    mut deployed: Vec<String>,
+    remaining: Vec<String>,
 ) -> Result<ApplyReport, DeployError> {
     let env = environment.name.as_str();
-    let names: Vec<String> = p.body.services.iter().map(|s| s.service.clone()).collect();
-    {
-        let store = ws.store()?;
-        store.set_plan_state(&row.id, "applying", None, None)?;
-        store.deploy_event(
-            env,
-            Some(&row.id),
-            "apply_started",
-            Some(who),
-            &serde_json::json!({ "services": names, "pid": std::process::id() }),
-        )?;
-    }
     let selection = Selection {
-        services: names.clone(),
+        services: remaining.clone(),
         ..Selection::default()
     };
     let forward = ws.plan(&p.body.operation, &selection)?;
-    let targets = |ws: &Workspace, rollback: bool| -> Arc<DeployTargets> {
-        let services = p
+    let run = ws.run_plan(
+        forward,
+        &selection,
+        &deploy_run(ws, p, environment, false),
+        cancel.clone(),
+    )?;
+    let mut failed = Vec::new();
+    let mut unverified = Vec::new();
+    for step in &run.steps {
+        let target = p
             .body
             .services
             .iter()
-            .filter_map(|s| {
-                let svc = ws.manifest.service(&s.service)?;
-                let base = ws
-                    .manifest
-                    .operation(svc, &p.body.operation)
-                    .map(|o| o.config.clone())
-                    .unwrap_or_default();
-                Some((
-                    s.service.clone(),
-                    DeployTarget {
-                        previous: s.current.clone(),
-                        rollback,
-                        config: environment.config_for(&s.service, &base),
-                    },
-                ))
-            })
-            .collect();
-        Arc::new(DeployTargets {
-            environment: env.to_string(),
-            services,
-        })
-    };
-    let options = |deploy: Arc<DeployTargets>| RunOptions {
-        jobs: environment.max_parallel as usize,
-        continue_mode: ContinueMode::Never,
-        cache: CacheMode::Off,
-        record: None,
-        deploy: Some(deploy),
-    };
-    let run = ws.run_plan(
-        forward.clone(),
-        &selection,
-        &options(targets(ws, false)),
-        cancel.clone(),
-    )?;
-    let mut deployed = Vec::new();
-    let mut failed = Vec::new();
-    for step in &run.steps {
-        let planned = p.body.services.iter().find(|s| s.service == step.service);
-        let target = planned.and_then(|s| s.target.clone());
+            .find(|s| s.service == step.service)
+            .and_then(|s| s.target.clone());
+        let inconclusive =
+            step.status == StepStatus::TimedOut && step.summary.starts_with(gate::INCONCLUSIVE);
+        let (action, kind) = match step.status {
+            StepStatus::Succeeded => ("deployed", "deployed"),
+            StepStatus::Skipped | StepStatus::Queued => continue,
+            StepStatus::Cancelled if step.started_at.is_none() => continue,
+            _ if inconclusive => ("unverified", "gate_inconclusive"),
+            _ => ("failed", "deploy_failed"),
+        };
         let store = ws.store()?;
-        match step.status {
-            StepStatus::Succeeded => {
-                store.insert_deployment(
-                    env,
-                    &step.service,
-                    target.as_deref(),
-                    "deployed",
-                    &row.id,
-                    &run.run_id,
-                )?;
-                store.deploy_event(
-                    env,
-                    Some(&row.id),
-                    "deployed",
-                    Some(who),
-                    &serde_json::json!({
-                        "service": step.service, "commit": target, "run_id": run.run_id,
-                        "gate": "passed", "summary": step.summary,
-                    }),
-                )?;
-                deployed.push(step.service.clone());
-            }
-            StepStatus::Skipped | StepStatus::Queued => {}
-            StepStatus::Cancelled if step.started_at.is_none() => {}
-            _ => {
-                store.insert_deployment(
-                    env,
-                    &step.service,
-                    target.as_deref(),
-                    "failed",
-                    &row.id,
-                    &run.run_id,
-                )?;
-                store.deploy_event(
-                    env,
-                    Some(&row.id),
-                    "deploy_failed",
-                    Some(who),
-                    &serde_json::json!({
-                        "service": step.service, "commit": target, "run_id": run.run_id,
-                        "gate": "failed", "status": step.status,
-                        "reason": step.reason.clone().unwrap_or_else(|| step.summary.clone()),
-                    }),
-                )?;
-                failed.push(step.service.clone());
-            }
-        }
-    }
-    if failed.is_empty() && deployed.len() == names.len() {
-        let store = ws.store()?;
-        store.set_plan_state(&row.id, "applied", Some(&run.run_id), None)?;
+        store.insert_deployment(
+            env,
+            &step.service,
+            target.as_deref(),
+            action,
+            &row.id,
+            &run.run_id,
+        )?;
         store.deploy_event(
             env,
             Some(&row.id),
-            "applied",
+            kind,
             Some(who),
-            &serde_json::json!({ "run_id": run.run_id, "services": deployed }),
+            &serde_json::json!({
+                "service": step.service, "commit": target, "run_id": run.run_id,
+                "status": step.status, "summary": step.summary, "reason": step.reason,
+            }),
         )?;
-        return Ok(ApplyReport {
-            plan: row.id.clone(),
-            environment: env.to_string(),
-            state: "applied".into(),
-            run,
-            rollback: None,
-            not_rolled_back: Vec::new(),
-        });
+        match action {
+            "deployed" => deployed.push(step.service.clone()),
+            "unverified" => unverified.push(step.service.clone()),
+            _ => failed.push(step.service.clone()),
+        }
+    }
+    let conclude = |ws: &mut Workspace, state: &str, detail: serde_json::Value| {
+        let store = ws.store()?;
+        store.set_plan_state(&row.id, state, Some(&run.run_id), None)?;
+        store.deploy_event(env, Some(&row.id), state, Some(who), &detail)?;
+        Ok::<_, DeployError>(())
+    };
+    let report = |state: &str, run: RunReport| ApplyReport {
+        plan: row.id.clone(),
+        environment: env.to_string(),
+        state: state.to_string(),
+        run: Some(run),
+        rollback: None,
+        not_rolled_back: Vec::new(),
+    };
+    if failed.is_empty() && unverified.is_empty() && deployed.len() == p.body.services.len() {
+        conclude(
+            ws,
+            "applied",
+            serde_json::json!({ "run_id": run.run_id, "services": deployed }),
+        )?;
+        return Ok(report("applied", run));
     }
     if cancel.is_cancelled() {
-        let store = ws.store()?;
-        store.set_plan_state(&row.id, "interrupted", Some(&run.run_id), None)?;
-        store.deploy_event(
-            env,
-            Some(&row.id),
+        conclude(
+            ws,
             "interrupted",
-            Some(who),
-            &serde_json::json!({ "run_id": run.run_id, "why": "cancelled", "deployed": deployed }),
+            serde_json::json!({ "run_id": run.run_id, "why": "cancelled", "deployed": deployed }),
         )?;
-        return Ok(ApplyReport {
-            plan: row.id.clone(),
-            environment: env.to_string(),
-            state: "interrupted".into(),
-            run,
-            rollback: None,
-            not_rolled_back: Vec::new(),
-        });
+        return Ok(report("interrupted", run));
     }
-    // Roll back what this apply touched (the failed services too: their hook may have run),
-    // each to the version that ran before; a service with none recorded cannot be.
-    let mut touched: Vec<String> = Vec::new();
+    if failed.is_empty() && !unverified.is_empty() {
+        conclude(
+            ws,
+            "paused",
+            serde_json::json!({
+                "run_id": run.run_id, "deployed": deployed, "unverified": unverified,
+                "next": "nestr deploy resume|abort",
+            }),
+        )?;
+        return Ok(report("paused", run));
+    }
+    // A failure: roll back what this apply touched (the failed services too: their hook may
+    // have run).
+    let mut touched = deployed;
+    touched.extend(unverified);
+    let mut out = roll_back(ws, p, row, environment, who, Some(&run), touched, failed)?;
+    out.run = Some(run);
+    Ok(out)
+}
+
+/// Rolls back `touched` and `failed` (what this apply deployed), in reverse dependency order,
+/// each to the version that ran before it; a service with none recorded cannot be.
+#[allow(clippy::too_many_arguments)]
+fn roll_back(
+    ws: &mut Workspace,
+    p: &DeployPlan,
+    row: &PlanRow,
+    environment: &Environment,
+    who: &str,
+    run: Option<&RunReport>,
+    touched: Vec<String>,
+    failed: Vec<String>,
+) -> Result<ApplyReport, DeployError> {
+    let env = environment.name.as_str();
+    let mut back_set = Vec::new();
     let mut not_rolled_back = Vec::new();
     for s in &p.body.services {
-        if !(deployed.contains(&s.service) || failed.contains(&s.service)) {
+        if !(touched.contains(&s.service) || failed.contains(&s.service)) {
             continue;
         }
-        // Even a service redeployed at the version it ran is rolled back: its hook ran, and the
-        // platform may have changed something all the same.
+        // Even a service redeployed at the version it ran is rolled back: its hook ran, and
+        // the platform may have changed something all the same.
         if s.current.is_none() {
             not_rolled_back.push((
                 s.service.clone(),
                 "no earlier version of it is recorded in this environment".to_string(),
             ));
         } else {
-            touched.push(s.service.clone());
+            back_set.push(s.service.clone());
         }
     }
     for (service, why) in &not_rolled_back {
@@ -779,27 +977,30 @@ fn apply_locked(
             &serde_json::json!({ "service": service, "why": why }),
         )?;
     }
-    let rollback = if touched.is_empty() {
+    let all = Selection {
+        services: p.body.services.iter().map(|s| s.service.clone()).collect(),
+        ..Selection::default()
+    };
+    let forward = ws.plan(&p.body.operation, &all)?;
+    let rollback = if back_set.is_empty() {
         None
     } else {
+        let order = reversed(&forward, &back_set);
         ws.store()?.deploy_event(
             env,
             Some(&row.id),
             "rollback",
             Some(who),
-            &serde_json::json!({ "services": reversed(&forward, &touched).steps.iter().map(|s| &s.service).collect::<Vec<_>>() }),
+            &serde_json::json!({ "services": order.steps.iter().map(|s| &s.service).collect::<Vec<_>>() }),
         )?;
-        let back_selection = Selection {
-            services: touched.clone(),
+        let selection = Selection {
+            services: back_set.clone(),
             ..Selection::default()
         };
-        // Every rollback is tried, whatever became of the ones before it.
-        let mut back_options = options(targets(ws, true));
-        back_options.continue_mode = ContinueMode::Always;
         Some(ws.run_plan(
-            reversed(&forward, &touched),
-            &back_selection,
-            &back_options,
+            order,
+            &selection,
+            &deploy_run(ws, p, environment, true),
             Cancel::default(),
         )?)
     };
@@ -848,7 +1049,7 @@ fn apply_locked(
     store.set_plan_state(
         &row.id,
         state,
-        Some(&run.run_id),
+        run.map(|r| r.run_id.as_str()),
         rollback.as_ref().map(|r| r.run_id.as_str()),
     )?;
     store.deploy_event(
@@ -857,17 +1058,17 @@ fn apply_locked(
         state,
         Some(who),
         &serde_json::json!({
-            "run_id": run.run_id,
+            "run_id": run.map(|r| &r.run_id),
             "rollback_run_id": rollback.as_ref().map(|r| &r.run_id),
             "failed": failed,
-            "deployed": deployed,
+            "rolled_back": back_set,
         }),
     )?;
     Ok(ApplyReport {
         plan: row.id.clone(),
         environment: env.to_string(),
         state: state.to_string(),
-        run,
+        run: None,
         rollback,
         not_rolled_back,
     })
