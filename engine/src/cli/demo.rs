@@ -122,10 +122,10 @@ depends_on = ["api"]
 tags = ["frontend"]
 
 [services.api.operations]
-deploy = { plugin = "http-deploy", config = { url = "http://127.0.0.1:{{port}}/hooks/api", health_url = "http://127.0.0.1:{{port}}/healthz/api", poll_interval_ms = 100 }, concurrency = 1 }
+deploy = { plugin = "http-deploy", config = { url = "http://127.0.0.1:{{port}}/hooks/api", health_url = "http://127.0.0.1:{{port}}/healthz/api", rollback_url = "http://127.0.0.1:{{port}}/rollback/api", poll_interval_ms = 100, health_timeout_secs = 3 }, concurrency = 1 }
 
 [services.web.operations]
-deploy = { plugin = "http-deploy", config = { url = "http://127.0.0.1:{{port}}/hooks/web", health_url = "http://127.0.0.1:{{port}}/healthz/web", poll_interval_ms = 100 }, concurrency = 1 }
+deploy = { plugin = "http-deploy", config = { url = "http://127.0.0.1:{{port}}/hooks/web", health_url = "http://127.0.0.1:{{port}}/healthz/web", rollback_url = "http://127.0.0.1:{{port}}/rollback/web", poll_interval_ms = 100, health_timeout_secs = 3 }, concurrency = 1 }
 
 [operations.build]
 plugin = "command"
@@ -142,6 +142,9 @@ grants = { exec = ["make", "sh"], env = ["PATH"] }
 
 [plugins.http-deploy]
 grants = { http = ["http://127.0.0.1:{{port}}"], timeout = "1m" }
+
+# `nestr deploy plan staging`, `nestr deploy apply PLAN`, `nestr deploy status`.
+[environments.staging]
 "#;
 
 pub fn run(args: DemoArgs, ui: &Ui) -> Result<ExitCode, CliError> {
@@ -285,16 +288,18 @@ pub fn run(args: DemoArgs, ui: &Ui) -> Result<ExitCode, CliError> {
     for line in receiver.received() {
         println!("  receiver got {line}");
     }
+    let staged = deploy_to_staging(&mut ws, &ws_dir, &receiver, ui)?;
     if built != ExitCode::Ok
         || tested != ExitCode::Ok
         || rebuilt != ExitCode::Ok
         || deployed != ExitCode::Ok
+        || !staged
     {
         return Ok(ExitCode::Failed);
     }
 
     println!(
-        "\n{} The demo workspace is at {ws}\nLook next:\n  cd {ws}\n  cat nestr.toml          # the manifest it wrote\n  nestr runs              # the runs just made\n  nestr runs show RUN     # one run, step by step\n  nestr logs RUN          # its stored output\n  nestr plugin list       # plugins, what they need and are granted\n  nestr serve             # the dashboard at http://127.0.0.1:7878/ (or: nestr demo --serve)\n",
+        "\n{} The demo workspace is at {ws}\nLook next:\n  cd {ws}\n  cat nestr.toml          # the manifest it wrote\n  nestr runs              # the runs just made\n  nestr runs show RUN     # one run, step by step\n  nestr logs RUN          # its stored output\n  nestr plugin list       # plugins, what they need and are granted\n  nestr deploy status     # what runs where (after a deploy and a rollback)\n  nestr serve             # the dashboard at http://127.0.0.1:7878/ (or: nestr demo --serve)\n",
         ui.paint(Tone::Good, "Done."),
         ws = ws_dir.display()
     );
@@ -326,6 +331,101 @@ pub fn run(args: DemoArgs, ui: &Ui) -> Result<ExitCode, CliError> {
     Ok(ExitCode::Ok)
 }
 
+/// A safe deploy to `staging`: a plan, its apply in dependency order; then a new version of web
+/// whose health check fails, so that the apply rolls web and api back, in that order; and what
+/// runs where. True when it all went as it should (the second apply does roll back).
+fn deploy_to_staging(
+    ws: &mut Workspace,
+    ws_dir: &Path,
+    receiver: &Receiver,
+    ui: &Ui,
+) -> Result<bool, CliError> {
+    use super::deploy::{DeployArgs, DeployCommand};
+    let plan = |out: &str| DeployArgs {
+        command: DeployCommand::Plan {
+            env: "staging".into(),
+            services: vec![],
+            tags: vec![],
+            with_deps: false,
+            out: Some(ws_dir.join(out)),
+            json: false,
+        },
+    };
+    let apply = |file: &str| DeployArgs {
+        command: DeployCommand::Apply {
+            plan: ws_dir.join(file).display().to_string(),
+            who: Some("demo".into()),
+            json: false,
+        },
+    };
+    let status = || DeployArgs {
+        command: DeployCommand::Status {
+            env: Some("staging".into()),
+            json: false,
+        },
+    };
+    heading(
+        ui,
+        "nestr deploy plan staging --out plan-1.json   (recorded; nothing deployed)",
+    );
+    super::deploy::run(ws, plan("plan-1.json"), ui)?;
+    heading(
+        ui,
+        "nestr deploy apply plan-1.json   (in dependency order, each health-checked)",
+    );
+    let first = super::deploy::run(ws, apply("plan-1.json"), ui)?;
+    let bad = commit_checkout(
+        &ws_dir.join("web"),
+        "VERSION",
+        "2.0.0-broken\n",
+        "web: version 2.0.0 (its health check fails)",
+    )
+    .map_err(|e| CliError::Plain {
+        message: e,
+        help: None,
+        code: ExitCode::Failed,
+    })?;
+    receiver.fail_version(&bad.to_string());
+    heading(
+        ui,
+        "a new commit in web whose health check fails; nestr deploy plan + apply   (rolled back)",
+    );
+    super::deploy::run(ws, plan("plan-2.json"), ui)?;
+    let second = super::deploy::run(ws, apply("plan-2.json"), ui)?;
+    for line in receiver
+        .received()
+        .iter()
+        .filter(|l| l.contains("/rollback/"))
+    {
+        println!("  receiver got {line}");
+    }
+    heading(ui, "nestr deploy status staging   (what runs where)");
+    super::deploy::run(ws, status(), ui)?;
+    Ok(first == ExitCode::Ok && second == ExitCode::Failed)
+}
+
+/// Commits `file` with `content` on the checked-out branch of the repository at `dir`.
+fn commit_checkout(
+    dir: &Path,
+    file: &str,
+    content: &str,
+    message: &str,
+) -> Result<git2::Oid, String> {
+    let err = |e: git2::Error| e.message().to_string();
+    std::fs::write(dir.join(file), content).map_err(|e| e.to_string())?;
+    let git = Repository::open(dir).map_err(err)?;
+    let mut index = git.index().map_err(err)?;
+    index.add_path(Path::new(file)).map_err(err)?;
+    index.write().map_err(err)?;
+    let tree = git
+        .find_tree(index.write_tree().map_err(err)?)
+        .map_err(err)?;
+    let parent = git.head().and_then(|h| h.peel_to_commit()).map_err(err)?;
+    let sig = Signature::now("nestr demo", "demo@nestr.invalid").map_err(err)?;
+    git.commit(Some("HEAD"), &sig, &sig, message, &tree, &[&parent])
+        .map_err(err)
+}
+
 fn run_args(operation: &str, tags: &[&str]) -> super::run::RunArgs {
     super::run::RunArgs {
         operation: operation.into(),
@@ -346,11 +446,20 @@ fn run_args(operation: &str, tags: &[&str]) -> super::run::RunArgs {
     }
 }
 
-/// A webhook receiver on loopback, standing in for a deploy platform: deploy hooks answer 202,
-/// health checks 200. Serves until the process ends.
+/// A webhook receiver on loopback, standing in for a deploy platform: deploy and rollback hooks
+/// answer 202 and set the version a service runs; health checks answer 200, or 503 while a
+/// service runs the version told to fail. Serves until the process ends.
 struct Receiver {
     port: u16,
     log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    platform: std::sync::Arc<std::sync::Mutex<Platform>>,
+}
+
+/// What the receiver's platform runs.
+#[derive(Default)]
+struct Platform {
+    running: std::collections::HashMap<String, String>,
+    bad: Option<String>,
 }
 
 impl Receiver {
@@ -360,6 +469,8 @@ impl Receiver {
         let port = listener.local_addr()?.port();
         let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let seen = log.clone();
+        let platform = std::sync::Arc::new(std::sync::Mutex::new(Platform::default()));
+        let state = platform.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut stream) = stream else { continue };
@@ -382,20 +493,54 @@ impl Receiver {
                 let mut body = vec![0u8; length.min(1 << 20)];
                 let _ = reader.read_exact(&mut body);
                 let request_line = request_line.trim().to_string();
-                let reply: &[u8] = if request_line.starts_with("POST /hooks/") {
+                let service = request_line
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|p| p.rsplit('/').next())
+                    .unwrap_or_default()
+                    .to_string();
+                let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+                let hook = request_line.starts_with("POST /hooks/");
+                let reply: &[u8] = if hook || request_line.starts_with("POST /rollback/") {
                     if let Ok(mut l) = seen.lock() {
                         l.push(format!("{request_line} {}", String::from_utf8_lossy(&body)));
                     }
+                    let version = if hook {
+                        &json["commit"]
+                    } else {
+                        &json["previous"]
+                    };
+                    if let (Some(v), Ok(mut p)) = (version.as_str(), state.lock()) {
+                        p.running.insert(service, v.to_string());
+                    }
                     b"HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
                 } else if request_line.starts_with("GET /healthz") {
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                    let bad = state.lock().is_ok_and(|p| {
+                        p.bad.is_some() && p.running.get(&service) == p.bad.as_ref()
+                    });
+                    if bad {
+                        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    } else {
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                    }
                 } else {
                     b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
                 };
                 let _ = stream.write_all(reply);
             }
         });
-        Ok(Receiver { port, log })
+        Ok(Receiver {
+            port,
+            log,
+            platform,
+        })
+    }
+
+    /// Health checks fail while a service runs `version`.
+    fn fail_version(&self, version: &str) {
+        if let Ok(mut p) = self.platform.lock() {
+            p.bad = Some(version.to_string());
+        }
     }
 
     fn received(&self) -> Vec<String> {

@@ -271,7 +271,7 @@ impl Plugin for HttpDeploy {
                 "{what} {shown} answered {} in {hook_ms} ms",
                 status_text(status)
             ))),
-            Some(health) => wait_healthy(health),
+            Some(health) => wait_healthy(health, if rollback { "rolled back" } else { "deployed" }),
         };
         match report {
             Ok(r) => Ok(r.metric("hook_status", status).metric("hook_ms", hook_ms)),
@@ -378,7 +378,7 @@ fn hook_body(request: &Request) -> String {
 
 /// Polls the health URL with GET, a pause before each check, until it answers 2xx or its time
 /// is up.
-fn wait_healthy(health: &Health) -> Result<Report, Error> {
+fn wait_healthy(health: &Health, done: &str) -> Result<Report, Error> {
     let shown = health.url.display();
     info!(
         "waiting up to {} s for {shown} to answer 2xx",
@@ -400,7 +400,7 @@ fn wait_healthy(health: &Health) -> Result<Report, Error> {
                 let status = answer.status;
                 info!("health check {checks}: {}", status_text(status));
                 let summary = format!(
-                    "deployed: {shown} answered {} after {} ({checks} check{})",
+                    "{done}: {shown} answered {} after {} ({checks} check{})",
                     status_text(status),
                     seconds(waited_ms),
                     if checks == 1 { "" } else { "s" }
