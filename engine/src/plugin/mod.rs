@@ -19,6 +19,7 @@ pub mod caps;
 mod compat;
 mod exec;
 pub(crate) mod fs;
+pub mod gate;
 mod http;
 pub(crate) mod limits;
 pub mod sink;
@@ -778,13 +779,13 @@ impl Host {
 }
 
 /// A deploy's health gate after its plugin succeeded: a pass keeps the step succeeded, a fail
-/// fails it, no verdict ends it timed out with [`crate::deploy::gate::INCONCLUSIVE`].
+/// fails it, no verdict ends it timed out with [`crate::plugin::gate::INCONCLUSIVE`].
 async fn judge(
-    gate: &Arc<crate::deploy::gate::HealthGate>,
+    gate: &Arc<crate::plugin::gate::HealthGate>,
     ctx: &Arc<StepContext>,
     outcome: &mut StepOutcome,
 ) {
-    use crate::deploy::gate::Verdict;
+    use crate::plugin::gate::Verdict;
     let (g, c) = (gate.clone(), ctx.clone());
     let judged = tokio::task::spawn_blocking(move || {
         g.judge(&|line| c.log.system(line), &|| c.cancel.is_cancelled())
@@ -795,7 +796,7 @@ async fn judge(
             Verdict::Inconclusive,
             format!(
                 "{}: the gate failed: {e}",
-                crate::deploy::gate::INCONCLUSIVE
+                crate::plugin::gate::INCONCLUSIVE
             ),
         )
     });

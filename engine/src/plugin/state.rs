@@ -51,7 +51,7 @@ pub struct StepContext {
     /// Records the step's host calls (`nestr run --record`), when asked to.
     pub tape: Option<Arc<super::tape::Recorder>>,
     /// A deploy's health gate: judged after the plugin succeeds, before the step ends.
-    pub gate: Option<Arc<crate::deploy::gate::HealthGate>>,
+    pub gate: Option<Arc<crate::plugin::gate::HealthGate>>,
     /// Where the step's programs are contained (made at the first `exec`).
     pub containment: Containment,
     /// The programs the step ran, for its provenance.

@@ -73,7 +73,7 @@ pub struct DeployTarget {
     /// Its deploy `config` with the environment's overrides merged in.
     pub config: serde_json::Value,
     /// The engine's health gate after it, when the environment has one.
-    pub gate: Option<crate::deploy::gate::HealthGate>,
+    pub gate: Option<crate::plugin::gate::HealthGate>,
 }
 
 impl Default for RunOptions {

@@ -1,4 +1,4 @@
-//! The engine's health gate after a deploy step (`health = { url, passes, interval, timeout,
+//! The engine's health gate after a deploy step, judged by the host once the plugin succeeded (`health = { url, passes, interval, timeout,
 //! failures }` in an environment): the URL is polled every `interval`; `passes` 2xx answers in a
 //! row are a **pass**, `failures` non-2xx answers in a row a **fail**; no verdict by `timeout`
 //! (no answer, or answers that never settle) is **inconclusive**, and the apply pauses for a

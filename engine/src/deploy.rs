@@ -4,12 +4,11 @@
 //! for one (never by the plan's author), and an **apply** that carries out exactly that plan —
 //! refusing a stale one — one apply per environment at a time (a lock owned by the applying
 //! process, taken over when that process is gone). Each service's deploy is gated by its plugin's
-//! health check; a failure rolls back what the apply deployed, in reverse dependency order, to
-//! the version that ran before (each rollback gated too). Both are runs of the one run
-//! lifecycle; every plan, approval, apply, verdict and rollback is an audit record
-//! (`deploy_events`), and `status` says what runs where.
-
-pub mod gate;
+//! health check and the environment's own gate (`plugin::gate`); a failure rolls back what the
+//! apply deployed, in reverse dependency order, to the version that ran before (each rollback
+//! gated too); a gate with no verdict pauses the apply for [`resume`] or [`abort`]. Deploys and
+//! rollbacks are runs of the one run lifecycle; every plan, approval, apply, verdict and
+//! rollback is an audit record (`deploy_events`), and `status` says what runs where.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
@@ -797,7 +796,7 @@ fn deploy_run(
                     config: environment.config_for(&s.service, &base),
                     gate: environment
                         .health_for(&s.service)
-                        .map(gate::HealthGate::from),
+                        .map(crate::plugin::gate::HealthGate::from),
                 },
             ))
         })
@@ -853,8 +852,8 @@ fn proceed(
             .iter()
             .find(|s| s.service == step.service)
             .and_then(|s| s.target.clone());
-        let inconclusive =
-            step.status == StepStatus::TimedOut && step.summary.starts_with(gate::INCONCLUSIVE);
+        let inconclusive = step.status == StepStatus::TimedOut
+            && step.summary.starts_with(crate::plugin::gate::INCONCLUSIVE);
         let (action, kind) = match step.status {
             StepStatus::Succeeded => ("deployed", "deployed"),
             StepStatus::Skipped | StepStatus::Queued => continue,
