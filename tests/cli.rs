@@ -263,10 +263,13 @@ fn demo_builds_a_workspace_and_runs_again() -> TestResult {
         .iter()
         .filter_map(|r| r["operation"].as_str())
         .collect();
-    // Assemble and sync are recorded as runs too.
+    // Assemble and sync are recorded as runs too; then the deploys to staging: an apply, an
+    // apply that failed and its rollback.
     assert_eq!(
         ops,
-        ["deploy", "build", "test", "build", "sync", "assemble"]
+        [
+            "deploy", "deploy", "deploy", "deploy", "build", "test", "build", "sync", "assemble"
+        ]
     );
     // The second build changed nothing: every step came from the cache.
     let again = &runs["runs"][1];

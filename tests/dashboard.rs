@@ -377,7 +377,10 @@ fn pages_and_the_endpoints_they_read() -> TestResult {
 
     // The session: local mode may do everything.
     let s = get(&srv.u("/api/session"))?.json();
-    assert_eq!(s, serde_json::json!({"scope": "write", "local": true}));
+    assert_eq!(
+        s,
+        serde_json::json!({"scope": "write", "local": true, "token": null})
+    );
 
     // Logs by line number, with the total.
     let page = get(&srv.u(&format!("/api/runs/{build}/logs?line=1&limit=2")))?.json();

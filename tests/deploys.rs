@@ -546,3 +546,116 @@ fn an_inconclusive_engine_gate_pauses_then_resume_or_abort() -> TestResult {
     assert_eq!(st["lock"], serde_json::Value::Null);
     Ok(())
 }
+
+/// The same over HTTP: a plan and its apply by a `write` token, followed over SSE; approval
+/// only by a token with the `approve` scope (a `write` token is refused), and a stale plan a 409.
+#[test]
+fn deploys_over_http_with_approval_by_scope() -> TestResult {
+    use crate::api::{Server, call};
+    let r = Receiver::start()?;
+    let sb = Sandbox::new();
+    let ws = workspace(&sb, &r, "approval = true");
+    let srv = Server::start(&sb, &ws, &["--rate-limit", "0"])?;
+    let token = |scope: &str| {
+        sb.nestr(&ws, &["token", "create", "--scope", scope])
+            .ok()
+            .stdout
+            .trim()
+            .to_string()
+    };
+    let (write, approve) = (token("write"), token("approve"));
+    let with = |t: &str| format!("Bearer {t}");
+    let post = |path: &str, t: &str, body: Option<&str>| {
+        call(
+            "POST",
+            &srv.u(path),
+            &[
+                ("authorization", &with(t)),
+                ("content-type", "application/json"),
+            ],
+            body,
+        )
+    };
+    let planned = post("/api/environments/staging/plans", &write, Some("{}"))?;
+    assert_eq!(planned.status, 201, "{}", planned.body);
+    let plan = planned.json();
+    let id = plan["id"].as_str().unwrap_or_default().to_string();
+    assert_eq!(plan["created_by"], "token:1");
+    assert_eq!(plan["waves"], serde_json::json!([["a"], ["b"], ["c"]]));
+    let missing = post("/api/environments/nowhere/plans", &write, Some("{}"))?;
+    assert_eq!(missing.status, 404, "{}", missing.body);
+
+    // Not approved yet: refused; a write token cannot approve; an approve token can.
+    let early = post(&format!("/api/deploys/{id}/apply"), &write, None)?;
+    assert_eq!(early.status, 409, "{}", early.body);
+    assert!(early.body.contains("needs an approval"), "{}", early.body);
+    let by_writer = post(&format!("/api/deploys/{id}/approve"), &write, None)?;
+    assert_eq!(by_writer.status, 403, "{}", by_writer.body);
+    let approver_applies = post(&format!("/api/deploys/{id}/apply"), &approve, None)?;
+    assert_eq!(approver_applies.status, 403, "{}", approver_applies.body);
+    let approved = post(
+        &format!("/api/deploys/{}/approve", &id[..12]),
+        &approve,
+        None,
+    )?;
+    assert_eq!(approved.status, 200, "{}", approved.body);
+    assert_eq!(approved.json()["approved_by"], "token:2");
+
+    // Applied in the background, followed over SSE to its end.
+    let started = post(&format!("/api/deploys/{id}/apply"), &write, None)?;
+    assert_eq!(started.status, 202, "{}", started.body);
+    assert_eq!(started.json()["environment"], "staging");
+    let mut req = ureq::http::Request::builder()
+        .method("GET")
+        .uri(srv.u(&format!("/api/deploys/{id}/events")))
+        .header("authorization", with(&write));
+    req = req.header("accept", "text/event-stream");
+    let mut res = crate::api::agent().run(req.body(())?)?;
+    assert_eq!(res.status().as_u16(), 200);
+    let text = res.body_mut().read_to_string()?;
+    let kinds: Vec<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|e| e["kind"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        kinds.first().map(String::as_str),
+        Some("planned"),
+        "{kinds:?}"
+    );
+    assert!(kinds.iter().any(|k| k == "approved"), "{kinds:?}");
+    assert_eq!(
+        kinds.last().map(String::as_str),
+        Some("applied"),
+        "{kinds:?}"
+    );
+    assert_eq!(
+        r.posts(),
+        ["POST /hooks/a", "POST /hooks/b", "POST /hooks/c"]
+    );
+    let envs = call(
+        "GET",
+        &srv.u("/api/environments"),
+        &[("authorization", &with(&write))],
+        None,
+    )?
+    .json();
+    let st = &envs["environments"][0];
+    assert_eq!(
+        service(st, "a")["commit"],
+        head(&ws, "alpha").as_str(),
+        "{st}"
+    );
+    let shown = call(
+        "GET",
+        &srv.u(&format!("/api/deploys/{id}")),
+        &[("authorization", &with(&approve))],
+        None,
+    )?;
+    assert_eq!(shown.json()["record"]["state"], "applied", "{}", shown.body);
+    // Applied once only.
+    let again = post(&format!("/api/deploys/{id}/apply"), &write, None)?;
+    assert_eq!(again.status, 409, "{}", again.body);
+    Ok(())
+}

@@ -131,6 +131,9 @@ pub enum DeployError {
     /// Refused before anything was deployed: the message says why and what to do.
     #[error("{0}")]
     Refused(String),
+    /// No such environment or plan.
+    #[error("{0}")]
+    NotFound(String),
     #[error(transparent)]
     Workspace(#[from] WorkspaceError),
     #[error(transparent)]
@@ -204,7 +207,7 @@ pub fn actor() -> String {
 pub fn environment<'m>(m: &'m Manifest, name: &str) -> Result<&'m Environment, DeployError> {
     m.environments.get(name).ok_or_else(|| {
         let known: Vec<&str> = m.environments.keys().map(String::as_str).collect();
-        DeployError::Refused(if known.is_empty() {
+        DeployError::NotFound(if known.is_empty() {
             format!(
                 "the manifest defines no environment `{name}`: add `[environments.{name}]` to \
                  nestr.toml"
@@ -406,7 +409,7 @@ pub fn find(ws: &mut Workspace, plan: &str) -> Result<(DeployPlan, PlanRow), Dep
     let from_file = path.is_file().then(|| DeployPlan::read(path)).transpose()?;
     let key = from_file.as_ref().map_or(plan, |p| p.id.as_str());
     let row = ws.store()?.plan(key)?.ok_or_else(|| {
-        DeployError::Refused(format!(
+        DeployError::NotFound(format!(
             "no plan `{}` was made in this workspace; make one with `nestr deploy plan ENV --out FILE`",
             short(key)
         ))
@@ -528,6 +531,7 @@ pub fn apply(
     plan: &str,
     who: &str,
     cancel: Cancel,
+    started: &dyn Fn(),
 ) -> Result<ApplyReport, DeployError> {
     recover(ws.store()?)?;
     let (p, row) = find(ws, plan)?;
@@ -592,6 +596,7 @@ pub fn apply(
             }),
         )?;
     }
+    started();
     let names: Vec<String> = p.body.services.iter().map(|s| s.service.clone()).collect();
     let result = proceed(ws, &p, &row, &environment, who, cancel, Vec::new(), names);
     unlock(ws, &p, &row, &result);
@@ -605,6 +610,7 @@ pub fn resume(
     plan: &str,
     who: &str,
     cancel: Cancel,
+    started: &dyn Fn(),
 ) -> Result<ApplyReport, DeployError> {
     recover(ws.store()?)?;
     let (p, row) = find(ws, plan)?;
@@ -642,6 +648,7 @@ pub fn resume(
     }
     ws.store()?
         .set_plan_state(&row.id, "applying", None, None)?;
+    started();
     let remaining: Vec<String> = p
         .body
         .services
@@ -656,13 +663,19 @@ pub fn resume(
 
 /// Ends a paused apply by rolling back everything it deployed (the service whose gate was
 /// inconclusive included), in reverse order.
-pub fn abort(ws: &mut Workspace, plan: &str, who: &str) -> Result<ApplyReport, DeployError> {
+pub fn abort(
+    ws: &mut Workspace,
+    plan: &str,
+    who: &str,
+    started: &dyn Fn(),
+) -> Result<ApplyReport, DeployError> {
     recover(ws.store()?)?;
     let (p, row) = find(ws, plan)?;
     let environment = environment(&ws.manifest, &p.body.environment)?.clone();
     paused(ws, &p, &row, who)?;
     lock(ws, &p, &row, who)?;
     let (done, unverified) = progress(ws, &p, &row)?;
+    started();
     ws.store()?.deploy_event(
         &p.body.environment,
         Some(&row.id),

@@ -202,8 +202,10 @@ words! {
     pub enum Scope {
         /// GET requests.
         Read,
-        /// GET and POST requests.
+        /// GET and POST requests (approving a deploy plan excepted).
         Write,
+        /// GET requests, and approving deploy plans (`POST /api/deploys/{plan}/approve`).
+        Approve,
     }
 }
 

@@ -210,15 +210,23 @@ fn unauthorized(message: &str) -> Response {
 
 /// The scope of `token` among the active tokens, if any. Every stored hash is compared, in
 /// constant time, whatever matches.
-fn scope_of(tokens: &[ActiveToken], token: Option<&str>) -> Option<Scope> {
+fn scope_of(tokens: &[ActiveToken], token: Option<&str>) -> Option<(i64, Scope)> {
     let hash = token_hash(token?);
-    let mut found: Option<Scope> = None;
+    let mut found: Option<(i64, Scope)> = None;
     for t in tokens {
         if bool::from(t.hash.ct_eq(&hash)) {
-            found = Some(t.scope);
+            found = Some((t.id, t.scope));
         }
     }
     found
+}
+
+/// Approving a deploy plan: the one request an `approve` token may make besides reading, and
+/// one a `write` token may not.
+fn approving(req: &Request) -> bool {
+    *req.method() == Method::POST
+        && req.uri().path().starts_with("/api/deploys/")
+        && req.uri().path().ends_with("/approve")
 }
 
 /// Tokens and scopes for `/api`: reads need `read` or `write`, other methods `write`. While no
@@ -241,12 +249,13 @@ pub async fn auth(State(state): State<AppState>, mut req: Request, next: Next) -
             req.extensions_mut().insert(Session {
                 scope: Scope::Write,
                 local: true,
+                token: None,
             });
             return next.run(req).await;
         }
         return unauthorized("no API token exists; create one with `nestr token create`");
     }
-    let Some(scope) = scope_of(&tokens, token.as_deref()) else {
+    let Some((id, scope)) = scope_of(&tokens, token.as_deref()) else {
         return unauthorized(if token.is_some() {
             "the token is not valid (unknown or revoked)"
         } else {
@@ -255,17 +264,23 @@ pub async fn auth(State(state): State<AppState>, mut req: Request, next: Next) -
         });
     };
     let reading = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
-    if !reading && scope != Scope::Write {
-        return ApiError::new(
-            StatusCode::FORBIDDEN,
-            "forbidden",
-            "this token has the `read` scope; this request needs a `write` token",
-        )
-        .into_response();
+    let refused = match (reading, approving(&req), scope) {
+        (true, _, _) | (false, true, Scope::Approve) | (false, false, Scope::Write) => None,
+        (false, true, _) => Some("approving a deploy plan needs a token with the `approve` scope"),
+        (false, false, Scope::Approve) => {
+            Some("this token has the `approve` scope; this request needs a `write` token")
+        }
+        (false, false, _) => {
+            Some("this token has the `read` scope; this request needs a `write` token")
+        }
+    };
+    if let Some(why) = refused {
+        return ApiError::new(StatusCode::FORBIDDEN, "forbidden", why).into_response();
     }
     req.extensions_mut().insert(Session {
         scope,
         local: false,
+        token: Some(id),
     });
     next.run(req).await
 }

@@ -10,6 +10,7 @@
 //! finish, cancel the runs this server executes and wait until they are recorded `cancelled`.
 
 mod cache;
+mod deploys;
 mod error;
 mod events;
 mod layers;
@@ -108,6 +109,13 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/cache/stats", get(cache::stats))
         .route("/api/affected", get(cache::affected))
+        .route("/api/environments", get(deploys::environments))
+        .route("/api/environments/{env}/plans", post(deploys::plan))
+        .route("/api/deploys/{plan}", get(deploys::show))
+        .route("/api/deploys/{plan}/approve", post(deploys::approve))
+        .route("/api/deploys/{plan}/apply", post(deploys::apply))
+        .route("/api/deploys/{plan}/resume", post(deploys::resume))
+        .route("/api/deploys/{plan}/abort", post(deploys::abort))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             config.request_timeout,
@@ -116,6 +124,7 @@ pub fn router(state: AppState) -> Router {
         // timeout.
         .route("/api/runs/{id}/events", get(events::events))
         .route("/api/runs/{id}/logs/text", get(logs::text))
+        .route("/api/deploys/{plan}/events", get(deploys::events))
         .route_layer(from_fn_with_state(state.clone(), layers::auth));
 
     // Load balancers' probes: never rate-limited (a probe answered 429 takes the server out).

@@ -4,7 +4,7 @@
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
 
-use super::{cache, error, events, logs, operations, runs, workspace};
+use super::{cache, deploys, error, events, logs, operations, runs, workspace};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -44,6 +44,14 @@ use super::{cache, error, events, logs, operations, runs, workspace};
         cache::provenance,
         cache::stats,
         cache::affected,
+        deploys::environments,
+        deploys::plan,
+        deploys::show,
+        deploys::approve,
+        deploys::apply,
+        deploys::resume,
+        deploys::abort,
+        deploys::events,
         openapi_json,
     ),
     components(schemas(error::ErrorBody, error::ErrorDetail, events::EventData, operations::RunAccepted)),
@@ -54,6 +62,7 @@ use super::{cache, error, events, logs, operations, runs, workspace};
         (name = "workspace", description = "The workspace, repositories, services, plugins"),
         (name = "operations", description = "Start runs"),
         (name = "runs", description = "Run history, logs, live events, cancel, re-run"),
+        (name = "deploys", description = "Environments: plans, approval, apply, rollback, status"),
     )
 )]
 pub struct ApiDoc;

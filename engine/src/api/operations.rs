@@ -101,7 +101,7 @@ enum StartAnswers {
 }
 
 /// Parses a JSON body; an empty body is the default request. Errors name the field at fault.
-fn parse<T: DeserializeOwned + Default>(
+pub(super) fn parse<T: DeserializeOwned + Default>(
     headers: &HeaderMap,
     body: &Bytes,
     empty_ok: bool,

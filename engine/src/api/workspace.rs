@@ -295,11 +295,21 @@ pub async fn plugins(State(state): State<AppState>) -> Result<Response, ApiError
 /// What the request's credentials allow: set by the `auth` layer for every `/api` request.
 #[derive(Debug, Clone, Copy, Serialize, utoipa::ToSchema)]
 pub struct Session {
-    /// `read` or `write`.
+    /// `read`, `write` or `approve`.
     pub scope: crate::model::Scope,
     /// True in local mode: no token exists and the server is bound to loopback, so none is
     /// needed.
     pub local: bool,
+    /// The id of the token presented (none in local mode).
+    pub token: Option<i64>,
+}
+
+impl Session {
+    /// Who the request acts as in deploy records: `token:ID`, or `local`.
+    pub fn actor(&self) -> String {
+        self.token
+            .map_or_else(|| "local".to_string(), |id| format!("token:{id}"))
+    }
 }
 
 /// What the credentials of this request allow (the dashboard shows its actions only to `write`).

@@ -401,7 +401,24 @@ fn deploy_to_staging(
     }
     heading(ui, "nestr deploy status staging   (what runs where)");
     super::deploy::run(ws, status(), ui)?;
+    // The broken commit goes: the workspace is left as it was, its deploys working.
+    undo_commit(&ws_dir.join("web")).map_err(|e| CliError::Plain {
+        message: e,
+        help: None,
+        code: ExitCode::Failed,
+    })?;
+    receiver.heal();
     Ok(first == ExitCode::Ok && second == ExitCode::Failed)
+}
+
+/// Resets the repository at `dir` to its head's parent (the working tree too).
+fn undo_commit(dir: &Path) -> Result<(), String> {
+    let err = |e: git2::Error| e.message().to_string();
+    let git = Repository::open(dir).map_err(err)?;
+    let head = git.head().and_then(|h| h.peel_to_commit()).map_err(err)?;
+    let parent = head.parent(0).map_err(err)?;
+    git.reset(parent.as_object(), git2::ResetType::Hard, None)
+        .map_err(err)
 }
 
 /// Commits `file` with `content` on the checked-out branch of the repository at `dir`.
@@ -534,6 +551,13 @@ impl Receiver {
             log,
             platform,
         })
+    }
+
+    /// Health checks pass again, whatever runs.
+    fn heal(&self) {
+        if let Ok(mut p) = self.platform.lock() {
+            p.bad = None;
+        }
     }
 
     /// Health checks fail while a service runs `version`.

@@ -49,6 +49,7 @@ pub enum DeployCommand {
         /// Who approves (default: NESTR_USER, git's user.name, or the login name).
         #[arg(long = "as", value_name = "NAME")]
         who: Option<String>,
+        /// Print the plan's record as JSON (state, approved_by, approved_at, …).
         #[arg(long)]
         json: bool,
     },
@@ -67,8 +68,10 @@ pub enum DeployCommand {
     /// deployed, then the rest of the plan is applied.
     Resume {
         plan: String,
+        /// Who decides (default: NESTR_USER, git's user.name, or the login name).
         #[arg(long = "as", value_name = "NAME")]
         who: Option<String>,
+        /// Print how it ended as JSON, as `apply --json` does.
         #[arg(long)]
         json: bool,
     },
@@ -76,8 +79,10 @@ pub enum DeployCommand {
     /// reverse order.
     Abort {
         plan: String,
+        /// Who decides (default: NESTR_USER, git's user.name, or the login name).
         #[arg(long = "as", value_name = "NAME")]
         who: Option<String>,
+        /// Print how it ended as JSON, as `apply --json` does.
         #[arg(long)]
         json: bool,
     },
@@ -85,6 +90,8 @@ pub enum DeployCommand {
     /// run and plan, and how far it is behind the workspace (the lockfile, else the checkout).
     Status {
         env: Option<String>,
+        /// Print `{"environments": [{name, approval, lock, services: [{service, repo, commit,
+        /// at, run_id, plan_id, action, unknown, workspace, behind}]}]}`.
         #[arg(long)]
         json: bool,
     },
@@ -92,6 +99,7 @@ pub enum DeployCommand {
     /// verdict, rollbacks).
     Show {
         plan: String,
+        /// Print `{"plan", "record", "events"}`.
         #[arg(long)]
         json: bool,
     },
@@ -104,6 +112,11 @@ impl From<DeployError> for CliError {
                 message: crate::redact::text(&message),
                 help: None,
                 code: ExitCode::Failed,
+            },
+            DeployError::NotFound(message) => CliError::Plain {
+                message: crate::redact::text(&message),
+                help: None,
+                code: ExitCode::Usage,
             },
             DeployError::Workspace(e) => e.into(),
             DeployError::Store(e) => WorkspaceError::Store(e).into(),
@@ -159,19 +172,19 @@ pub fn run(ws: &mut Workspace, args: DeployArgs, ui: &Ui) -> Result<ExitCode, Cl
             let who = who.unwrap_or_else(deploy::actor);
             let cancel = crate::plugin::state::Cancel::default();
             super::run::watch_cancel(&cancel);
-            let report = deploy::apply(ws, &plan, &who, cancel)?;
+            let report = deploy::apply(ws, &plan, &who, cancel, &|| {})?;
             print_apply(&report, json, ui)
         }
         DeployCommand::Resume { plan, who, json } => {
             let who = who.unwrap_or_else(deploy::actor);
             let cancel = crate::plugin::state::Cancel::default();
             super::run::watch_cancel(&cancel);
-            let report = deploy::resume(ws, &plan, &who, cancel)?;
+            let report = deploy::resume(ws, &plan, &who, cancel, &|| {})?;
             print_apply(&report, json, ui)
         }
         DeployCommand::Abort { plan, who, json } => {
             let who = who.unwrap_or_else(deploy::actor);
-            let report = deploy::abort(ws, &plan, &who)?;
+            let report = deploy::abort(ws, &plan, &who, &|| {})?;
             print_apply(&report, json, ui)
         }
         DeployCommand::Status { env, json } => {

@@ -18,7 +18,7 @@ pub struct TokenArgs {
 pub enum TokenCommand {
     /// Create a token and print it (this is the only time it is shown).
     Create {
-        /// read: GET requests; write: GET and POST.
+        /// read: GET requests; write: GET and POST; approve: GET and approving deploy plans.
         #[arg(long, value_enum)]
         scope: Scope,
         /// A name to tell it apart.
