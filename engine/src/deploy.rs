@@ -407,6 +407,20 @@ pub fn plan(
 pub fn find(ws: &mut Workspace, plan: &str) -> Result<(DeployPlan, PlanRow), DeployError> {
     let path = std::path::Path::new(plan);
     let from_file = path.is_file().then(|| DeployPlan::read(path)).transpose()?;
+    recorded(ws, plan, from_file)
+}
+
+/// A recorded plan by its hash or a unique prefix of it, never a file (what the API takes).
+pub fn find_id(ws: &mut Workspace, id: &str) -> Result<(DeployPlan, PlanRow), DeployError> {
+    recorded(ws, id, None)
+}
+
+fn recorded(
+    ws: &mut Workspace,
+    plan: &str,
+    from_file: Option<DeployPlan>,
+) -> Result<(DeployPlan, PlanRow), DeployError> {
+    let path = std::path::Path::new(plan);
     let key = from_file.as_ref().map_or(plan, |p| p.id.as_str());
     let row = ws.store()?.plan(key)?.ok_or_else(|| {
         DeployError::NotFound(format!(

@@ -166,7 +166,7 @@ pub async fn show(
 ) -> Result<Json<DeployBody>, ApiError> {
     let plan = id_only(plan)?;
     blocking(&state, move |ws| {
-        let (p, row) = deploy::find(ws, &plan)?;
+        let (p, row) = deploy::find_id(ws, &plan)?;
         let events = ws
             .store()?
             .deploy_events(&p.body.environment, Some(&row.id))?;
@@ -248,7 +248,7 @@ async fn start(
     std::thread::Builder::new()
         .name("nestr-deploy".into())
         .spawn(move || {
-            let found = deploy::find(&mut ws, &plan);
+            let found = deploy::find_id(&mut ws, &plan);
             let (id, env) = match &found {
                 Ok((p, row)) => (row.id.clone(), p.body.environment.clone()),
                 Err(_) => (plan.clone(), String::new()),
@@ -355,7 +355,7 @@ pub async fn events(
 ) -> Result<Response, ApiError> {
     let plan = id_only(plan)?;
     let (id, env) = blocking(&state, move |ws| {
-        let (p, row) = deploy::find(ws, &plan)?;
+        let (p, row) = deploy::find_id(ws, &plan)?;
         Ok((row.id, p.body.environment))
     })
     .await?;
