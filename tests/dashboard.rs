@@ -308,6 +308,7 @@ fn pages_and_the_endpoints_they_read() -> TestResult {
         "/runs",
         &format!("/runs/{build}"),
         "/services/api",
+        "/environments",
     ] {
         let r = get(&srv.u(path))?;
         assert_eq!(r.status, 200, "{path}");

@@ -179,9 +179,11 @@ pub struct ServiceStatus {
 pub struct EnvironmentStatus {
     pub name: String,
     pub approval: bool,
-    /// The apply holding the environment, if one is running.
+    /// The apply holding the environment, if one is running (pid 0: a paused apply).
     pub lock: Option<crate::store::LockRow>,
     pub services: Vec<ServiceStatus>,
+    /// Its newest plans (at most 10), newest first.
+    pub plans: Vec<PlanRow>,
 }
 
 /// Who the CLI acts as: `NESTR_USER`, else git's `user.name`, else the login name.
@@ -1168,6 +1170,7 @@ pub fn status(
             });
         }
         out.push(EnvironmentStatus {
+            plans: ws.store()?.plans(Some(&env.name), 10)?,
             lock: ws.store()?.deploy_lock(&env.name)?,
             name: env.name.clone(),
             approval: env.approval,

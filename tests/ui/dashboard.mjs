@@ -305,7 +305,7 @@ for (const dark of [false, true]) {
 
 await check('screenshots of every page, light and dark', async () => {
   const pages = { overview: '/', graph: '/graph', service: `/services/${A.middle}`, runs: '/runs',
-    run: `/runs/${A.failed_run}`, log: `/runs/${A.xss_run}` };
+    run: `/runs/${A.failed_run}`, log: `/runs/${A.xss_run}`, environments: '/environments' };
   for (const dark of [false, true]) {
     const ctx = await context({ dark });
     for (const [name, path] of Object.entries(pages)) {

@@ -155,6 +155,7 @@ pub fn router(state: AppState) -> Router {
         .route("/runs", get(ui::runs))
         .route("/runs/{id}", get(ui::run))
         .route("/services/{name}", get(ui::service))
+        .route("/environments", get(ui::environments))
         .route("/ui/{version}/{*file}", get(ui::asset))
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,

@@ -152,6 +152,7 @@ enum View {
     Service,
     Runs,
     Run,
+    Environments,
 }
 
 impl View {
@@ -162,6 +163,7 @@ impl View {
             View::Service => "service",
             View::Runs => "runs",
             View::Run => "run",
+            View::Environments => "envs",
         }
     }
 
@@ -171,6 +173,7 @@ impl View {
             View::Overview | View::Service => "overview",
             View::Graph => "graph",
             View::Runs | View::Run => "runs",
+            View::Environments => "envs",
         }
     }
 }
@@ -182,6 +185,7 @@ fn page(view: View, title: &str, arg: &str) -> Response {
         ("overview", "/", "Overview"),
         ("graph", "/graph", "Graph"),
         ("runs", "/runs", "Runs"),
+        ("envs", "/environments", "Environments"),
     ]
     .iter()
     .map(|(key, href, label)| {
@@ -248,6 +252,11 @@ pub async fn graph() -> Response {
 /// `/runs`: the run history.
 pub async fn runs() -> Response {
     page(View::Runs, "Runs", "")
+}
+
+/// `/environments`: what runs where, the newest plans, approvals.
+pub async fn environments() -> Response {
+    page(View::Environments, "Environments", "")
 }
 
 /// `/runs/{id}`: a run, its timeline, steps and log.
