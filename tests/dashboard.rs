@@ -58,6 +58,26 @@ fn run_id(sb: &Sandbox, ws: &Path, args: &[&str], code: i32) -> String {
         .to_string()
 }
 
+/// One service deployed to `staging`, which needs an approval.
+const ENVS: &str = r#"[workspace]
+name = "envs"
+
+[repos.shared]
+url = "{remotes}/shared.git"
+
+[services.lib]
+repo = "shared"
+
+[services.lib.operations]
+deploy = { plugin = "command", config = { run = [["true"]] } }
+
+[plugins.command]
+grants = { exec = ["true"] }
+
+[environments.staging]
+approval = true
+"#;
+
 const SMALL: &str = r#"[workspace]
 name = "shop-dash"
 description = "Three repositories <b>and</b> a <script>test</script>"
@@ -225,9 +245,39 @@ fn the_dashboard_in_a_real_browser() -> TestResult {
         .as_i64()
         .ok_or_else(|| format!("no error line: {found}"))?;
 
+    // A workspace with an environment that needs approval, a plan waiting by alice, and tokens.
+    let envs = sb.workspace_at("envs", ENVS);
+    sb.nestr(&envs, &["assemble", "-q"]).ok();
+    let plan = sb
+        .nestr_with(
+            &envs,
+            &["deploy", "plan", "staging", "--json"],
+            &[("NESTR_USER", "alice")],
+        )
+        .ok()
+        .json()["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let envs_token = |scope: &str| -> String {
+        sb.nestr(&envs, &["token", "create", "--scope", scope])
+            .ok()
+            .stdout
+            .trim()
+            .to_string()
+    };
+    let (approver, writer) = (envs_token("approve"), envs_token("write"));
+    let envs_srv = Server::start(&sb, &envs, &["--rate-limit", "0"])?;
+
     let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/dashboard-screenshots");
     std::fs::create_dir_all(&shots)?;
     let cfg = serde_json::json!({
+        "envs": {
+            "url": envs_srv.u(""),
+            "approve_token": approver,
+            "write_token": writer,
+            "plan": plan,
+        },
         "modules": tools["modules"],
         "chromium": tools["chromium"],
         "shots": shots,

@@ -350,6 +350,23 @@ await check('a read-only token sees no action buttons', async () => {
   await w.close();
 });
 
+await check('the Environments page: Approve for an approve token only', async () => {
+  const C = cfg.envs, short = C.plan.slice(0, 12);
+  const w = await context({ token: C.write_token });
+  let p = await open(w, C.url + '/environments');
+  await p.waitForSelector(`text=${short}`);
+  expect(await p.locator('button', { hasText: 'Approve' }).count() === 0, 'no Approve for a write token');
+  await w.close();
+  const a = await context({ token: C.approve_token });
+  p = await open(a, C.url + '/environments');
+  await p.locator('button', { hasText: 'Approve' }).click();
+  await p.waitForSelector('text=approved');
+  const row = await p.locator('tr', { hasText: short }).innerText();
+  expect(row.includes('token:') && row.includes('alice'), `approved by the token: ${row}`);
+  expect(a.errors.length === 0, `no script error: ${a.errors}`);
+  await a.close();
+});
+
 await check('a run of 1,000 steps paints its page', async () => {
   const ctx = await context({ token: B.read_token });
   const times = [];
