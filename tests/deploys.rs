@@ -25,6 +25,11 @@ struct Platform {
     failing: HashSet<String>,
     /// Services whose health check never answers in time (it sleeps 2 s).
     stalled: HashSet<String>,
+    /// Services whose health check takes 300 ms (then passes).
+    slow: HashSet<String>,
+    /// Health checks being answered now, and the most at once.
+    in_flight: usize,
+    most_in_flight: usize,
 }
 
 struct Receiver {
@@ -109,6 +114,7 @@ fn serve(stream: std::net::TcpStream, state: &Mutex<Platform>) {
     let service = path.rsplit('/').next().unwrap_or_default().to_string();
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
     let mut stall = false;
+    let mut slow = false;
     let status = {
         let Ok(mut s) = state.lock() else { return };
         s.calls.push(format!("{method} {path}"));
@@ -129,6 +135,12 @@ fn serve(stream: std::net::TcpStream, state: &Mutex<Platform>) {
                 stall = true;
                 200
             }
+            ("GET", "healthz") if s.slow.contains(&service) => {
+                slow = true;
+                s.in_flight += 1;
+                s.most_in_flight = s.most_in_flight.max(s.in_flight);
+                200
+            }
             ("GET", "healthz") if s.failing.contains(&service) => 503,
             ("GET", "healthz") => 200,
             _ => 404,
@@ -136,6 +148,12 @@ fn serve(stream: std::net::TcpStream, state: &Mutex<Platform>) {
     };
     if stall {
         std::thread::sleep(Duration::from_secs(2));
+    }
+    if slow {
+        std::thread::sleep(Duration::from_millis(300));
+        if let Ok(mut s) = state.lock() {
+            s.in_flight -= 1;
+        }
     }
     let mut stream = stream;
     let _ = write!(
@@ -657,5 +675,48 @@ fn deploys_over_http_with_approval_by_scope() -> TestResult {
     // Applied once only.
     let again = post(&format!("/api/deploys/{id}/apply"), &write, None)?;
     assert_eq!(again.status, 409, "{}", again.body);
+    Ok(())
+}
+
+/// Waves: services that depend only on deployed ones deploy together, at most `max_parallel` at
+/// once (three in the second wave, two at a time).
+#[test]
+fn a_wave_deploys_at_most_max_parallel_services_at_once() -> TestResult {
+    let r = Receiver::start()?;
+    let sb = Sandbox::new();
+    sb.remote("alpha");
+    let u = r.url();
+    let svc = |name: &str, deps: &str| {
+        format!(
+            "[services.{name}]\nrepo = \"alpha\"\ndepends_on = [{deps}]\n[services.{name}.operations]\n\
+             deploy = {{ plugin = \"http-deploy\", config = {{ url = \"{u}/hooks/{name}\", health_url = \"{u}/healthz/{name}\", \
+             health_timeout_secs = 5, poll_interval_ms = 100 }} }}\n"
+        )
+    };
+    let ws = sb.workspace(&format!(
+        "[workspace]\nname = \"w\"\n\n[repos.alpha]\nurl = \"{{remotes}}/alpha.git\"\n\n\
+         [environments.staging]\nmax_parallel = 2\n\n[plugins.http-deploy]\ngrants = {{ http = [\"{u}\"] }}\n\n{}{}{}{}",
+        svc("a", ""),
+        svc("b", "\"a\""),
+        svc("c", "\"a\""),
+        svc("d", "\"a\"")
+    ));
+    sb.nestr(&ws, &["assemble", "-q"]).ok();
+    r.with(|p| {
+        for s in ["b", "c", "d"] {
+            p.slow.insert(s.into());
+        }
+    });
+    let p = plan(&sb, &ws, "p.json");
+    assert_eq!(
+        p["waves"],
+        serde_json::json!([["a"], ["b", "c", "d"]]),
+        "{p}"
+    );
+    let apply = sb.nestr(&ws, &["deploy", "apply", "p.json"]);
+    assert_eq!(apply.code, 0, "{}", apply.all());
+    assert_eq!(r.posts().first().map(String::as_str), Some("POST /hooks/a"));
+    let most = r.state.lock().map(|s| s.most_in_flight).unwrap_or(0);
+    assert_eq!(most, 2, "two of the wave at once, never three");
     Ok(())
 }
