@@ -99,6 +99,29 @@ fn plan_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<PlanRow> {
     })
 }
 
+fn deployment_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeploymentRow> {
+    Ok(DeploymentRow {
+        id: r.get(0)?,
+        environment: r.get(1)?,
+        service: r.get(2)?,
+        commit: r.get(3)?,
+        action: r.get(4)?,
+        plan_id: r.get(5)?,
+        run_id: r.get(6)?,
+        at: r.get(7)?,
+    })
+}
+
+fn lock_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<LockRow> {
+    Ok(LockRow {
+        environment: r.get(0)?,
+        plan_id: r.get(1)?,
+        pid: r.get(2)?,
+        pid_start: r.get(3)?,
+        acquired_at: r.get(4)?,
+    })
+}
+
 impl Store {
     /// Records a plan (a plan recorded twice is the same plan: kept as it was).
     pub fn insert_plan(
@@ -208,18 +231,7 @@ impl Store {
              WHERE environment = ?1 AND id = (SELECT MAX(id) FROM deployments e \
              WHERE e.environment = d.environment AND e.service = d.service) ORDER BY service",
         )?;
-        let rows = stmt.query_map(params![environment], |r| {
-            Ok(DeploymentRow {
-                id: r.get(0)?,
-                environment: r.get(1)?,
-                service: r.get(2)?,
-                commit: r.get(3)?,
-                action: r.get(4)?,
-                plan_id: r.get(5)?,
-                run_id: r.get(6)?,
-                at: r.get(7)?,
-            })
-        })?;
+        let rows = stmt.query_map(params![environment], deployment_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
@@ -236,18 +248,7 @@ impl Store {
              ORDER BY id DESC LIMIT 1",
         )?;
         Ok(stmt
-            .query_row(params![environment, service], |r| {
-                Ok(DeploymentRow {
-                    id: r.get(0)?,
-                    environment: r.get(1)?,
-                    service: r.get(2)?,
-                    commit: r.get(3)?,
-                    action: r.get(4)?,
-                    plan_id: r.get(5)?,
-                    run_id: r.get(6)?,
-                    at: r.get(7)?,
-                })
-            })
+            .query_row(params![environment, service], deployment_row)
             .optional()?)
     }
 
@@ -358,17 +359,7 @@ impl Store {
         let mut stmt = self.conn().prepare_cached(
             "SELECT environment, plan_id, pid, pid_start, acquired_at FROM deploy_locks WHERE environment = ?1",
         )?;
-        Ok(stmt
-            .query_row(params![environment], |r| {
-                Ok(LockRow {
-                    environment: r.get(0)?,
-                    plan_id: r.get(1)?,
-                    pid: r.get(2)?,
-                    pid_start: r.get(3)?,
-                    acquired_at: r.get(4)?,
-                })
-            })
-            .optional()?)
+        Ok(stmt.query_row(params![environment], lock_row).optional()?)
     }
 
     /// Every lock held (alive or not).
@@ -376,15 +367,7 @@ impl Store {
         let mut stmt = self.conn().prepare_cached(
             "SELECT environment, plan_id, pid, pid_start, acquired_at FROM deploy_locks ORDER BY environment",
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok(LockRow {
-                environment: r.get(0)?,
-                plan_id: r.get(1)?,
-                pid: r.get(2)?,
-                pid_start: r.get(3)?,
-                acquired_at: r.get(4)?,
-            })
-        })?;
+        let rows = stmt.query_map([], lock_row)?;
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
