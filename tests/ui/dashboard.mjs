@@ -360,7 +360,8 @@ await check('the Environments page: Approve for an approve token only', async ()
   const a = await context({ token: C.approve_token });
   p = await open(a, C.url + '/environments');
   await p.locator('button', { hasText: 'Approve' }).click();
-  await p.waitForSelector('text=approved');
+  // Wait for the row itself to change: the page's header already says "Approved by".
+  await p.locator('tr', { hasText: short }).filter({ hasText: 'token:' }).waitFor({ timeout: 20000 });
   const row = await p.locator('tr', { hasText: short }).innerText();
   expect(row.includes('token:') && row.includes('alice'), `approved by the token: ${row}`);
   expect(a.errors.length === 0, `no script error: ${a.errors}`);
