@@ -21,3 +21,5 @@ pub mod scheduler;
 pub mod store;
 pub(crate) mod views;
 pub mod workspace;
+
+pub use git::warm_up as warm_up_git;

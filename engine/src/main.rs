@@ -14,6 +14,7 @@ use tracing_subscriber::EnvFilter;
 const BROKEN_PIPE: i32 = 128 + 13;
 
 fn main() {
+    nestr::warm_up_git();
     quiet_on_broken_pipe();
     let cli = Cli::parse();
     // A server's operator wants its own life-cycle lines (start, manifest reloads, shutdown).

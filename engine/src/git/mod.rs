@@ -27,6 +27,25 @@ use crate::manifest::{Manifest, Repo};
 use crate::model::SyncResult;
 use crate::redact;
 
+/// Starts libgit2's one-time initialisation on a thread of its own, so that the first command
+/// to open a repository does not wait for it. Most of that time is OpenSSL loading and parsing
+/// the system's CA bundle (libgit2 does it when it initialises, not at the first HTTPS fetch),
+/// about 20 ms. Call it while the process has a single thread: the probe for the CA bundle's
+/// location sets `SSL_CERT_FILE`/`SSL_CERT_DIR` (what git2 would set at its first use, once, from
+/// whichever thread), and setting the environment is only sound before other threads exist.
+#[allow(unsafe_code)]
+pub fn warm_up() {
+    // SAFETY: called first thing in `main`, before any other thread is started; git2 makes the
+    // same probe later and finds the variables already set to the same values (no second set).
+    unsafe {
+        openssl_probe::try_init_openssl_env_vars();
+    }
+    let _ = std::thread::Builder::new()
+        .name("libgit2-init".into())
+        // Any git2 call initialises the library; this one sets what is already the default.
+        .spawn(|| git2::opts::enable_caching(true));
+}
+
 /// What happened to one repository in an assemble or sync.
 #[derive(Debug, Clone, Serialize)]
 pub struct RepoOutcome {
