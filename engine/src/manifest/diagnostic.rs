@@ -182,6 +182,24 @@ impl<'s> Problems<'s> {
     }
 }
 
+/// Where each line of a source starts, to find many offsets' lines without a scan each.
+pub(crate) struct Lines(Vec<usize>);
+
+impl Lines {
+    pub fn of(source: &str) -> Lines {
+        Lines(
+            std::iter::once(0)
+                .chain(source.match_indices('\n').map(|(i, _)| i + 1))
+                .collect(),
+        )
+    }
+
+    /// The 1-based line of a byte offset (as [`line_col`] gives it).
+    pub fn line(&self, offset: usize) -> usize {
+        self.0.partition_point(|&start| start <= offset).max(1)
+    }
+}
+
 /// 1-based line and character column of a byte offset.
 pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(source.len());
@@ -190,4 +208,22 @@ pub fn line_col(source: &str, offset: usize) -> (usize, usize) {
     let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let column = before[line_start..].chars().count() + 1;
     (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_agree_with_line_col() {
+        let src = "a\nbb\n\nccc\n";
+        let lines = Lines::of(src);
+        for offset in 0..=src.len() + 2 {
+            assert_eq!(
+                lines.line(offset),
+                line_col(src, offset).0,
+                "offset {offset}"
+            );
+        }
+    }
 }

@@ -709,6 +709,7 @@ impl Validator<'_> {
     fn repos(&mut self, raw: &Named<RawRepo>, source: &str) -> Vec<Repo> {
         let mut repos = Vec::new();
         let mut paths: Vec<(Vec<String>, Range<usize>, String)> = Vec::new();
+        let lines = super::diagnostic::Lines::of(source);
         for (name, repo) in raw {
             self.name(name, "repository");
             let r = repo.get_ref();
@@ -738,7 +739,7 @@ impl Validator<'_> {
             for (other, other_span, other_name) in &paths {
                 let lower = |v: &[String]| v.iter().map(|c| c.to_lowercase()).collect::<Vec<_>>();
                 let (a, b) = (lower(&components), lower(other));
-                let (line, _) = super::diagnostic::line_col(source, other_span.start);
+                let line = lines.line(other_span.start);
                 if a == b {
                     self.p.err(
                         span.clone(),
@@ -769,7 +770,7 @@ impl Validator<'_> {
                 }
             }
             paths.push((components, span, name.get_ref().clone()));
-            let (line, _) = super::diagnostic::line_col(source, name.span().start);
+            let line = lines.line(name.span().start);
             repos.push(Repo {
                 name: name.get_ref().clone(),
                 url: r.url.get_ref().clone(),
