@@ -202,7 +202,7 @@ impl Recorder {
                 })
                 .collect()
         };
-        lock(&self.store).record_step_keys(&rows)
+        lock(&self.store).record_step_keys(&self.run_id, &rows)
     }
 
     /// The store id of step `idx`.

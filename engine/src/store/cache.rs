@@ -36,18 +36,23 @@ pub struct CacheStats {
 }
 
 impl Store {
-    /// Records the keys of steps (`(step id, key, key manifest text)`), each manifest once.
-    pub fn record_step_keys(&mut self, keys: &[(i64, String, String)]) -> Result<(), StoreError> {
+    /// Records the keys of run `run_id`'s steps (`(step id, key, key manifest text)`), each
+    /// manifest once (with the first run that had it).
+    pub fn record_step_keys(
+        &mut self,
+        run_id: &str,
+        keys: &[(i64, String, String)],
+    ) -> Result<(), StoreError> {
         if keys.is_empty() {
             return Ok(());
         }
         self.write(|tx| {
             let mut put = tx.prepare_cached(
-                "INSERT OR IGNORE INTO key_manifests (key, manifest) VALUES (?1, ?2)",
+                "INSERT OR IGNORE INTO key_manifests (key, manifest, run_id) VALUES (?1, ?2, ?3)",
             )?;
             let mut set = tx.prepare_cached("UPDATE steps SET cache_key = ?2 WHERE id = ?1")?;
             for (id, key, text) in keys {
-                put.execute(params![key, text])?;
+                put.execute(params![key, text, run_id])?;
                 set.execute(params![id, key])?;
             }
             Ok(())
@@ -79,15 +84,16 @@ impl Store {
             .flatten())
     }
 
-    /// The run that stored the entry under `key`, or else the newest run with a step of that
-    /// key.
+    /// The run that stored the entry under `key`, or else the first run with a step of that
+    /// key (that is still recorded).
     pub fn key_run(&self, key: &str) -> Result<Option<String>, StoreError> {
         Ok(self
             .conn()
             .query_row(
                 "SELECT coalesce(
                     (SELECT run_id FROM cache_entries WHERE key = ?1),
-                    (SELECT run_id FROM steps WHERE cache_key = ?1 ORDER BY id DESC LIMIT 1))",
+                    (SELECT k.run_id FROM key_manifests k JOIN runs r ON r.id = k.run_id
+                     WHERE k.key = ?1))",
                 [key],
                 |r| r.get(0),
             )
@@ -150,21 +156,20 @@ impl Store {
     pub fn cache_entry(&mut self, key: &str) -> Result<Option<CacheEntry>, StoreError> {
         let entry = self
             .conn()
-            .query_row(
+            .prepare_cached(
                 "SELECT key, operation, service, result, run_id, created_at FROM cache_entries
                  WHERE key = ?1",
-                [key],
-                |r| {
-                    Ok(CacheEntry {
-                        key: r.get(0)?,
-                        operation: r.get(1)?,
-                        service: r.get(2)?,
-                        result: r.get(3)?,
-                        run_id: r.get(4)?,
-                        created_at: r.get(5)?,
-                    })
-                },
-            )
+            )?
+            .query_row([key], |r| {
+                Ok(CacheEntry {
+                    key: r.get(0)?,
+                    operation: r.get(1)?,
+                    service: r.get(2)?,
+                    result: r.get(3)?,
+                    run_id: r.get(4)?,
+                    created_at: r.get(5)?,
+                })
+            })
             .optional()?;
         Ok(entry)
     }

@@ -135,6 +135,9 @@ impl Store {
         self.conn.pragma_update(None, "journal_mode", "WAL")?;
         self.conn.pragma_update(None, "synchronous", "NORMAL")?;
         self.conn.pragma_update(None, "foreign_keys", "ON")?;
+        // 16 MiB of page cache (the default is 2 MiB): a run that records a thousand steps in
+        // one transaction keeps its pages in memory instead of spilling them mid-transaction.
+        self.conn.pragma_update(None, "cache_size", -16384)?;
         self.conn
             .set_transaction_behavior(TransactionBehavior::Immediate);
         Ok(())
@@ -395,6 +398,76 @@ mod tests {
         assert_eq!(texts(3), want[3..].to_vec());
         assert_eq!(store.run_log_lines("r1").expect("count"), 6);
         assert_eq!(store.run_log_lines("r2").expect("count"), 1);
+    }
+
+    /// Key manifests stored before 0012 learn the newest run that had their key; later ones
+    /// the first run that recorded them; `key_run` names it once no entry does.
+    #[test]
+    fn a_key_names_the_run_that_had_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(DB_FILE);
+        {
+            let mut conn = Connection::open(&path).expect("open");
+            let before: Vec<_> = migrations()
+                .iter()
+                .filter(|(name, _)| *name < "0012")
+                .map(|(_, sql)| M::up(sql))
+                .collect();
+            Migrations::new(before)
+                .to_latest(&mut conn)
+                .expect("migrate to 11");
+            conn.execute_batch(
+                "INSERT INTO runs (id, operation, selection, started_by, status, created_at)
+                     VALUES ('r1', 'build', '{}', 'cli', 'succeeded', 1), ('r2', 'build', '{}', 'cli', 'succeeded', 2);
+                 INSERT INTO steps (run_id, service, plugin, status, cache_key) VALUES
+                     ('r1', 'a', 'command', 'succeeded', 'k1'), ('r2', 'a', 'command', 'cached', 'k1'),
+                     ('r1', 'b', 'command', 'succeeded', 'k2');
+                 INSERT INTO key_manifests (key, manifest) VALUES ('k1', '{}'), ('k2', '{}'), ('k3', '{}');",
+            )
+            .expect("history");
+        }
+        let mut store = Store::open(dir.path()).expect("migrated");
+        assert_eq!(store.key_run("k1").expect("k1").as_deref(), Some("r2"));
+        assert_eq!(store.key_run("k2").expect("k2").as_deref(), Some("r1"));
+        assert_eq!(store.key_run("k3").expect("k3"), None);
+        let ids = store
+            .create_run(
+                &crate::store::NewRun {
+                    id: "r3".into(),
+                    operation: "build".into(),
+                    selection: serde_json::json!({}),
+                    options: serde_json::json!({}),
+                    started_by: "cli".into(),
+                },
+                &[("a", "command"), ("c", "command")],
+                false,
+            )
+            .expect("run");
+        store
+            .record_step_keys(
+                "r3",
+                &[
+                    (ids[0], "k1".into(), "{}".into()),
+                    (ids[1], "k4".into(), "{}".into()),
+                ],
+            )
+            .expect("keys");
+        // k1 was known: it keeps its run; k4 is new: r3 had it first.
+        assert_eq!(store.key_run("k1").expect("k1").as_deref(), Some("r2"));
+        assert_eq!(store.key_run("k4").expect("k4").as_deref(), Some("r3"));
+        assert_eq!(
+            store.step_key("r3", "c").expect("step key").as_deref(),
+            Some("k4")
+        );
+        let gone: i64 = store
+            .conn()
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'steps_key'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("schema");
+        assert_eq!(gone, 0, "the index of steps by key is dropped");
     }
 
     /// A long chunk is stored in pieces of at most `STORED_CHUNK_BYTES`; any line of the run or of

@@ -599,7 +599,7 @@ impl Store {
         end: &StepEnd,
     ) -> Result<(), StoreError> {
         let now = now_ms();
-        self.write(|tx| finish_step_tx(tx, step_id, status, end, now))
+        self.write(|tx| finish_step_tx(tx, step_id, status, end, now, None))
     }
 
     /// Steps that end from the cache, together: each is started, given its (replayed) log and
@@ -610,12 +610,26 @@ impl Store {
     ) -> Result<(), StoreError> {
         let now = now_ms();
         self.write(|tx| {
+            // The row a step that runs gets from `start_step_tx` then `finish_step_tx`, written
+            // once (the grants, the same for a plugin's steps, serialised once per plugin); the
+            // journal rows of both transitions.
+            let mut grants_text: Option<(&serde_json::Value, String)> = None;
             for s in steps {
-                start_step_tx(tx, s.step_id, s.digest, s.grants, now)?;
-                insert_logs_tx(tx, s.chunks)?;
-                finish_step_tx(tx, s.step_id, StepStatus::Cached, s.end, now)?;
+                if grants_text.as_ref().is_none_or(|(g, _)| *g != s.grants) {
+                    grants_text = Some((s.grants, s.grants.to_string()));
+                }
+                let grants = grants_text.as_ref().map_or("{}", |(_, t)| t.as_str());
+                step_journal(tx, s.step_id, JournalKind::StepStarted, "running", now)?;
+                finish_step_tx(
+                    tx,
+                    s.step_id,
+                    StepStatus::Cached,
+                    s.end,
+                    now,
+                    Some((s.digest, grants)),
+                )?;
             }
-            Ok(())
+            insert_logs_tx(tx, steps.iter().flat_map(|s| s.chunks))
         })
     }
 
@@ -1093,12 +1107,15 @@ fn start_step_tx(
     step_journal(tx, step_id, JournalKind::StepStarted, "running", now)
 }
 
+/// Ends a step; with `started` (the plugin's digest and the grants, as JSON), a step that
+/// starts and ends at once (a cache hit: `start_step_tx`'s fields are set by the same update).
 fn finish_step_tx(
     tx: &rusqlite::Transaction<'_>,
     step_id: i64,
     status: StepStatus,
     end: &StepEnd,
     now: i64,
+    started: Option<(&str, &str)>,
 ) -> rusqlite::Result<()> {
     let (p, f, s) = match end.tests {
         Some(t) => (Some(t.passed), Some(t.failed), Some(t.skipped)),
@@ -1108,7 +1125,9 @@ fn finish_step_tx(
         "UPDATE steps SET status = ?2, finished_at = ?3, duration_ms = ?4, summary = ?5,
             reason = ?6, tests_passed = ?7, tests_failed = ?8, tests_skipped = ?9,
             artifacts = ?10, metrics = ?11, cache_source = ?12, saved_ms = ?13,
-            provenance = coalesce(?14, provenance)
+            provenance = coalesce(?14, provenance),
+            started_at = coalesce(?15, started_at), plugin_digest = coalesce(?16, plugin_digest),
+            grants = coalesce(?17, grants)
          WHERE id = ?1",
     )?
     .execute(params![
@@ -1126,7 +1145,10 @@ fn finish_step_tx(
         end.cache_hit.map(|(s, _)| s),
         end.cache_hit
             .map(|(_, ms)| i64::try_from(ms).unwrap_or(i64::MAX)),
-        end.provenance
+        end.provenance,
+        started.map(|_| now),
+        started.map(|(digest, _)| digest),
+        started.map(|(_, grants)| grants)
     ])?;
     step_journal(tx, step_id, JournalKind::StepFinished, status.as_str(), now)
 }
@@ -1201,7 +1223,10 @@ fn stored_pieces(c: &LogChunk) -> Vec<std::borrow::Cow<'_, LogChunk>> {
     out
 }
 
-fn insert_logs_tx(tx: &rusqlite::Transaction<'_>, chunks: &[LogChunk]) -> rusqlite::Result<()> {
+fn insert_logs_tx<'c>(
+    tx: &rusqlite::Transaction<'_>,
+    chunks: impl IntoIterator<Item = &'c LogChunk>,
+) -> rusqlite::Result<()> {
     // Each chunk takes its run's next line numbers (the run's count is read once per run and
     // written back once); one stored twice (same step and first line) is ignored and numbers
     // nothing.
@@ -1216,7 +1241,7 @@ fn insert_logs_tx(tx: &rusqlite::Transaction<'_>, chunks: &[LogChunk]) -> rusqli
     // step → its run; run → its next line number.
     let mut steps: std::collections::HashMap<i64, String> = std::collections::HashMap::new();
     let mut next: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
-    for c in chunks.iter().flat_map(stored_pieces) {
+    for c in chunks.into_iter().flat_map(stored_pieces) {
         let run: &String = match steps.entry(c.step_id) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(v) => {
