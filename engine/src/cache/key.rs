@@ -43,10 +43,17 @@ impl StepKey {
     }
 }
 
-/// `v` with every object's keys in sorted order (whatever order serde_json keeps maps in).
+/// `v` with every object's keys in sorted order (whatever order serde_json keeps maps in). An
+/// object already in order (serde_json's default map is sorted) is kept as it is.
 pub fn canonical(v: Value) -> Value {
     match v {
-        Value::Object(m) => {
+        Value::Object(mut m) => {
+            if m.keys().is_sorted() {
+                for v in m.values_mut() {
+                    *v = canonical(v.take());
+                }
+                return Value::Object(m);
+            }
             let sorted: BTreeMap<String, Value> =
                 m.into_iter().map(|(k, v)| (k, canonical(v))).collect();
             Value::Object(sorted.into_iter().collect())
@@ -59,11 +66,21 @@ pub fn canonical(v: Value) -> Value {
 /// What one repository's inputs are: the tree at HEAD and every uncommitted change.
 struct RepoInputs {
     repo: git2::Repository,
-    /// The commit checked out.
-    head: Option<git2::Oid>,
+    /// The tree of the commit checked out.
+    head_tree: Option<git2::Oid>,
     /// Each changed path (relative to the repository, `/`-separated) → `sha256:HEX` of its
     /// content in the work tree, or `deleted`.
     dirty: BTreeMap<String, String>,
+}
+
+/// What a key takes from its plugin (see [`Keys::plugin_parts_of`]).
+#[derive(Clone)]
+struct PluginParts {
+    plugin: Value,
+    grants: Value,
+    programs: Value,
+    env: Value,
+    secrets: Value,
 }
 
 /// Computes the keys of one operation's steps; memoises per repository, program and service.
@@ -72,8 +89,11 @@ pub struct Keys<'a> {
     operation: &'a str,
     repos: HashMap<String, Result<RepoInputs, String>>,
     plugins: HashMap<String, Result<String, String>>,
+    /// The parts of a key that depend on the plugin alone (its grants, the programs and
+    /// environment they name), by plugin.
+    plugin_parts: HashMap<String, PluginParts>,
     programs: HashMap<String, Value>,
-    keys: HashMap<String, Result<StepKey, String>>,
+    keys: HashMap<String, Result<std::sync::Arc<StepKey>, String>>,
     /// Compiled `outputs` glob sets, by their patterns (most services share their operation's).
     globs: HashMap<Vec<String>, globset::GlobSet>,
     secret_key: Option<Vec<u8>>,
@@ -96,6 +116,7 @@ impl<'a> Keys<'a> {
             operation,
             repos: HashMap::new(),
             plugins: HashMap::new(),
+            plugin_parts: HashMap::new(),
             programs: HashMap::new(),
             keys: HashMap::new(),
             globs: HashMap::new(),
@@ -149,7 +170,7 @@ impl<'a> Keys<'a> {
     /// The key of `service`'s step of the operation (or, for a service without the operation,
     /// of its inputs alone: what its dependents depend on). An error says why no key could be
     /// computed (the step then runs uncached).
-    pub fn key(&mut self, service: &str) -> Result<StepKey, String> {
+    pub fn key(&mut self, service: &str) -> Result<std::sync::Arc<StepKey>, String> {
         let mut stack = Vec::new();
         self.key_inner(service, &mut stack)?;
         self.keys
@@ -184,7 +205,9 @@ impl<'a> Keys<'a> {
         stack.pop();
         let result = match failed {
             Some(e) => Err(e),
-            None => self.own_manifest(service, deps).map(StepKey::of),
+            None => self
+                .own_manifest(service, deps)
+                .map(|m| std::sync::Arc::new(StepKey::of(m))),
         };
         let key = result.as_ref().map(|k| k.key.clone()).map_err(Clone::clone);
         self.keys.insert(name.to_string(), result);
@@ -209,10 +232,53 @@ impl<'a> Keys<'a> {
                 "deps": deps,
             }));
         };
-        let digest = self.plugin_digest(&op.plugin)?;
-        let grants = manifest
+        let parts = match self.plugin_parts.get(&op.plugin) {
+            Some(p) => p.clone(),
+            None => {
+                let p = self.plugin_parts_of(&op.plugin)?;
+                self.plugin_parts.insert(op.plugin.clone(), p.clone());
+                p
+            }
+        };
+        let mut key = json!({
+            "format": FORMAT,
+            "service": service.name,
+            "operation": self.operation,
+            "plugin": parts.plugin,
+            "config": op.config,
+            "grants": parts.grants,
+            "programs": parts.programs,
+            "env": parts.env,
+            "secrets": parts.secrets,
+            "outputs": outputs,
+            "inputs": inputs,
+            "deps": deps,
+        });
+        // The checkouts a wired build uses, by commit (only when there are some, so that the
+        // keys of unwired steps stay as they were).
+        let wired: serde_json::Map<String, Value> = service
+            .wired
+            .iter()
+            .filter_map(|d| {
+                let ds = manifest.service(d)?;
+                let repo = manifest.repo(&ds.repo)?;
+                let (commit, _) = crate::git::head_and_branch(manifest, repo);
+                Some((d.clone(), json!({ "repo": ds.repo, "commit": commit })))
+            })
+            .collect();
+        if let (false, Some(o)) = (wired.is_empty(), key.as_object_mut()) {
+            o.insert("wired".into(), Value::Object(wired));
+        }
+        Ok(key)
+    }
+
+    /// The parts of a key that depend on plugin `name` alone.
+    fn plugin_parts_of(&mut self, name: &str) -> Result<PluginParts, String> {
+        let digest = self.plugin_digest(name)?;
+        let grants = self
+            .manifest
             .plugins
-            .get(&op.plugin)
+            .get(name)
             .map(|d| d.grants.clone())
             .unwrap_or_default();
         let mut programs = serde_json::Map::new();
@@ -241,40 +307,17 @@ impl<'a> Keys<'a> {
                 (n.clone(), v.unwrap_or(Value::Null))
             })
             .collect();
-        let mut key = json!({
-            "format": FORMAT,
-            "service": service.name,
-            "operation": self.operation,
-            "plugin": {
-                "name": op.plugin,
+        Ok(PluginParts {
+            plugin: json!({
+                "name": name,
                 "digest": digest,
                 "contract": crate::plugin::CONTRACT,
-            },
-            "config": op.config,
-            "grants": serde_json::to_value(&grants).unwrap_or(Value::Null),
-            "programs": programs,
-            "env": env,
-            "secrets": secrets,
-            "outputs": outputs,
-            "inputs": inputs,
-            "deps": deps,
-        });
-        // The checkouts a wired build uses, by commit (only when there are some, so that the
-        // keys of unwired steps stay as they were).
-        let wired: serde_json::Map<String, Value> = service
-            .wired
-            .iter()
-            .filter_map(|d| {
-                let ds = manifest.service(d)?;
-                let repo = manifest.repo(&ds.repo)?;
-                let (commit, _) = crate::git::head_and_branch(manifest, repo);
-                Some((d.clone(), json!({ "repo": ds.repo, "commit": commit })))
-            })
-            .collect();
-        if let (false, Some(o)) = (wired.is_empty(), key.as_object_mut()) {
-            o.insert("wired".into(), Value::Object(wired));
-        }
-        Ok(key)
+            }),
+            grants: serde_json::to_value(&grants).unwrap_or(Value::Null),
+            programs: Value::Object(programs),
+            env: Value::Object(env),
+            secrets: Value::Object(secrets),
+        })
     }
 
     /// The service's inputs: its folder's tree at HEAD and its uncommitted changes, or with
@@ -316,10 +359,7 @@ impl<'a> Keys<'a> {
             };
             (!outputs.is_match(rel)).then(|| rel.to_string())
         };
-        let head_tree = inputs
-            .head
-            .and_then(|h| inputs.repo.find_commit(h).ok())
-            .and_then(|c| c.tree().ok());
+        let head_tree = inputs.head_tree.and_then(|t| inputs.repo.find_tree(t).ok());
         let Some(globs) = globs else {
             let tree = match (&head_tree, prefix.is_empty()) {
                 (Some(t), true) => Some(t.id().to_string()),
@@ -487,7 +527,14 @@ fn repo_inputs(dir: &Path) -> Result<RepoInputs, String> {
             dirty.insert(path.to_string(), digest);
         }
     }
-    Ok(RepoInputs { repo, head, dirty })
+    let head_tree = head
+        .and_then(|h| repo.find_commit(h).ok())
+        .map(|c| c.tree_id());
+    Ok(RepoInputs {
+        repo,
+        head_tree,
+        dirty,
+    })
 }
 
 /// The sha256 of a plugin's component, as the host would load it (nothing is compiled).

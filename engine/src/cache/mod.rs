@@ -13,7 +13,9 @@ pub mod local;
 pub mod provenance;
 pub mod remote;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -68,7 +70,38 @@ pub struct StoredResult {
 /// A usable stored result, its outputs already restored.
 pub struct Hit {
     pub result: StoredResult,
-    pub log: Vec<LogPiece>,
+    pub log: Arc<Vec<LogPiece>>,
+}
+
+/// Logs a run has already read and verified, by digest: many entries share one (an empty log,
+/// the same few lines), and each is then read, decompressed and checked once per run. Only
+/// small logs are kept.
+#[derive(Default)]
+pub struct LogMemo(std::sync::Mutex<HashMap<String, Arc<Vec<LogPiece>>>>);
+
+/// The largest log (its text, in bytes) a [`LogMemo`] keeps.
+const MEMO_LOG_BYTES: usize = 64 * 1024;
+
+impl LogMemo {
+    fn read(&self, blobs: &Blobs, digest: &str) -> Result<Arc<Vec<LogPiece>>, String> {
+        let memo = |m: &Self| {
+            m.0.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(digest)
+                .cloned()
+        };
+        if let Some(log) = memo(self) {
+            return Ok(log);
+        }
+        let log = Arc::new(read_log(blobs, digest)?);
+        if log.iter().map(|p| p.text.len()).sum::<usize>() <= MEMO_LOG_BYTES {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(digest.to_string(), log.clone());
+        }
+        Ok(log)
+    }
 }
 
 /// Looks `key` up in the local cache; on an entry, verifies its log and outputs and restores the
@@ -77,6 +110,7 @@ pub struct Hit {
 pub fn lookup(
     store: &mut Store,
     blobs: &Blobs,
+    logs: &LogMemo,
     key: &str,
     service_dir: &Path,
 ) -> Result<Option<Hit>, String> {
@@ -86,7 +120,7 @@ pub fn lookup(
     let usable = (|| {
         let result: StoredResult = serde_json::from_str(&entry.result)
             .map_err(|e| format!("its record cannot be read ({e})"))?;
-        let log = read_log(blobs, &result.log)?;
+        let log = logs.read(blobs, &result.log)?;
         restore_outputs(blobs, &result.outputs, service_dir)?;
         Ok(Hit { result, log })
     })();

@@ -263,11 +263,15 @@ impl Started {
         // Every service folder lies inside its repository's folder (`service_dir` makes sure),
         // so refusing programs inside any repository folder covers them all, at one lookup per
         // repository rather than per service.
-        let protected = manifest
+        let repo_real: HashMap<String, PathBuf> = manifest
             .repos
             .iter()
-            .filter_map(|repo| std::fs::canonicalize(manifest.repo_dir(repo)).ok())
+            .filter_map(|repo| {
+                let real = std::fs::canonicalize(manifest.repo_dir(repo)).ok()?;
+                Some((repo.name.clone(), real))
+            })
             .collect();
+        let protected = repo_real.values().cloned().collect();
         let blobs = Blobs::new(recorder.state_dir());
         let remote = if opts.cache == CacheMode::Off {
             None
@@ -283,6 +287,7 @@ impl Started {
         let exec = Executor {
             manifest,
             protected,
+            repo_real,
             rec: &recorder,
             cancel: cancel.clone(),
             opts,
@@ -292,6 +297,8 @@ impl Started {
             from_remote: Default::default(),
             to_upload: Default::default(),
             used: Default::default(),
+            logs: Default::default(),
+            maskers: Default::default(),
         };
         let reports = exec.execute(&plan).await?;
         let status = if cancel.is_cancelled() {
@@ -320,6 +327,8 @@ struct Executor<'a> {
     /// Every repository folder of the workspace (canonical; they hold every service folder):
     /// programs are never found on PATH there.
     protected: Arc<[PathBuf]>,
+    /// Each repository's folder, canonical (those that exist).
+    repo_real: HashMap<String, PathBuf>,
     rec: &'a Recorder,
     cancel: Cancel,
     opts: RunOptions,
@@ -334,6 +343,10 @@ struct Executor<'a> {
     to_upload: std::sync::Mutex<Vec<String>>,
     /// Keys whose entries this run used, marked used when it ends (in one transaction).
     used: std::sync::Mutex<Vec<String>>,
+    /// The stored logs this run's hits replayed, each read once.
+    logs: crate::cache::LogMemo,
+    /// The masker of each plugin's hits (its granted secrets' values), made once.
+    maskers: std::sync::Mutex<HashMap<String, Arc<Redactor>>>,
 }
 
 /// What a step that runs keeps for when it ends: where it ran and what produced it.
@@ -431,7 +444,7 @@ impl Executor<'_> {
                 }
                 // Start it: from the cache when its result is stored (a hit takes no slot),
                 // else by its plugin.
-                let key = keys.get(idx).and_then(Option::as_ref);
+                let key = keys.get(idx).and_then(Option::as_deref);
                 if let Some(key) = key
                     && self.cached(step)
                     && self.opts.cache.reads()
@@ -570,7 +583,7 @@ impl Executor<'_> {
                 Some(info) => self.finish_ran(
                     idx,
                     step,
-                    keys.get(idx).and_then(Option::as_ref),
+                    keys.get(idx).and_then(Option::as_deref),
                     outcome,
                     info,
                 )?,
@@ -602,7 +615,7 @@ impl Executor<'_> {
     /// (many at once, each checked), and records them locally: the steps then hit as if they
     /// were stored here, with source `remote`. A remote that fails is one warning; its steps
     /// miss and run.
-    fn prefetch(&self, plan: &Plan, keys: &[Option<StepKey>]) {
+    fn prefetch(&self, plan: &Plan, keys: &[Option<Arc<StepKey>>]) {
         let Some(remote) = &self.remote else { return };
         if !self.opts.cache.reads() {
             return;
@@ -708,7 +721,7 @@ impl Executor<'_> {
     /// The key of every step that will start (computed before any runs; none for a step that
     /// is skipped by plan, or whose key cannot be computed: it runs uncached), recorded with the
     /// steps.
-    fn keys(&self, plan: &Plan) -> Vec<Option<StepKey>> {
+    fn keys(&self, plan: &Plan) -> Vec<Option<Arc<StepKey>>> {
         let state_dir = self.rec.state_dir().to_path_buf();
         let (keys, learned) = {
             let store = self.rec.store();
@@ -725,7 +738,7 @@ impl Executor<'_> {
                 .map(|s| s.service.as_str())
                 .collect();
             k.preload(&names);
-            let keys: Vec<Option<StepKey>> = plan
+            let keys: Vec<Option<Arc<StepKey>>> = plan
                 .steps
                 .iter()
                 .map(|step| {
@@ -749,7 +762,7 @@ impl Executor<'_> {
         let rows: Vec<(usize, &StepKey)> = keys
             .iter()
             .enumerate()
-            .filter_map(|(i, k)| k.as_ref().map(|k| (i, k)))
+            .filter_map(|(i, k)| k.as_deref().map(|k| (i, k)))
             .collect();
         if let Err(e) = self.rec.record_keys(&rows) {
             tracing::warn!("the steps' cache keys could not be recorded: {e}");
@@ -775,11 +788,21 @@ impl Executor<'_> {
         let Some(repo) = m.repo(&service.repo) else {
             return Ok(Err(None));
         };
-        let Ok(dir) = service_dir(&m.repo_dir(repo), &service.path) else {
+        let Some(Ok(dir)) = self
+            .repo_real
+            .get(&repo.name)
+            .map(|real| service_dir_in(&m.repo_dir(repo), real, &service.path))
+        else {
             return Ok(Err(None));
         };
         let started = Instant::now();
-        let hit = match crate::cache::lookup(&mut self.rec.store(), &self.blobs, &key.key, &dir) {
+        let hit = match crate::cache::lookup(
+            &mut self.rec.store(),
+            &self.blobs,
+            &self.logs,
+            &key.key,
+            &dir,
+        ) {
             Ok(Some(hit)) => hit,
             Ok(None) => return Ok(Err(None)),
             Err(why) => return Ok(Err(Some(why))),
@@ -788,18 +811,27 @@ impl Executor<'_> {
             .as_str()
             .unwrap_or_default()
             .to_string();
-        let secrets: Vec<String> = m
-            .plugins
-            .get(step.plugin.as_deref().unwrap_or_default())
-            .map(|d| {
-                d.grants
-                    .secrets
-                    .iter()
-                    .filter_map(|n| std::env::var(n).ok())
-                    .collect()
+        let plugin = step.plugin.as_deref().unwrap_or_default();
+        let masker = self
+            .maskers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(plugin.to_string())
+            .or_insert_with(|| {
+                let secrets: Vec<String> = m
+                    .plugins
+                    .get(plugin)
+                    .map(|d| {
+                        d.grants
+                            .secrets
+                            .iter()
+                            .filter_map(|n| std::env::var(n).ok())
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                Arc::new(Redactor::new(secrets.iter().map(String::as_str)))
             })
-            .unwrap_or_default();
-        let masker = Arc::new(Redactor::new(secrets.iter().map(String::as_str)));
+            .clone();
         let chunks = Arc::new(std::sync::Mutex::new(Vec::new()));
         let collect = {
             let chunks = chunks.clone();
@@ -823,7 +855,7 @@ impl Executor<'_> {
                 format!(" ({} output files restored)", r.outputs.len())
             }
         ));
-        for piece in &hit.log {
+        for piece in hit.log.iter() {
             log.lines(piece.stream, piece.level.as_deref(), &piece.text);
         }
         let (commit, branch) = heads
@@ -1186,13 +1218,19 @@ fn short_reason(why: &str) -> String {
 pub(crate) fn service_dir(repo_dir: &Path, rel: &Path) -> Result<PathBuf, String> {
     let repo_real = std::fs::canonicalize(repo_dir)
         .map_err(|_| format!("{} is missing: run `nestr assemble`", repo_dir.display()))?;
+    service_dir_in(repo_dir, &repo_real, rel)
+}
+
+/// [`service_dir`] with the repository folder already resolved (`repo_real`, its canonical
+/// path): a run resolves each repository once.
+fn service_dir_in(repo_dir: &Path, repo_real: &Path, rel: &Path) -> Result<PathBuf, String> {
     let real = std::fs::canonicalize(repo_dir.join(rel)).map_err(|_| {
         format!(
             "the service folder {} does not exist",
             repo_dir.join(rel).display()
         )
     })?;
-    if !real.starts_with(&repo_real) {
+    if !real.starts_with(repo_real) {
         return Err(format!(
             "the service folder {} leads outside its repository",
             repo_dir.join(rel).display()
