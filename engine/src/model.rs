@@ -239,7 +239,7 @@ words! {
 }
 
 /// One field of a plugin's configuration, as its `describe()` documents it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigField {
     pub name: String,
     /// A JSON type name: `string`, `bool`, `integer`, `number`, `array`, `object` (anything else

@@ -9,7 +9,7 @@ use super::{Manifest, OperationSpec};
 use crate::model::ConfigField;
 
 /// What a plugin's `describe()` says that the manifest is checked against.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct PluginDoc {
     /// The fields of its `config`.
     pub config: Vec<ConfigField>,

@@ -913,10 +913,71 @@ pub async fn load_named(
         .map_err(|e| e.to_string())
 }
 
+/// What each plugin documents, remembered by the sha256 of its component in
+/// `<cache>/nestr/describe/` beside the compiled code ([`compile_cache_dir`]): checking a
+/// manifest then reads a small file instead of starting the plugin host and loading the plugin.
+/// A document is only ever written from a plugin this build of nestr loaded; one written by
+/// another build is not used.
+mod described {
+    use crate::manifest::PluginDoc;
+
+    /// This build of nestr: its version, contract and executable (size and modification time:
+    /// a rebuilt nestr does not trust what an earlier build remembered).
+    fn stamp() -> String {
+        use std::os::unix::fs::MetadataExt;
+        let exe = std::env::current_exe()
+            .and_then(std::fs::metadata)
+            .map(|m| format!("{}.{}.{}", m.len(), m.mtime(), m.mtime_nsec()))
+            .unwrap_or_default();
+        format!("{} {} {exe}", env!("CARGO_PKG_VERSION"), super::CONTRACT)
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct File {
+        nestr: String,
+        doc: PluginDoc,
+    }
+
+    fn path(digest: &str) -> Option<std::path::PathBuf> {
+        if !crate::cache::key::is_digest(digest) {
+            return None;
+        }
+        let dir = super::compile_cache_dir()?.with_file_name("describe");
+        Some(dir.join(format!("{digest}.json")))
+    }
+
+    pub fn read(digest: &str) -> Option<PluginDoc> {
+        let text = std::fs::read(path(digest)?).ok()?;
+        let file: File = serde_json::from_slice(&text).ok()?;
+        (file.nestr == stamp()).then_some(file.doc)
+    }
+
+    /// Best effort: a cache that cannot be written only means loading the plugin next time.
+    pub fn write(digest: &str, doc: &PluginDoc) {
+        let Some(path) = path(digest) else { return };
+        let Some(dir) = path.parent() else { return };
+        let file = File {
+            nestr: stamp(),
+            doc: doc.clone(),
+        };
+        let Ok(text) = serde_json::to_vec(&file) else {
+            return;
+        };
+        let tmp = dir.join(format!(".{digest}.{}.tmp", std::process::id()));
+        let written = std::fs::create_dir_all(dir)
+            .and_then(|()| std::fs::write(&tmp, text))
+            .and_then(|()| std::fs::rename(&tmp, &path));
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+}
+
 /// Checks every operation's `config` against the fields its plugin documents (see
-/// [`Manifest::check_config`]), loading each plugin the manifest uses through the shared host. A
-/// plugin that cannot be loaded is not checked here: its steps say why it cannot run. Blocking,
-/// callable from anywhere (it runs on a thread of its own).
+/// [`Manifest::check_config`]): what each plugin documents is read from the describe cache by
+/// its component's digest, or else the plugin is loaded through the shared host (and what it
+/// documents remembered). A plugin that cannot be loaded is not checked here: its steps say why
+/// it cannot run. Blocking, callable from anywhere (it runs on a thread of its own).
 pub fn check_config(manifest: &Manifest) -> Result<(), crate::manifest::InvalidManifest> {
     let mut used: Vec<&str> = manifest
         .operations
@@ -926,10 +987,24 @@ pub fn check_config(manifest: &Manifest) -> Result<(), crate::manifest::InvalidM
         .collect();
     used.sort_unstable();
     used.dedup();
+    let mut docs: std::collections::HashMap<String, crate::manifest::PluginDoc> =
+        Default::default();
+    let mut digests: std::collections::HashMap<&str, String> = Default::default();
+    used.retain(|name| {
+        let Ok(digest) = crate::cache::key::plugin_digest(manifest, name) else {
+            return true;
+        };
+        if let Some(doc) = described::read(&digest) {
+            docs.insert(name.to_string(), doc);
+            return false;
+        }
+        digests.insert(name, digest);
+        true
+    });
     if used.is_empty() {
-        return Ok(());
+        return manifest.check_config(&|name| docs.get(name).cloned());
     }
-    let docs: std::collections::HashMap<String, crate::manifest::PluginDoc> =
+    let loaded: std::collections::HashMap<String, crate::manifest::PluginDoc> =
         std::thread::scope(|s| {
             s.spawn(|| {
                 let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -946,7 +1021,14 @@ pub fn check_config(manifest: &Manifest) -> Result<(), crate::manifest::InvalidM
                     for name in used {
                         match load_named(&host, manifest, name).await {
                             Ok(p) => {
-                                out.insert(name.to_string(), p.info.doc());
+                                let doc = p.info.doc();
+                                // Remembered under the digest of the bytes just loaded.
+                                if let Some(d) = digests.get(name)
+                                    && *d == p.digest
+                                {
+                                    described::write(d, &doc);
+                                }
+                                out.insert(name.to_string(), doc);
                             }
                             Err(e) => {
                                 tracing::debug!(plugin = name, error = %e, "config not checked")
@@ -959,6 +1041,7 @@ pub fn check_config(manifest: &Manifest) -> Result<(), crate::manifest::InvalidM
             .join()
             .unwrap_or_default()
         });
+    docs.extend(loaded);
     manifest.check_config(&|name| docs.get(name).cloned())
 }
 

@@ -372,7 +372,8 @@ type Finished = (usize, StepOutcome);
 
 impl Executor<'_> {
     async fn execute(&self, plan: &Plan) -> Result<Vec<StepReport>, PlanError> {
-        let host = Host::shared();
+        // The plugin host starts with the first step that runs (a run of hits needs none).
+        let mut host_cell: Option<Result<Arc<Host>, String>> = None;
         let mut plugins: HashMap<String, Result<Arc<LoadedPlugin>, String>> = HashMap::new();
         let mut heads: HashMap<String, (Option<String>, Option<String>)> = HashMap::new();
         let limit = self
@@ -472,6 +473,7 @@ impl Executor<'_> {
                 }
                 pending.remove(i);
                 self.record_hits(&mut hits, &mut reports)?;
+                let host = host_cell.get_or_insert_with(Host::shared).clone();
                 let plugin_name = step.plugin.clone().unwrap_or_default();
                 let plugin = match plugins.get(&plugin_name) {
                     Some(p) => p.clone(),
