@@ -45,6 +45,18 @@ pub struct OperationView {
     pub last_status: Option<StepStatus>,
 }
 
+/// What [`Store::last_step_statuses`](crate::store::Store::last_step_statuses) is asked for
+/// `services`: each with its operations.
+pub fn wanted_statuses<'m>(
+    m: &Manifest,
+    services: impl IntoIterator<Item = &'m Service>,
+) -> Vec<(String, Vec<String>)> {
+    services
+        .into_iter()
+        .map(|s| (s.name.clone(), m.operation_names(s)))
+        .collect()
+}
+
 /// `service` with the last step status of each of its operations.
 pub fn service_view(
     m: &Manifest,

@@ -413,13 +413,20 @@ impl Workspace {
             Some(s) => s,
             None => open_and_recover(&self.state_dir)?,
         };
-        let (report, store) =
-            scheduler::record(store, &self.state_dir, &self.meta, plan, selection, options)
-                .and_then(|run| run.execute_blocking(&self.manifest, cancel))
-                .map_err(|e| match e {
-                    PlanError::Selection(m) => WorkspaceError::Plan(m),
-                    PlanError::Store(e) => WorkspaceError::Store(e),
-                })?;
+        let (report, store) = scheduler::record_reading_ahead(
+            &self.manifest,
+            store,
+            &self.state_dir,
+            &self.meta,
+            plan,
+            selection,
+            options,
+        )
+        .and_then(|run| run.execute_blocking(&self.manifest, cancel))
+        .map_err(|e| match e {
+            PlanError::Selection(m) => WorkspaceError::Plan(m),
+            PlanError::Store(e) => WorkspaceError::Store(e),
+        })?;
         self.store = Some(store);
         Ok(report)
     }

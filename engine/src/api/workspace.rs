@@ -216,7 +216,10 @@ pub async fn services(
                 + 1
         }
     };
-    let last = state.store(|s| Ok(s.last_step_statuses()?)).await?;
+    let wanted = views::wanted_statuses(&m, m.services.iter().skip(start).take(limit));
+    let last = state
+        .store(move |s| Ok(s.last_step_statuses(&wanted)?))
+        .await?;
     let page: Vec<ServiceView> = m
         .services
         .iter()
@@ -266,7 +269,10 @@ pub async fn service(
             "no service `{name}` in this workspace; GET /api/services lists them"
         )));
     };
-    let last = state.store(|s| Ok(s.last_step_statuses()?)).await?;
+    let wanted = views::wanted_statuses(&m, [s]);
+    let last = state
+        .store(move |st| Ok(st.last_step_statuses(&wanted)?))
+        .await?;
     Ok(Json(views::service_view(&m, s, &last)))
 }
 

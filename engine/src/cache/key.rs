@@ -73,6 +73,55 @@ struct RepoInputs {
     dirty: BTreeMap<String, String>,
 }
 
+/// The state of some repositories, read by [`read_repos`].
+#[derive(Default)]
+pub struct RepoStates(HashMap<String, Result<RepoInputs, String>>);
+
+/// Reads the state (HEAD and uncommitted changes) of the repositories of `services`, except
+/// those `known` says are read already, on two threads.
+pub fn read_repos(
+    manifest: &Manifest,
+    services: &[&str],
+    known: impl Fn(&str) -> bool,
+) -> RepoStates {
+    let mut todo: Vec<(String, PathBuf)> = Vec::new();
+    for name in services {
+        if let Some(repo) = manifest.service(name).and_then(|s| manifest.repo(&s.repo))
+            && !known(&repo.name)
+            && !todo.iter().any(|(n, _)| *n == repo.name)
+        {
+            todo.push((repo.name.clone(), manifest.repo_dir(repo)));
+        }
+    }
+    if todo.len() < 2 {
+        // One repository (or none) is read when its first key needs it.
+        return RepoStates::default();
+    }
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut mine = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((name, dir)) = todo.get(i) else {
+                            break;
+                        };
+                        mine.push((name.clone(), repo_inputs(dir)));
+                    }
+                    mine
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    RepoStates(done)
+}
+
 /// What a key takes from its plugin (see [`Keys::plugin_parts_of`]).
 #[derive(Clone)]
 struct PluginParts {
@@ -126,45 +175,20 @@ impl<'a> Keys<'a> {
         }
     }
 
-    /// Reads the state (HEAD and uncommitted changes) of the repositories of `services` ahead,
-    /// on two threads: the git status of a repository is most of what a key costs.
+    /// Reads the state (HEAD and uncommitted changes) of the repositories of `services` ahead
+    /// (those not read yet), on two threads: the git status of a repository is most of what a
+    /// key costs.
     pub fn preload(&mut self, services: &[&str]) {
-        let manifest = self.manifest;
-        let mut todo: Vec<(String, PathBuf)> = Vec::new();
-        for name in services {
-            if let Some(repo) = manifest.service(name).and_then(|s| manifest.repo(&s.repo))
-                && !self.repos.contains_key(&repo.name)
-                && !todo.iter().any(|(n, _)| *n == repo.name)
-            {
-                todo.push((repo.name.clone(), manifest.repo_dir(repo)));
-            }
-        }
-        if todo.len() < 2 {
-            return;
-        }
-        let next = std::sync::atomic::AtomicUsize::new(0);
-        let done: Vec<(String, Result<RepoInputs, String>)> = std::thread::scope(|scope| {
-            let workers: Vec<_> = (0..2)
-                .map(|_| {
-                    scope.spawn(|| {
-                        let mut mine = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some((name, dir)) = todo.get(i) else {
-                                break;
-                            };
-                            mine.push((name.clone(), repo_inputs(dir)));
-                        }
-                        mine
-                    })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| w.join().unwrap_or_default())
-                .collect()
+        let read = read_repos(self.manifest, services, |name| {
+            self.repos.contains_key(name)
         });
-        self.repos.extend(done);
+        self.use_repos(read);
+    }
+
+    /// Takes the state of repositories read ahead by [`read_repos`] (a run reads it while it is
+    /// being recorded).
+    pub fn use_repos(&mut self, read: RepoStates) {
+        self.repos.extend(read.0);
     }
 
     /// The key of `service`'s step of the operation (or, for a service without the operation,

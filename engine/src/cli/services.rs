@@ -20,7 +20,8 @@ pub struct ServicesArgs {
 pub fn run(ws: &mut Workspace, args: ServicesArgs, ui: &Ui) -> Result<ExitCode, CliError> {
     // The history is read only if there is one: listing services creates no state.
     let last = if ws.state_dir().join(crate::store::DB_FILE).exists() {
-        ws.store()?.last_step_statuses()?
+        let wanted = crate::views::wanted_statuses(&ws.manifest, &ws.manifest.services);
+        ws.store()?.last_step_statuses(&wanted)?
     } else {
         std::collections::HashMap::new()
     };

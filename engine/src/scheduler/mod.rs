@@ -149,6 +149,9 @@ pub struct Started {
     plan: Plan,
     recorder: Recorder,
     opts: RunOptions,
+    /// The repositories' state, read while the run was being recorded (see
+    /// [`record_reading_ahead`]).
+    repos: Option<crate::cache::key::RepoStates>,
 }
 
 /// Records a run of `plan` (its steps queued) and returns it ready to [`Started::execute`].
@@ -184,6 +187,40 @@ pub fn record(
         plan,
         recorder,
         opts: opts.clone(),
+        repos: None,
+    })
+}
+
+/// The services of `plan` whose steps will have a key: those that start with a plugin.
+fn keyed(plan: &Plan) -> Vec<&str> {
+    plan.steps
+        .iter()
+        .filter(|s| s.skip.is_none() && s.plugin.is_some())
+        .map(|s| s.service.as_str())
+        .collect()
+}
+
+/// Records a run of `plan`, as [`record`] does, while two threads read the state of its
+/// repositories that its keys need (`cache::key::read_repos`): a run that executes at once
+/// (the CLI's) overlaps the two. A queued run reads them when it begins.
+pub fn record_reading_ahead(
+    manifest: &Manifest,
+    store: Store,
+    state_dir: &Path,
+    meta: &RunMeta,
+    plan: Plan,
+    sel: &Selection,
+    opts: &RunOptions,
+) -> Result<Started, PlanError> {
+    let names: Vec<String> = keyed(&plan).into_iter().map(str::to_string).collect();
+    std::thread::scope(|scope| {
+        let ahead = scope.spawn(|| {
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            crate::cache::key::read_repos(manifest, &names, |_| false)
+        });
+        let started = record(store, state_dir, meta, plan, sel, opts);
+        let repos = ahead.join().ok();
+        started.map(|s| Started { repos, ..s })
     })
 }
 
@@ -249,6 +286,7 @@ impl Started {
             plan,
             mut recorder,
             opts,
+            repos,
         } = self;
         if !recorder.begin()? {
             return Err(PlanError::Selection(
@@ -300,7 +338,7 @@ impl Started {
             logs: Default::default(),
             maskers: Default::default(),
         };
-        let reports = exec.execute(&plan).await?;
+        let reports = exec.execute(&plan, repos).await?;
         let status = if cancel.is_cancelled() {
             RunStatus::Cancelled
         } else if reports.iter().all(|r| r.status.is_ok()) {
@@ -371,7 +409,11 @@ enum Done {
 type Finished = (usize, StepOutcome);
 
 impl Executor<'_> {
-    async fn execute(&self, plan: &Plan) -> Result<Vec<StepReport>, PlanError> {
+    async fn execute(
+        &self,
+        plan: &Plan,
+        repos: Option<crate::cache::key::RepoStates>,
+    ) -> Result<Vec<StepReport>, PlanError> {
         // The plugin host starts with the first step that runs (a run of hits needs none).
         let mut host_cell: Option<Result<Arc<Host>, String>> = None;
         let mut plugins: HashMap<String, Result<Arc<LoadedPlugin>, String>> = HashMap::new();
@@ -388,7 +430,7 @@ impl Executor<'_> {
         // Which step each task runs: a task that panics still ends its step.
         let mut tasks: HashMap<tokio::task::Id, usize> = HashMap::new();
         let mut first_failure: Option<String> = None;
-        let keys = self.keys(plan);
+        let keys = self.keys(plan, repos);
         self.prefetch(plan, &keys);
         let mut running_info: Vec<Option<Running>> = (0..plan.steps.len()).map(|_| None).collect();
         // Hits found and not yet recorded; the steps whose cache entry was looked up.
@@ -723,7 +765,11 @@ impl Executor<'_> {
     /// The key of every step that will start (computed before any runs; none for a step that
     /// is skipped by plan, or whose key cannot be computed: it runs uncached), recorded with the
     /// steps.
-    fn keys(&self, plan: &Plan) -> Vec<Option<Arc<StepKey>>> {
+    fn keys(
+        &self,
+        plan: &Plan,
+        repos: Option<crate::cache::key::RepoStates>,
+    ) -> Vec<Option<Arc<StepKey>>> {
         let state_dir = self.rec.state_dir().to_path_buf();
         let (keys, learned) = {
             let store = self.rec.store();
@@ -733,13 +779,10 @@ impl Executor<'_> {
                 &state_dir,
                 Some(&store),
             );
-            let names: Vec<&str> = plan
-                .steps
-                .iter()
-                .filter(|s| s.skip.is_none() && s.plugin.is_some())
-                .map(|s| s.service.as_str())
-                .collect();
-            k.preload(&names);
+            if let Some(read) = repos {
+                k.use_repos(read);
+            }
+            k.preload(&keyed(plan));
             let keys: Vec<Option<Arc<StepKey>>> = plan
                 .steps
                 .iter()

@@ -470,6 +470,57 @@ mod tests {
         assert_eq!(gone, 0, "the index of steps by key is dropped");
     }
 
+    /// Each (service, operation) asked for gets the status of its newest step, whatever other
+    /// operations ran on the service since; one never run is absent.
+    #[test]
+    fn last_statuses_are_those_of_the_newest_step_of_each_operation() {
+        use crate::model::StepStatus;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(dir.path()).expect("open");
+        let mut run = |id: &str, op: &str, steps: &[(&str, StepStatus)]| {
+            let names: Vec<(&str, &str)> = steps.iter().map(|(s, _)| (*s, "command")).collect();
+            let ids = store
+                .create_run(
+                    &crate::store::NewRun {
+                        id: id.into(),
+                        operation: op.into(),
+                        selection: serde_json::json!({}),
+                        options: serde_json::json!({}),
+                        started_by: "cli".into(),
+                    },
+                    &names,
+                    false,
+                )
+                .expect("run");
+            for (id, (_, status)) in ids.iter().zip(steps) {
+                store
+                    .finish_step(*id, *status, &crate::store::StepEnd::default())
+                    .expect("finish");
+            }
+        };
+        run(
+            "r1",
+            "build",
+            &[("a", StepStatus::Failed), ("b", StepStatus::Succeeded)],
+        );
+        run("r2", "test", &[("a", StepStatus::Succeeded)]);
+        run("r3", "build", &[("a", StepStatus::Succeeded)]);
+        run("r4", "test", &[("a", StepStatus::Failed)]);
+        let ops = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let last = store
+            .last_step_statuses(&[
+                ("a".into(), ops(&["build", "test", "deploy"])),
+                ("b".into(), ops(&["build"])),
+            ])
+            .expect("statuses");
+        let get = |s: &str, o: &str| last.get(&(s.to_string(), o.to_string())).copied();
+        assert_eq!(get("a", "build"), Some(StepStatus::Succeeded));
+        assert_eq!(get("a", "test"), Some(StepStatus::Failed));
+        assert_eq!(get("a", "deploy"), None);
+        assert_eq!(get("b", "build"), Some(StepStatus::Succeeded));
+        assert_eq!(last.len(), 3);
+    }
+
     /// A long chunk is stored in pieces of at most `STORED_CHUNK_BYTES`; any line of the run or of
     /// a step is read from its own piece, with run-wide numbers that follow on across steps.
     #[test]

@@ -887,21 +887,42 @@ impl Store {
         )?)
     }
 
-    /// The status of the newest step of every (service, operation) pair.
+    /// The status of the newest step of each `(service, its operations)` wanted, by (service,
+    /// operation). Each service's steps are walked newest first (index `steps_service`) until
+    /// every operation asked for is found: the cost follows the services asked for, not the
+    /// whole history.
     pub fn last_step_statuses(
         &self,
+        wanted: &[(String, Vec<String>)],
     ) -> Result<std::collections::HashMap<(String, String), StepStatus>, StoreError> {
         let mut stmt = self.conn().prepare_cached(
-            "SELECT s.service, r.operation, s.status, max(s.id) FROM steps s
-             JOIN runs r ON r.id = s.run_id GROUP BY s.service, r.operation",
+            "SELECT r.operation, s.status FROM steps s JOIN runs r ON r.id = s.run_id
+             WHERE s.service = ?1 ORDER BY s.id DESC",
         )?;
-        let rows = stmt.query_map([], |r| {
-            Ok((
-                (r.get::<_, String>(0)?, r.get::<_, String>(1)?),
-                r.get::<_, StepStatus>(2)?,
-            ))
-        })?;
-        Ok(rows.collect::<Result<_, _>>()?)
+        let mut out = std::collections::HashMap::new();
+        for (service, ops) in wanted {
+            if ops.is_empty() {
+                continue;
+            }
+            let mut found = 0;
+            let mut rows = stmt.query([service])?;
+            while let Some(row) = rows.next()? {
+                let op: String = row.get(0)?;
+                if !ops.contains(&op) {
+                    continue;
+                }
+                if let std::collections::hash_map::Entry::Vacant(v) =
+                    out.entry((service.clone(), op))
+                {
+                    v.insert(row.get::<_, StepStatus>(1)?);
+                    found += 1;
+                    if found == ops.len() {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Log lines of a step after sequence `after`, at most `limit`, in order.
