@@ -687,3 +687,130 @@ fn a_missing_local_path_remote_says_no_such_file_like_a_file_url() -> TestResult
     }
     Ok(())
 }
+
+/// `openssl s_server` on a loopback port with a self-signed certificate for 127.0.0.1, answering
+/// every request with a status page (not git): enough to see whether a TLS handshake succeeds.
+struct TlsServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for TlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A self-signed certificate for 127.0.0.1 and its key, as `DIR/NAME.pem` and `DIR/NAME.key`.
+fn self_signed(dir: &Path, name: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let out = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+        ])
+        .args([
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+        ])
+        .args([
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ])
+        .output()
+        .map_err(|e| {
+            format!("openssl is needed for this test (apt-get install -y openssl): {e}")
+        })?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned().into());
+    }
+    Ok(())
+}
+
+fn tls_server(dir: &Path, name: &str) -> Result<TlsServer, Box<dyn std::error::Error>> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let child = std::process::Command::new("openssl")
+        .current_dir(dir)
+        .args([
+            "s_server",
+            "-quiet",
+            "-www",
+            "-accept",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .args([
+            "-cert",
+            &format!("{name}.pem"),
+            "-key",
+            &format!("{name}.key"),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let server = TlsServer { child, port };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if std::time::Instant::now() > deadline {
+            return Err("openssl s_server did not start listening".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Ok(server)
+}
+
+/// nestr initialises libgit2 without the CA bundle (loading it costs every command ~20 ms) and
+/// loads it before the first connection: an HTTPS remote must still be verified against exactly
+/// the bundle `SSL_CERT_FILE` names — trusted when it holds the server's certificate, refused
+/// when it does not.
+#[test]
+fn https_remotes_are_verified_against_the_ca_bundle_loaded_before_connecting() -> TestResult {
+    let sb = Sandbox::new();
+    let certs = sb.path().join("certs");
+    std::fs::create_dir_all(certs.join("empty-dir"))?;
+    self_signed(&certs, "server")?;
+    self_signed(&certs, "other")?;
+    let server = tls_server(&certs, "server")?;
+    let ws = sb.workspace(&format!(
+        "[workspace]\nname = \"t\"\n[repos.app]\nurl = \"https://127.0.0.1:{}/app.git\"\n",
+        server.port
+    ));
+    let assemble = |bundle: &str| {
+        let file = certs.join(bundle).display().to_string();
+        let dir = certs.join("empty-dir").display().to_string();
+        let run = sb
+            .nestr_with(
+                &ws,
+                &["assemble", "--json"],
+                &[
+                    ("SSL_CERT_FILE", file.as_str()),
+                    ("SSL_CERT_DIR", dir.as_str()),
+                ],
+            )
+            .expect(1);
+        run.json()[0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_lowercase()
+    };
+    // Trusted: the handshake succeeds and the clone fails only because the server is no git
+    // server.
+    let trusted = assemble("server.pem");
+    assert!(
+        !trusted.contains("certificate") && !trusted.contains("ssl"),
+        "the bundle holding the server's certificate was not trusted: {trusted}"
+    );
+    // Not trusted: the same server, a bundle without its certificate.
+    let refused = assemble("other.pem");
+    assert!(
+        refused.contains("certificate"),
+        "a server outside the bundle was not refused for its certificate: {refused}"
+    );
+    drop(server);
+    Ok(())
+}

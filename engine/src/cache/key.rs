@@ -68,6 +68,8 @@ struct RepoInputs {
     repo: git2::Repository,
     /// The tree of the commit checked out.
     head_tree: Option<git2::Oid>,
+    /// The commit checked out and the branch's short name (see `git::head_and_branch`).
+    head: (Option<String>, Option<String>),
     /// Each changed path (relative to the repository, `/`-separated) → `sha256:HEX` of its
     /// content in the work tree, or `deleted`.
     dirty: BTreeMap<String, String>,
@@ -183,6 +185,15 @@ impl<'a> Keys<'a> {
             self.repos.contains_key(name)
         });
         self.use_repos(read);
+    }
+
+    /// The commit and branch checked out in each repository read so far (what
+    /// `git::head_and_branch` gives), by repository name.
+    pub fn heads(&self) -> HashMap<String, (Option<String>, Option<String>)> {
+        self.repos
+            .iter()
+            .filter_map(|(name, r)| Some((name.clone(), r.as_ref().ok()?.head.clone())))
+            .collect()
     }
 
     /// Takes the state of repositories read ahead by [`read_repos`] (a run reads it while it is
@@ -554,7 +565,9 @@ fn repo_inputs(dir: &Path) -> Result<RepoInputs, String> {
     let head_tree = head
         .and_then(|h| repo.find_commit(h).ok())
         .map(|c| c.tree_id());
+    let branch = crate::git::current_branch(&repo);
     Ok(RepoInputs {
+        head: (head.map(|h| h.to_string()), branch),
         repo,
         head_tree,
         dirty,

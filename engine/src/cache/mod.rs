@@ -105,25 +105,35 @@ impl LogMemo {
 }
 
 /// Looks `key` up in the local cache; on an entry, verifies its log and outputs and restores the
-/// outputs into `service_dir`. `Ok(None)`: nothing stored. `Err`: an entry was stored but is
-/// unusable (the reason; the entry is dropped and the step runs).
+/// outputs into the service folder (`service_dir` resolves it, only for an entry with outputs).
+/// `Ok(None)`: nothing stored, or outputs but no service folder to restore them into. `Err`: an
+/// entry was stored but is unusable (the reason; the entry is dropped and the step runs).
 pub fn lookup(
     store: &mut Store,
     blobs: &Blobs,
     logs: &LogMemo,
     key: &str,
-    service_dir: &Path,
+    service_dir: impl FnOnce() -> Result<PathBuf, String>,
 ) -> Result<Option<Hit>, String> {
     let Some(entry) = store.cache_entry(key).map_err(|e| e.to_string())? else {
         return Ok(None);
     };
-    let usable = (|| {
-        let result: StoredResult = serde_json::from_str(&entry.result)
-            .map_err(|e| format!("its record cannot be read ({e})"))?;
+    let result: Result<StoredResult, String> =
+        serde_json::from_str(&entry.result).map_err(|e| format!("its record cannot be read ({e})"));
+    let dir = match &result {
+        Ok(r) if !r.outputs.is_empty() => match service_dir() {
+            Ok(d) => Some(d),
+            Err(_) => return Ok(None),
+        },
+        _ => None,
+    };
+    let usable = result.and_then(|result| {
         let log = logs.read(blobs, &result.log)?;
-        restore_outputs(blobs, &result.outputs, service_dir)?;
+        if let Some(dir) = &dir {
+            restore_outputs(blobs, &result.outputs, dir)?;
+        }
         Ok(Hit { result, log })
-    })();
+    });
     if usable.is_err() {
         // Every corrupt blob of the entry goes, so that storing the result again rewrites it.
         if let Ok(r) = serde_json::from_str::<StoredResult>(&entry.result) {

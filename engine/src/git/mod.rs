@@ -19,31 +19,66 @@ use serde::Serialize;
 
 pub use assemble::assemble_one;
 pub use lock::{LockEntry, Lockfile};
-pub(crate) use status::work_tree_status_options;
 pub use status::{RepoStatus, head_and_branch, status_all};
+pub(crate) use status::{current_branch, work_tree_status_options};
 pub use sync::{FetchInfo, fetch_one, update_one};
 
 use crate::manifest::{Manifest, Repo};
 use crate::model::SyncResult;
 use crate::redact;
 
-/// Starts libgit2's one-time initialisation on a thread of its own, so that the first command
-/// to open a repository does not wait for it. Most of that time is OpenSSL loading and parsing
-/// the system's CA bundle (libgit2 does it when it initialises, not at the first HTTPS fetch),
-/// about 20 ms. Call it while the process has a single thread: the probe for the CA bundle's
-/// location sets `SSL_CERT_FILE`/`SSL_CERT_DIR` (what git2 would set at its first use, once, from
-/// whichever thread), and setting the environment is only sound before other threads exist.
+/// The CA bundle file TLS connections trust (what `SSL_CERT_FILE` named, or the system's bundle
+/// the probe found), loaded into libgit2 by [`network_ready`] before the first connection.
+static CA_FILE: std::sync::OnceLock<Option<std::ffi::OsString>> = std::sync::OnceLock::new();
+
+/// Initialises libgit2 without loading the CA bundle, which a command that never connects
+/// anywhere (most of them: runs, status, affected) does not need. libgit2 makes OpenSSL load
+/// and parse the whole bundle as it initialises (about 20 ms of CPU; the certificate
+/// directory, by contrast, is read lazily), so it initialises here with `SSL_CERT_FILE` naming
+/// an empty file; [`network_ready`] loads the bundle before the first fetch, clone or push, so
+/// a connection trusts exactly what it would have. Call it first in `main`, while the process
+/// has a single thread: it sets environment variables (the probe for the bundle's location sets
+/// `SSL_CERT_FILE`/`SSL_CERT_DIR`, as git2 would at its first use), and that is only sound
+/// before other threads exist. The environment children inherit is the probe's, as before.
 #[allow(unsafe_code)]
 pub fn warm_up() {
-    // SAFETY: called first thing in `main`, before any other thread is started; git2 makes the
-    // same probe later and finds the variables already set to the same values (no second set).
+    // SAFETY (each `set_var`/`remove_var`): called first thing in `main`, before any other thread
+    // is started; git2 makes the same probe at its first use and finds the variables set.
     unsafe {
         openssl_probe::try_init_openssl_env_vars();
     }
-    let _ = std::thread::Builder::new()
-        .name("libgit2-init".into())
-        // Any git2 call initialises the library; this one sets what is already the default.
-        .spawn(|| git2::opts::enable_caching(true));
+    let file = std::env::var_os(openssl_probe::ENV_CERT_FILE);
+    if file.is_some() && Path::new("/dev/null").exists() {
+        unsafe { std::env::set_var(openssl_probe::ENV_CERT_FILE, "/dev/null") };
+    }
+    // Any git2 call initialises the library; this one sets what is already the default.
+    git2::opts::enable_caching(true);
+    match &file {
+        Some(f) => unsafe { std::env::set_var(openssl_probe::ENV_CERT_FILE, f) },
+        None => unsafe { std::env::remove_var(openssl_probe::ENV_CERT_FILE) },
+    }
+    let _ = CA_FILE.set(file);
+}
+
+/// Loads the CA bundle [`warm_up`] left out into libgit2's TLS context, once, before the first
+/// connection: every fetch, clone and push gets its callbacks from [`credential_callbacks`],
+/// which calls this first.
+#[allow(unsafe_code)]
+fn network_ready() {
+    static LOADED: std::sync::Once = std::sync::Once::new();
+    LOADED.call_once(|| {
+        if let Some(Some(file)) = CA_FILE.get() {
+            // SAFETY: libgit2's global options are not synchronised; the `Once` makes this the
+            // only call, and it completes before any connection is made (every connection
+            // first takes its callbacks, which wait here).
+            if let Err(e) = unsafe { git2::opts::set_ssl_cert_file(file) } {
+                tracing::warn!(
+                    "the CA bundle {} was not loaded: {e}",
+                    Path::new(file).display()
+                );
+            }
+        }
+    });
 }
 
 /// What happened to one repository in an assemble or sync.
@@ -180,6 +215,7 @@ fn trim_git(s: &str) -> &str {
 /// Remote callbacks with non-interactive credentials: one attempt per method (the SSH agent, the
 /// configured credential helper, a user name), never a prompt.
 pub(crate) fn credential_callbacks<'a>() -> RemoteCallbacks<'a> {
+    network_ready();
     let mut callbacks = RemoteCallbacks::new();
     let mut tried = CredentialType::empty();
     callbacks.credentials(move |url, username, allowed| {

@@ -360,6 +360,9 @@ impl Started {
     }
 }
 
+/// Each repository's checked-out commit and branch, by name (read once per run).
+type Heads = HashMap<String, (Option<String>, Option<String>)>;
+
 struct Executor<'a> {
     manifest: &'a Manifest,
     /// Every repository folder of the workspace (canonical; they hold every service folder):
@@ -379,7 +382,7 @@ struct Executor<'a> {
     from_remote: std::sync::Mutex<std::collections::HashSet<String>>,
     /// Keys this run stored, to upload to the remote cache when it ends.
     to_upload: std::sync::Mutex<Vec<String>>,
-    /// Keys whose entries this run used, marked used when it ends (in one transaction).
+    /// Keys whose entries this run used, marked used when it ends (in one statement).
     used: std::sync::Mutex<Vec<String>>,
     /// The stored logs this run's hits replayed, each read once.
     logs: crate::cache::LogMemo,
@@ -417,7 +420,7 @@ impl Executor<'_> {
         // The plugin host starts with the first step that runs (a run of hits needs none).
         let mut host_cell: Option<Result<Arc<Host>, String>> = None;
         let mut plugins: HashMap<String, Result<Arc<LoadedPlugin>, String>> = HashMap::new();
-        let mut heads: HashMap<String, (Option<String>, Option<String>)> = HashMap::new();
+
         let limit = self
             .opts
             .jobs
@@ -430,7 +433,8 @@ impl Executor<'_> {
         // Which step each task runs: a task that panics still ends its step.
         let mut tasks: HashMap<tokio::task::Id, usize> = HashMap::new();
         let mut first_failure: Option<String> = None;
-        let keys = self.keys(plan, repos);
+        // Each repository's commit and branch, as the keys read them (for the steps' provenance).
+        let (keys, mut heads) = self.keys(plan, repos);
         self.prefetch(plan, &keys);
         let mut running_info: Vec<Option<Running>> = (0..plan.steps.len()).map(|_| None).collect();
         // Hits found and not yet recorded; the steps whose cache entry was looked up.
@@ -769,9 +773,9 @@ impl Executor<'_> {
         &self,
         plan: &Plan,
         repos: Option<crate::cache::key::RepoStates>,
-    ) -> Vec<Option<Arc<StepKey>>> {
+    ) -> (Vec<Option<Arc<StepKey>>>, Heads) {
         let state_dir = self.rec.state_dir().to_path_buf();
-        let (keys, learned) = {
+        let (keys, learned, heads) = {
             let store = self.rec.store();
             let mut k = crate::cache::Keys::new(
                 self.manifest,
@@ -799,7 +803,7 @@ impl Executor<'_> {
                     }
                 })
                 .collect();
-            (keys, std::mem::take(&mut k.learned))
+            (keys, std::mem::take(&mut k.learned), k.heads())
         };
         if let Err(e) = self.rec.store().remember_program_digests(&learned) {
             tracing::debug!("program digests not remembered: {e}");
@@ -812,7 +816,7 @@ impl Executor<'_> {
         if let Err(e) = self.rec.record_keys(&rows) {
             tracing::warn!("the steps' cache keys could not be recorded: {e}");
         }
-        keys
+        (keys, heads)
     }
 
     /// How step `idx` ends from the cache when a usable result is stored under `key`: its
@@ -824,7 +828,7 @@ impl Executor<'_> {
         idx: usize,
         step: &PlannedStep,
         key: &StepKey,
-        heads: &mut HashMap<String, (Option<String>, Option<String>)>,
+        heads: &mut Heads,
     ) -> Result<Result<record::CachedEnd, Option<String>>, PlanError> {
         let m = self.manifest;
         let Some(service) = m.service(&step.service) else {
@@ -833,12 +837,16 @@ impl Executor<'_> {
         let Some(repo) = m.repo(&service.repo) else {
             return Ok(Err(None));
         };
-        let Some(Ok(dir)) = self
-            .repo_real
-            .get(&repo.name)
-            .map(|real| service_dir_in(&m.repo_dir(repo), real, &service.path))
-        else {
-            return Ok(Err(None));
+        // The service folder is resolved (and checked) only for a hit that restores outputs
+        // into it: the key already holds the folder's state.
+        let dir = || {
+            let real = self.repo_real.get(&repo.name).ok_or_else(|| {
+                format!(
+                    "{} is missing: run `nestr assemble`",
+                    m.repo_dir(repo).display()
+                )
+            })?;
+            service_dir_in(&m.repo_dir(repo), real, &service.path)
         };
         let started = Instant::now();
         let hit = match crate::cache::lookup(
@@ -846,7 +854,7 @@ impl Executor<'_> {
             &self.blobs,
             &self.logs,
             &key.key,
-            &dir,
+            dir,
         ) {
             Ok(Some(hit)) => hit,
             Ok(None) => return Ok(Err(None)),
@@ -1023,7 +1031,7 @@ impl Executor<'_> {
         idx: usize,
         step: &PlannedStep,
         plugin: &LoadedPlugin,
-        heads: &mut HashMap<String, (Option<String>, Option<String>)>,
+        heads: &mut Heads,
     ) -> Result<Prepared, PlanError> {
         let m = self.manifest;
         let Some(service) = m.service(&step.service) else {

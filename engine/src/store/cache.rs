@@ -142,14 +142,7 @@ impl Store {
             return Ok(());
         }
         let now = now_ms();
-        self.write(|tx| {
-            let mut stmt =
-                tx.prepare_cached("UPDATE cache_entries SET used_at = ?2 WHERE key = ?1")?;
-            for k in keys {
-                stmt.execute(params![k, now])?;
-            }
-            Ok(())
-        })
+        self.write(|tx| touch_cache_entries_tx(tx, keys, now))
     }
 
     /// The stored result under `key` (see [`Store::touch_cache_entries`] to mark it used).
@@ -382,4 +375,19 @@ impl Store {
             Ok(())
         })
     }
+}
+
+/// Marks the entries under `keys` used at `now`, in one statement.
+pub(super) fn touch_cache_entries_tx(
+    tx: &rusqlite::Transaction<'_>,
+    keys: &[impl AsRef<str>],
+    now: i64,
+) -> rusqlite::Result<()> {
+    let keys: Vec<&str> = keys.iter().map(AsRef::as_ref).collect();
+    let keys = serde_json::to_string(&keys).unwrap_or_else(|_| "[]".into());
+    tx.prepare_cached(
+        "UPDATE cache_entries SET used_at = ?2 WHERE key IN (SELECT value FROM json_each(?1))",
+    )?
+    .execute(params![keys, now])?;
+    Ok(())
 }

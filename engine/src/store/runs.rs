@@ -492,10 +492,14 @@ impl Store {
             let mut ids = Vec::with_capacity(steps.len());
             for (service, plugin) in steps {
                 stmt.execute(params![run.id, service, plugin])?;
-                let id = tx.last_insert_rowid();
-                journal(tx, &run.id, Some(id), JournalKind::StepQueued, "queued", now)?;
-                ids.push(id);
+                ids.push(tx.last_insert_rowid());
             }
+            // Each step's `step_queued`, in step order, in one statement.
+            tx.prepare_cached(
+                "INSERT INTO run_events (run_id, step_id, kind, status, at)
+                 SELECT run_id, id, ?2, 'queued', ?3 FROM steps WHERE run_id = ?1 ORDER BY id",
+            )?
+            .execute(params![run.id, JournalKind::StepQueued, now])?;
             Ok(ids)
         })
     }
@@ -619,8 +623,7 @@ impl Store {
                     grants_text = Some((s.grants, s.grants.to_string()));
                 }
                 let grants = grants_text.as_ref().map_or("{}", |(_, t)| t.as_str());
-                step_journal(tx, s.step_id, JournalKind::StepStarted, "running", now)?;
-                finish_step_tx(
+                update_finished_step(
                     tx,
                     s.step_id,
                     StepStatus::Cached,
@@ -629,6 +632,25 @@ impl Store {
                     Some((s.digest, grants)),
                 )?;
             }
+            // Each step's `step_started` then `step_finished`, step after step, in one
+            // statement.
+            let ids = serde_json::to_string(&steps.iter().map(|s| s.step_id).collect::<Vec<_>>())
+                .unwrap_or_else(|_| "[]".into());
+            tx.prepare_cached(
+                "INSERT INTO run_events (run_id, step_id, kind, status, at)
+                 SELECT s.run_id, s.id, k.kind, k.status, ?2
+                 FROM json_each(?1) AS j JOIN steps s ON s.id = j.value
+                 CROSS JOIN (SELECT 0 AS o, ?3 AS kind, 'running' AS status
+                             UNION ALL SELECT 1, ?4, ?5) AS k
+                 ORDER BY j.key, k.o",
+            )?
+            .execute(params![
+                ids,
+                now,
+                JournalKind::StepStarted,
+                JournalKind::StepFinished,
+                StepStatus::Cached.as_str()
+            ])?;
             insert_logs_tx(tx, steps.iter().flat_map(|s| s.chunks))
         })
     }
@@ -1138,6 +1160,20 @@ fn finish_step_tx(
     now: i64,
     started: Option<(&str, &str)>,
 ) -> rusqlite::Result<()> {
+    update_finished_step(tx, step_id, status, end, now, started)?;
+    step_journal(tx, step_id, JournalKind::StepFinished, status.as_str(), now)
+}
+
+/// The row of a step that ended (`started`: the plugin digest and grants of a step that ends
+/// as it starts, from the cache); its journal row is the caller's.
+fn update_finished_step(
+    tx: &rusqlite::Transaction<'_>,
+    step_id: i64,
+    status: StepStatus,
+    end: &StepEnd,
+    now: i64,
+    started: Option<(&str, &str)>,
+) -> rusqlite::Result<()> {
     let (p, f, s) = match end.tests {
         Some(t) => (Some(t.passed), Some(t.failed), Some(t.skipped)),
         None => (None, None, None),
@@ -1171,7 +1207,7 @@ fn finish_step_tx(
         started.map(|(digest, _)| digest),
         started.map(|(_, grants)| grants)
     ])?;
-    step_journal(tx, step_id, JournalKind::StepFinished, status.as_str(), now)
+    Ok(())
 }
 
 /// The parts of `chunks` (read only as far as needed) holding at most `limit` lines, less the
