@@ -684,19 +684,25 @@ impl Executor<'_> {
         }
         let fetched = remote.fetch_all(&wanted, &self.blobs);
         let mut failures: Vec<String> = Vec::new();
-        let mut got = self.from_remote.lock().unwrap_or_else(|p| p.into_inner());
-        let mut store = self.rec.store();
+        let mut found = Vec::new();
         for (key, r) in wanted.iter().zip(fetched) {
             match r {
-                Ok(Some(f)) => match store.put_cache_entry(&f.entry, &f.held) {
-                    Ok(()) => {
-                        got.insert(key.clone());
-                    }
-                    Err(e) => failures.push(format!("entry {}… not kept: {e}", &key[..12])),
-                },
+                Ok(Some(f)) => found.push((key, f)),
                 Ok(None) => {}
                 Err(why) => failures.push(why),
             }
+        }
+        // Kept locally in one transaction.
+        let rows: Vec<(&crate::store::CacheEntry, &[(String, u64)])> = found
+            .iter()
+            .map(|(_, f)| (&f.entry, f.held.as_slice()))
+            .collect();
+        match self.rec.store().put_cache_entries(&rows) {
+            Ok(()) => {
+                let mut got = self.from_remote.lock().unwrap_or_else(|p| p.into_inner());
+                got.extend(found.iter().map(|(k, _)| (*k).clone()));
+            }
+            Err(e) => failures.push(format!("{} entries not kept: {e}", found.len())),
         }
         failures.dedup();
         if let Some(first) = failures.first() {

@@ -116,9 +116,9 @@ impl Store {
                 SELECT key, 0 AS o, created_at AS at FROM cache_entries
                     WHERE operation = ?1 AND service = ?2 AND key != ?3
                 UNION ALL
-                SELECT s.cache_key, 1, s.id FROM steps s JOIN runs r ON r.id = s.run_id
-                    WHERE r.operation = ?1 AND s.service = ?2 AND s.cache_key IS NOT NULL
-                      AND s.cache_key != ?3)
+                SELECT s.cache_key, 1, r.created_at FROM runs r
+                    CROSS JOIN steps s ON s.run_id = r.id AND s.service = ?2
+                    WHERE r.operation = ?1 AND s.cache_key IS NOT NULL AND s.cache_key != ?3)
              ORDER BY o, at DESC LIMIT ?4",
         )?;
         let rows = stmt.query_map(params![operation, service, not, limit * 4], |r| r.get(0))?;
@@ -174,15 +174,30 @@ impl Store {
         entry: &CacheEntry,
         blobs: &[(String, u64)],
     ) -> Result<(), StoreError> {
-        let size: u64 = blobs.iter().map(|(_, s)| s).sum();
+        self.put_cache_entries(&[(entry, blobs)])
+    }
+
+    /// Stores results as [`Store::put_cache_entry`] does, all in one transaction (a run that
+    /// fetched many from the remote cache).
+    pub fn put_cache_entries(
+        &mut self,
+        entries: &[(&CacheEntry, &[(String, u64)])],
+    ) -> Result<(), StoreError> {
         let now = now_ms();
         self.write(|tx| {
-            tx.execute("DELETE FROM cache_entries WHERE key = ?1", [&entry.key])?;
-            tx.execute(
+            let mut delete = tx.prepare_cached("DELETE FROM cache_entries WHERE key = ?1")?;
+            let mut insert = tx.prepare_cached(
                 "INSERT INTO cache_entries (key, operation, service, result, size, run_id,
                      created_at, used_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
-                params![
+            )?;
+            let mut put = tx.prepare_cached(
+                "INSERT OR IGNORE INTO cache_blobs (key, digest, size) VALUES (?1, ?2, ?3)",
+            )?;
+            for (entry, blobs) in entries {
+                let size: u64 = blobs.iter().map(|(_, s)| s).sum();
+                delete.execute([&entry.key])?;
+                insert.execute(params![
                     entry.key,
                     entry.operation,
                     entry.service,
@@ -190,13 +205,10 @@ impl Store {
                     i64::try_from(size).unwrap_or(i64::MAX),
                     entry.run_id,
                     now
-                ],
-            )?;
-            let mut put = tx.prepare_cached(
-                "INSERT OR IGNORE INTO cache_blobs (key, digest, size) VALUES (?1, ?2, ?3)",
-            )?;
-            for (d, s) in blobs {
-                put.execute(params![entry.key, d, i64::try_from(*s).unwrap_or(i64::MAX)])?;
+                ])?;
+                for (d, s) in blobs.iter() {
+                    put.execute(params![entry.key, d, i64::try_from(*s).unwrap_or(i64::MAX)])?;
+                }
             }
             Ok(())
         })
@@ -206,6 +218,7 @@ impl Store {
     pub fn drop_cache_entry(&mut self, key: &str) -> Result<(), StoreError> {
         self.write(|tx| {
             tx.execute("DELETE FROM cache_entries WHERE key = ?1", [key])?;
+            tx.execute("DELETE FROM cache_use WHERE key = ?1", [key])?;
             Ok(())
         })
     }
@@ -228,11 +241,15 @@ impl Store {
                     [key],
                 )?;
                 tx.execute("DELETE FROM cache_entries WHERE key = ?1", [key])?;
+                tx.execute("DELETE FROM cache_use WHERE key = ?1", [key])?;
                 Ok(())
             };
+            // When each entry was last used: stored, or used since (`cache_use`).
+            const USED: &str = "max(e.used_at, coalesce((SELECT u.used_at FROM cache_use u
+                                                         WHERE u.key = e.key), 0))";
             if let Some(t) = older_than {
                 let keys: Vec<String> = tx
-                    .prepare("SELECT key FROM cache_entries WHERE used_at < ?1")?
+                    .prepare(&format!("SELECT e.key FROM cache_entries e WHERE {USED} < ?1"))?
                     .query_map([t], |r| r.get(0))?
                     .collect::<Result<_, _>>()?;
                 for k in &keys {
@@ -249,7 +266,7 @@ impl Store {
                     |r| r.get(0),
                 )?;
                 let lru: Vec<String> = tx
-                    .prepare("SELECT key FROM cache_entries ORDER BY used_at, key")?
+                    .prepare(&format!("SELECT e.key FROM cache_entries e ORDER BY {USED}, e.key"))?
                     .query_map([], |r| r.get(0))?
                     .collect::<Result<_, _>>()?;
                 for k in lru {
@@ -281,6 +298,10 @@ impl Store {
                 .query_map([], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
             tx.execute("DELETE FROM gone", [])?;
+            tx.execute(
+                "DELETE FROM cache_use WHERE key NOT IN (SELECT key FROM cache_entries)",
+                [],
+            )?;
             Ok((removed, orphans))
         })
     }
@@ -377,7 +398,7 @@ impl Store {
     }
 }
 
-/// Marks the entries under `keys` used at `now`, in one statement.
+/// Marks the entries under `keys` used at `now` (in `cache_use`), in one statement.
 pub(super) fn touch_cache_entries_tx(
     tx: &rusqlite::Transaction<'_>,
     keys: &[impl AsRef<str>],
@@ -386,7 +407,8 @@ pub(super) fn touch_cache_entries_tx(
     let keys: Vec<&str> = keys.iter().map(AsRef::as_ref).collect();
     let keys = serde_json::to_string(&keys).unwrap_or_else(|_| "[]".into());
     tx.prepare_cached(
-        "UPDATE cache_entries SET used_at = ?2 WHERE key IN (SELECT value FROM json_each(?1))",
+        "INSERT INTO cache_use (key, used_at) SELECT value, ?2 FROM json_each(?1) WHERE true
+         ON CONFLICT (key) DO UPDATE SET used_at = excluded.used_at",
     )?
     .execute(params![keys, now])?;
     Ok(())

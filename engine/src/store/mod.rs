@@ -470,6 +470,76 @@ mod tests {
         assert_eq!(gone, 0, "the index of steps by key is dropped");
     }
 
+    /// A service's history is read by walking the runs newest first and probing each for the
+    /// service: neither query scans the steps or sorts them (there is no index of steps by
+    /// service: each run would write one entry per service at as many places of it).
+    #[test]
+    fn a_service_history_walks_the_runs_not_the_steps() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(dir.path()).expect("store");
+        let last: &[&dyn rusqlite::ToSql] = &[&"svc"];
+        let page: &[&dyn rusqlite::ToSql] = &[&"svc", &"build", &5];
+        for (sql, args) in [
+            (runs::LAST_STATUSES.to_string(), last),
+            (runs::service_steps_query(), page),
+        ] {
+            let plan: Vec<String> = store
+                .conn()
+                .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .expect("plan")
+                .query_map(args, |r| r.get(3))
+                .expect("query")
+                .collect::<Result<_, _>>()
+                .expect("rows");
+            let plan = plan.join("\n");
+            assert!(
+                plan.contains("SCAN r USING INDEX runs_page"),
+                "{sql}:\n{plan}"
+            );
+            assert!(plan.contains("SEARCH s USING"), "{sql}:\n{plan}");
+            assert!(!plan.contains("TEMP B-TREE"), "{sql}:\n{plan}");
+        }
+    }
+
+    /// Pruning to a size evicts the entry used least recently: a hit marks its entry used (in
+    /// `cache_use`), so the older entry that was used stays and the newer unused one goes.
+    #[test]
+    fn pruning_evicts_the_least_recently_used_entry() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut store = Store::open(dir.path()).expect("store");
+        let entry = |key: &str| CacheEntry {
+            key: key.into(),
+            operation: "build".into(),
+            service: format!("svc-{key}"),
+            result: "{}".into(),
+            run_id: None,
+            created_at: 0,
+        };
+        let pause = || std::thread::sleep(std::time::Duration::from_millis(5));
+        store
+            .put_cache_entry(&entry("old"), &[("d-old".into(), 10)])
+            .expect("put");
+        pause();
+        store
+            .put_cache_entry(&entry("new"), &[("d-new".into(), 10)])
+            .expect("put");
+        pause();
+        store.touch_cache_entries(&["old".into()]).expect("touch");
+        let (removed, orphans) = store.prune_cache(Some(10), None).expect("prune");
+        assert_eq!((removed, orphans), (1, vec!["d-new".to_string()]));
+        assert!(store.cache_entry("old").expect("read").is_some());
+        assert!(store.cache_entry("new").expect("read").is_none());
+        // Unused since before now: it goes too, and so does its record of use.
+        pause();
+        let (removed, _) = store.prune_cache(None, Some(now_ms())).expect("prune");
+        assert_eq!(removed, 1);
+        let uses: i64 = store
+            .conn()
+            .query_row("SELECT count(*) FROM cache_use", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(uses, 0);
+    }
+
     /// Each (service, operation) asked for gets the status of its newest step, whatever other
     /// operations ran on the service since; one never run is absent.
     #[test]

@@ -385,6 +385,24 @@ fn journal(
     Ok(())
 }
 
+/// The operation and status of service `?1`'s steps, newest first: the runs newest first
+/// (`runs_page`), each probed for the service through the steps' `(run_id, service)` index
+/// (`CROSS JOIN` keeps that order: the steps table is never scanned).
+pub(super) const LAST_STATUSES: &str = "SELECT r.operation, s.status FROM runs r
+     CROSS JOIN steps s ON s.run_id = r.id AND s.service = ?1
+     ORDER BY r.created_at DESC, r.id DESC";
+
+/// Service `?1`'s steps of operation `?2` (any when null), newest first, at most `?3`, walked
+/// as [`LAST_STATUSES`] walks them.
+pub(super) fn service_steps_query() -> String {
+    format!(
+        "SELECT r.id, r.operation, r.created_at, {STEP_COLUMNS} FROM runs r
+         CROSS JOIN steps s ON s.run_id = r.id AND s.service = ?1
+         WHERE ?2 IS NULL OR r.operation = ?2
+         ORDER BY r.created_at DESC, r.id DESC LIMIT ?3"
+    )
+}
+
 /// Appends a transition of step `step_id` to the journal of its run.
 fn step_journal(
     tx: &rusqlite::Transaction<'_>,
@@ -760,12 +778,7 @@ impl Store {
         operation: Option<&str>,
         limit: usize,
     ) -> Result<Vec<ServiceStep>, StoreError> {
-        let mut stmt = self.conn().prepare_cached(&format!(
-            "SELECT r.id, r.operation, r.created_at, {STEP_COLUMNS} FROM steps s
-             JOIN runs r ON r.id = s.run_id
-             WHERE s.service = ?1 AND (?2 IS NULL OR r.operation = ?2)
-             ORDER BY s.id DESC LIMIT ?3"
-        ))?;
+        let mut stmt = self.conn().prepare_cached(&service_steps_query())?;
         let rows = stmt.query_map(
             params![service, operation, i64::try_from(limit).unwrap_or(i64::MAX)],
             |r| {
@@ -910,17 +923,15 @@ impl Store {
     }
 
     /// The status of the newest step of each `(service, its operations)` wanted, by (service,
-    /// operation). Each service's steps are walked newest first (index `steps_service`) until
-    /// every operation asked for is found: the cost follows the services asked for, not the
-    /// whole history.
+    /// operation). Each service's steps are walked newest first (the runs newest first, each
+    /// probed for the service through the steps' `(run_id, service)` index) until every
+    /// operation asked for is found: the cost follows the services asked for and how recently
+    /// they ran, not the whole history.
     pub fn last_step_statuses(
         &self,
         wanted: &[(String, Vec<String>)],
     ) -> Result<std::collections::HashMap<(String, String), StepStatus>, StoreError> {
-        let mut stmt = self.conn().prepare_cached(
-            "SELECT r.operation, s.status FROM steps s JOIN runs r ON r.id = s.run_id
-             WHERE s.service = ?1 ORDER BY s.id DESC",
-        )?;
+        let mut stmt = self.conn().prepare_cached(LAST_STATUSES)?;
         let mut out = std::collections::HashMap::new();
         for (service, ops) in wanted {
             if ops.is_empty() {
