@@ -191,18 +191,20 @@ impl Recorder {
         lock(&self.store)
     }
 
-    /// Records the cache keys of steps (`(index, key)`), their manifests once each.
+    /// Records the cache keys of steps (`(index, key)`): their manifests now, once each; each
+    /// step's key with its start or its end.
     pub fn record_keys(&self, keys: &[(usize, &crate::cache::StepKey)]) -> Result<(), StoreError> {
-        let rows: Vec<(i64, String, String)> = {
+        {
             let mut slots = lock(&self.slots);
-            keys.iter()
-                .map(|(idx, k)| {
-                    slots[*idx].key = Some(k.key.clone());
-                    (slots[*idx].id, k.key.clone(), k.text.clone())
-                })
-                .collect()
-        };
-        lock(&self.store).record_step_keys(&self.run_id, &rows)
+            for (idx, k) in keys {
+                slots[*idx].key = Some(k.key.clone());
+            }
+        }
+        let rows: Vec<(&str, &str)> = keys
+            .iter()
+            .map(|(_, k)| (k.key.as_str(), k.text.as_str()))
+            .collect();
+        lock(&self.store).record_key_manifests(&self.run_id, &rows)
     }
 
     /// The store id of step `idx`.
@@ -223,16 +225,16 @@ impl Recorder {
         digest: &str,
         grants: &serde_json::Value,
     ) -> Result<(), StoreError> {
-        let (id, name) = {
+        let (id, name, key) = {
             let mut slots = lock(&self.slots);
             let slot = &mut slots[idx];
             if slot.started.is_some() {
                 return Ok(());
             }
             slot.started = Some((crate::store::now_ms(), Instant::now()));
-            (slot.id, slot.name.clone())
+            (slot.id, slot.name.clone(), slot.key.clone())
         };
-        lock(&self.store).start_step(id, digest, grants)?;
+        lock(&self.store).start_step(id, digest, grants, key.as_deref())?;
         self.events.send(Event::StepStarted {
             run_id: self.run_id.clone(),
             service: name,
@@ -282,7 +284,7 @@ impl Recorder {
             )
         };
         self.writer().flush();
-        lock(&self.store).finish_step(id, status, &end)?;
+        lock(&self.store).finish_step(id, status, &end, key.as_deref())?;
         Ok(self.ended(status, end, (name, plugin, started, key)))
     }
 
@@ -305,12 +307,13 @@ impl Recorder {
         let records: Vec<crate::store::CachedStepRecord<'_>> = steps
             .iter()
             .zip(&slots)
-            .map(|(c, (id, ..))| crate::store::CachedStepRecord {
+            .map(|(c, (id, _, _, key))| crate::store::CachedStepRecord {
                 step_id: *id,
                 digest: &c.digest,
                 grants: &c.grants,
                 chunks: &c.chunks,
                 end: &c.end,
+                key: key.as_deref(),
             })
             .collect();
         lock(&self.store).record_cached_steps(&records)?;

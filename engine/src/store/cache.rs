@@ -36,12 +36,14 @@ pub struct CacheStats {
 }
 
 impl Store {
-    /// Records the keys of run `run_id`'s steps (`(step id, key, key manifest text)`), each
-    /// manifest once (with the first run that had it).
-    pub fn record_step_keys(
+    /// Records the key manifests of run `run_id`'s steps (`(key, manifest text)`), each once
+    /// (with the first run that had it). A step's own key is written with its start or its end
+    /// (`Store::start_step`, `Store::finish_step`, `Store::record_cached_steps`): a run of hits
+    /// writes each step's row once, not once more for its key.
+    pub fn record_key_manifests(
         &mut self,
         run_id: &str,
-        keys: &[(i64, String, String)],
+        keys: &[(&str, &str)],
     ) -> Result<(), StoreError> {
         if keys.is_empty() {
             return Ok(());
@@ -50,10 +52,8 @@ impl Store {
             let mut put = tx.prepare_cached(
                 "INSERT OR IGNORE INTO key_manifests (key, manifest, run_id) VALUES (?1, ?2, ?3)",
             )?;
-            let mut set = tx.prepare_cached("UPDATE steps SET cache_key = ?2 WHERE id = ?1")?;
-            for (id, key, text) in keys {
+            for (key, text) in keys {
                 put.execute(params![key, text, run_id])?;
-                set.execute(params![id, key])?;
             }
             Ok(())
         })

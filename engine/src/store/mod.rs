@@ -444,14 +444,24 @@ mod tests {
             )
             .expect("run");
         store
-            .record_step_keys(
-                "r3",
-                &[
-                    (ids[0], "k1".into(), "{}".into()),
-                    (ids[1], "k4".into(), "{}".into()),
-                ],
-            )
+            .record_key_manifests("r3", &[("k1", "{}"), ("k4", "{}")])
             .expect("keys");
+        // A step's key is written as it starts (or ends, when it never started).
+        store
+            .start_step(ids[1], "digest", &serde_json::json!({}), Some("k4"))
+            .expect("start");
+        store
+            .finish_step(
+                ids[0],
+                crate::model::StepStatus::Skipped,
+                &StepEnd::default(),
+                Some("k1"),
+            )
+            .expect("finish");
+        assert_eq!(
+            store.step_key("r3", "a").expect("step key").as_deref(),
+            Some("k1")
+        );
         // k1 was known: it keeps its run; k4 is new: r3 had it first.
         assert_eq!(store.key_run("k1").expect("k1").as_deref(), Some("r2"));
         assert_eq!(store.key_run("k4").expect("k4").as_deref(), Some("r3"));
@@ -564,7 +574,7 @@ mod tests {
                 .expect("run");
             for (id, (_, status)) in ids.iter().zip(steps) {
                 store
-                    .finish_step(*id, *status, &crate::store::StepEnd::default())
+                    .finish_step(*id, *status, &crate::store::StepEnd::default(), None)
                     .expect("finish");
             }
         };

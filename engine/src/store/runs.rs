@@ -604,24 +604,28 @@ impl Store {
     }
 
     /// Marks a step running, with the plugin's digest and the capabilities it was given.
+    /// Marks a step running with its plugin's digest, its grants and its cache key (if any).
     pub fn start_step(
         &mut self,
         step_id: i64,
         digest: &str,
         grants: &serde_json::Value,
+        key: Option<&str>,
     ) -> Result<(), StoreError> {
         let now = now_ms();
-        self.write(|tx| start_step_tx(tx, step_id, digest, grants, now))
+        self.write(|tx| start_step_tx(tx, step_id, digest, grants, key, now))
     }
 
+    /// Ends a step (with its cache key, if any and not yet written).
     pub fn finish_step(
         &mut self,
         step_id: i64,
         status: StepStatus,
         end: &StepEnd,
+        key: Option<&str>,
     ) -> Result<(), StoreError> {
         let now = now_ms();
-        self.write(|tx| finish_step_tx(tx, step_id, status, end, now, None))
+        self.write(|tx| finish_step_tx(tx, step_id, status, end, key, now, None))
     }
 
     /// Steps that end from the cache, together: each is started, given its (replayed) log and
@@ -646,6 +650,7 @@ impl Store {
                     s.step_id,
                     StepStatus::Cached,
                     s.end,
+                    s.key,
                     now,
                     Some((s.digest, grants)),
                 )?;
@@ -1144,6 +1149,8 @@ pub struct CachedStepRecord<'a> {
     pub grants: &'a serde_json::Value,
     pub chunks: &'a [LogChunk],
     pub end: &'a StepEnd,
+    /// Its cache key.
+    pub key: Option<&'a str>,
 }
 
 fn start_step_tx(
@@ -1151,13 +1158,15 @@ fn start_step_tx(
     step_id: i64,
     digest: &str,
     grants: &serde_json::Value,
+    key: Option<&str>,
     now: i64,
 ) -> rusqlite::Result<()> {
     tx.prepare_cached(
-        "UPDATE steps SET status = 'running', started_at = ?2, plugin_digest = ?3, grants = ?4
+        "UPDATE steps SET status = 'running', started_at = ?2, plugin_digest = ?3, grants = ?4,
+            cache_key = coalesce(?5, cache_key)
          WHERE id = ?1",
     )?
-    .execute(params![step_id, now, digest, grants.to_string()])?;
+    .execute(params![step_id, now, digest, grants.to_string(), key])?;
     step_journal(tx, step_id, JournalKind::StepStarted, "running", now)
 }
 
@@ -1168,10 +1177,11 @@ fn finish_step_tx(
     step_id: i64,
     status: StepStatus,
     end: &StepEnd,
+    key: Option<&str>,
     now: i64,
     started: Option<(&str, &str)>,
 ) -> rusqlite::Result<()> {
-    update_finished_step(tx, step_id, status, end, now, started)?;
+    update_finished_step(tx, step_id, status, end, key, now, started)?;
     step_journal(tx, step_id, JournalKind::StepFinished, status.as_str(), now)
 }
 
@@ -1182,6 +1192,7 @@ fn update_finished_step(
     step_id: i64,
     status: StepStatus,
     end: &StepEnd,
+    key: Option<&str>,
     now: i64,
     started: Option<(&str, &str)>,
 ) -> rusqlite::Result<()> {
@@ -1195,7 +1206,7 @@ fn update_finished_step(
             artifacts = ?10, metrics = ?11, cache_source = ?12, saved_ms = ?13,
             provenance = coalesce(?14, provenance),
             started_at = coalesce(?15, started_at), plugin_digest = coalesce(?16, plugin_digest),
-            grants = coalesce(?17, grants)
+            grants = coalesce(?17, grants), cache_key = coalesce(?18, cache_key)
          WHERE id = ?1",
     )?
     .execute(params![
@@ -1216,7 +1227,8 @@ fn update_finished_step(
         end.provenance,
         started.map(|_| now),
         started.map(|(digest, _)| digest),
-        started.map(|(_, grants)| grants)
+        started.map(|(_, grants)| grants),
+        key
     ])?;
     Ok(())
 }
