@@ -845,14 +845,10 @@ impl Executor<'_> {
         };
         // The service folder is resolved (and checked) only for a hit that restores outputs
         // into it: the key already holds the folder's state.
-        let dir = || {
-            let real = self.repo_real.get(&repo.name).ok_or_else(|| {
-                format!(
-                    "{} is missing: run `nestr assemble`",
-                    m.repo_dir(repo).display()
-                )
-            })?;
-            service_dir_in(&m.repo_dir(repo), real, &service.path)
+        let dir = || match self.repo_real.get(&repo.name) {
+            Some(real) => service_dir_in(&m.repo_dir(repo), real, &service.path),
+            // Not resolved at the run's start: `service_dir` resolves it (or says it is missing).
+            None => service_dir(&m.repo_dir(repo), &service.path),
         };
         let started = Instant::now();
         let hit = match crate::cache::lookup(
