@@ -10,6 +10,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use hmac::Mac;
 use serde_json::{Value, json};
@@ -26,21 +27,45 @@ pub const FORMAT: u32 = 1;
 pub struct StepKey {
     /// sha256 of `text`, hex.
     pub key: String,
-    pub manifest: Value,
-    /// The canonical JSON text of `manifest`.
+    /// The key manifest: canonical JSON text (members sorted at every depth, no spaces).
     pub text: String,
+    /// What the key took from the step's plugin (none for a service without the operation).
+    pub plugin: Option<Arc<PluginParts>>,
 }
 
 impl StepKey {
-    fn of(manifest: Value) -> StepKey {
-        let manifest = canonical(manifest);
-        let text = manifest.to_string();
+    fn of(text: Vec<u8>, plugin: Option<Arc<PluginParts>>) -> StepKey {
+        // serde_json writes UTF-8 only.
+        let text = String::from_utf8(text)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+        #[cfg(debug_assertions)]
+        if let Ok(v) = serde_json::from_str::<Value>(&text) {
+            debug_assert_eq!(
+                canonical(v).to_string(),
+                text,
+                "a key manifest is canonical"
+            );
+        }
         StepKey {
             key: hex::encode(Sha256::digest(text.as_bytes())),
-            manifest,
             text,
+            plugin,
         }
     }
+}
+
+/// Appends `v` as compact JSON (a map's members in the map's order: sorted for a `BTreeMap`
+/// and for serde_json's default map).
+fn push_json<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    // Writing into a Vec cannot fail; a value that cannot be serialised is null.
+    if serde_json::to_writer(&mut *out, v).is_err() {
+        out.extend_from_slice(b"null");
+    }
+}
+
+/// `v` as canonical JSON text.
+fn canonical_text(v: Value) -> String {
+    canonical(v).to_string()
 }
 
 /// `v` with every object's keys in sorted order (whatever order serde_json keeps maps in). An
@@ -124,14 +149,18 @@ pub fn read_repos(
     RepoStates(done)
 }
 
-/// What a key takes from its plugin (see [`Keys::plugin_parts_of`]).
-#[derive(Clone)]
-struct PluginParts {
-    plugin: Value,
-    grants: Value,
-    programs: Value,
-    env: Value,
-    secrets: Value,
+/// What a key takes from its plugin alone (see [`Keys::plugin_parts_of`]), rendered once per
+/// plugin as the parts of the key manifest's text they are.
+#[derive(Debug)]
+pub struct PluginParts {
+    /// The sha256 of the plugin's component, hex.
+    pub digest: String,
+    /// The plugin's effective grants, canonical JSON.
+    pub grants: String,
+    /// The members between `deps` and `inputs`: `"env":…,"format":…,"grants":…,`.
+    middle: String,
+    /// The members between `outputs` and `service`: `"plugin":…,"programs":…,"secrets":…,`.
+    late: String,
 }
 
 /// Computes the keys of one operation's steps; memoises per repository, program and service.
@@ -142,7 +171,7 @@ pub struct Keys<'a> {
     plugins: HashMap<String, Result<String, String>>,
     /// The parts of a key that depend on the plugin alone (its grants, the programs and
     /// environment they name), by plugin.
-    plugin_parts: HashMap<String, PluginParts>,
+    plugin_parts: HashMap<String, Arc<PluginParts>>,
     programs: HashMap<String, Value>,
     keys: HashMap<String, Result<std::sync::Arc<StepKey>, String>>,
     /// Compiled `outputs` glob sets, by their patterns (most services share their operation's).
@@ -205,7 +234,7 @@ impl<'a> Keys<'a> {
     /// The key of `service`'s step of the operation (or, for a service without the operation,
     /// of its inputs alone: what its dependents depend on). An error says why no key could be
     /// computed (the step then runs uncached).
-    pub fn key(&mut self, service: &str) -> Result<std::sync::Arc<StepKey>, String> {
+    pub fn key(&mut self, service: &str) -> Result<Arc<StepKey>, String> {
         let mut stack = Vec::new();
         self.key_inner(service, &mut stack)?;
         self.keys
@@ -227,12 +256,12 @@ impl<'a> Keys<'a> {
             return Err(format!("service `{name}` is not in the manifest"));
         };
         stack.push(name.to_string());
-        let mut deps = serde_json::Map::new();
+        let mut deps: BTreeMap<&str, String> = BTreeMap::new();
         let mut failed = None;
         for d in &service.depends_on {
             match self.key_inner(d, stack) {
                 Ok(k) => {
-                    deps.insert(d.clone(), Value::String(k));
+                    deps.insert(d, k);
                 }
                 Err(e) => failed = Some(format!("dependency `{d}`: {e}")),
             }
@@ -241,70 +270,78 @@ impl<'a> Keys<'a> {
         let result = match failed {
             Some(e) => Err(e),
             None => self
-                .own_manifest(service, deps)
-                .map(|m| std::sync::Arc::new(StepKey::of(m))),
+                .own_manifest(service, &deps)
+                .map(|(text, plugin)| Arc::new(StepKey::of(text, plugin))),
         };
         let key = result.as_ref().map(|k| k.key.clone()).map_err(Clone::clone);
         self.keys.insert(name.to_string(), result);
         key
     }
 
+    /// The text of `service`'s key manifest (its members written in sorted order, the plugin's
+    /// parts rendered once per plugin), and what it took from the plugin.
     fn own_manifest(
         &mut self,
         service: &Service,
-        deps: serde_json::Map<String, Value>,
-    ) -> Result<Value, String> {
+        deps: &BTreeMap<&str, String>,
+    ) -> Result<(Vec<u8>, Option<Arc<PluginParts>>), String> {
         let manifest = self.manifest;
         let op = manifest.operation(service, self.operation);
-        let outputs: Vec<String> = op.map(|o| o.outputs.clone()).unwrap_or_default();
-        let inputs = self.inputs(service, op.and_then(|o| o.inputs.as_deref()), &outputs)?;
+        let outputs: &[String] = op.map_or(&[], |o| o.outputs.as_slice());
+        let inputs = self.inputs(service, op.and_then(|o| o.inputs.as_deref()), outputs)?;
+        let mut out: Vec<u8> = Vec::with_capacity(1024 + inputs.len());
         let Some(op) = op else {
-            return Ok(json!({
-                "format": FORMAT,
-                "service": service.name,
-                "operation": null,
-                "inputs": inputs,
-                "deps": deps,
-            }));
+            out.extend_from_slice(b"{\"deps\":");
+            push_json(&mut out, deps);
+            out.extend_from_slice(format!(",\"format\":{FORMAT},\"inputs\":").as_bytes());
+            out.extend_from_slice(&inputs);
+            out.extend_from_slice(b",\"operation\":null,\"service\":");
+            push_json(&mut out, &service.name);
+            out.push(b'}');
+            return Ok((out, None));
         };
         let parts = match self.plugin_parts.get(&op.plugin) {
             Some(p) => p.clone(),
             None => {
-                let p = self.plugin_parts_of(&op.plugin)?;
+                let p = Arc::new(self.plugin_parts_of(&op.plugin)?);
                 self.plugin_parts.insert(op.plugin.clone(), p.clone());
                 p
             }
         };
-        let mut key = json!({
-            "format": FORMAT,
-            "service": service.name,
-            "operation": self.operation,
-            "plugin": parts.plugin,
-            "config": op.config,
-            "grants": parts.grants,
-            "programs": parts.programs,
-            "env": parts.env,
-            "secrets": parts.secrets,
-            "outputs": outputs,
-            "inputs": inputs,
-            "deps": deps,
-        });
+        out.extend_from_slice(b"{\"config\":");
+        out.extend_from_slice(canonical_text(op.config.clone()).as_bytes());
+        out.extend_from_slice(b",\"deps\":");
+        push_json(&mut out, deps);
+        out.push(b',');
+        out.extend_from_slice(parts.middle.as_bytes());
+        out.extend_from_slice(b"\"inputs\":");
+        out.extend_from_slice(&inputs);
+        out.extend_from_slice(b",\"operation\":");
+        push_json(&mut out, self.operation);
+        out.extend_from_slice(b",\"outputs\":");
+        push_json(&mut out, outputs);
+        out.push(b',');
+        out.extend_from_slice(parts.late.as_bytes());
+        out.extend_from_slice(b"\"service\":");
+        push_json(&mut out, &service.name);
         // The checkouts a wired build uses, by commit (only when there are some, so that the
         // keys of unwired steps stay as they were).
-        let wired: serde_json::Map<String, Value> = service
+        let wired: BTreeMap<&str, Value> = service
             .wired
             .iter()
             .filter_map(|d| {
                 let ds = manifest.service(d)?;
                 let repo = manifest.repo(&ds.repo)?;
                 let (commit, _) = crate::git::head_and_branch(manifest, repo);
-                Some((d.clone(), json!({ "repo": ds.repo, "commit": commit })))
+                Some((d.as_str(), json!({ "commit": commit, "repo": ds.repo })))
             })
             .collect();
-        if let (false, Some(o)) = (wired.is_empty(), key.as_object_mut()) {
-            o.insert("wired".into(), Value::Object(wired));
+        if !wired.is_empty() {
+            out.extend_from_slice(b",\"wired\":");
+            push_json(&mut out, &wired);
         }
-        Ok(key)
+        out.push(b'}');
+        Ok((out, Some(parts)))
     }
 
     /// The parts of a key that depend on plugin `name` alone.
@@ -342,16 +379,26 @@ impl<'a> Keys<'a> {
                 (n.clone(), v.unwrap_or(Value::Null))
             })
             .collect();
-        Ok(PluginParts {
-            plugin: json!({
+        let grants = canonical_text(serde_json::to_value(&grants).unwrap_or(Value::Null));
+        let middle = format!(
+            "\"env\":{},\"format\":{FORMAT},\"grants\":{grants},",
+            canonical_text(Value::Object(env))
+        );
+        let late = format!(
+            "\"plugin\":{},\"programs\":{},\"secrets\":{},",
+            canonical_text(json!({
                 "name": name,
                 "digest": digest,
                 "contract": crate::plugin::CONTRACT,
-            }),
-            grants: serde_json::to_value(&grants).unwrap_or(Value::Null),
-            programs: Value::Object(programs),
-            env: Value::Object(env),
-            secrets: Value::Object(secrets),
+            })),
+            canonical_text(Value::Object(programs)),
+            canonical_text(Value::Object(secrets)),
+        );
+        Ok(PluginParts {
+            digest,
+            grants,
+            middle,
+            late,
         })
     }
 
@@ -362,7 +409,7 @@ impl<'a> Keys<'a> {
         service: &Service,
         globs: Option<&[String]>,
         outputs: &[String],
-    ) -> Result<Value, String> {
+    ) -> Result<Vec<u8>, String> {
         let manifest = self.manifest;
         let Some(repo) = manifest.repo(&service.repo) else {
             return Err(format!(
@@ -404,17 +451,22 @@ impl<'a> Keys<'a> {
                     .map(|e| e.id().to_string()),
                 (None, _) => None,
             };
-            let dirty: serde_json::Map<String, Value> = inputs
+            let dirty: BTreeMap<String, &String> = inputs
                 .dirty
                 .iter()
-                .filter_map(|(p, d)| in_service(p).map(|rel| (rel, Value::String(d.clone()))))
+                .filter_map(|(p, d)| in_service(p).map(|rel| (rel, d)))
                 .collect();
-            return Ok(json!({
-                "repo": repo.name,
-                "path": service.path.to_string_lossy(),
-                "tree": tree,
-                "uncommitted": dirty,
-            }));
+            let mut out = Vec::with_capacity(256);
+            out.extend_from_slice(b"{\"path\":");
+            push_json(&mut out, &service.path.to_string_lossy());
+            out.extend_from_slice(b",\"repo\":");
+            push_json(&mut out, &repo.name);
+            out.extend_from_slice(b",\"tree\":");
+            push_json(&mut out, &tree);
+            out.extend_from_slice(b",\"uncommitted\":");
+            push_json(&mut out, &dirty);
+            out.push(b'}');
+            return Ok(out);
         };
         let matcher = globset(globs)?;
         let mut files = BTreeMap::new();
@@ -443,12 +495,17 @@ impl<'a> Keys<'a> {
                 }
             }
         }
-        Ok(json!({
-            "repo": repo.name,
-            "path": service.path.to_string_lossy(),
-            "globs": globs,
-            "files": files,
-        }))
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(b"{\"files\":");
+        push_json(&mut out, &files);
+        out.extend_from_slice(b",\"globs\":");
+        push_json(&mut out, globs);
+        out.extend_from_slice(b",\"path\":");
+        push_json(&mut out, &service.path.to_string_lossy());
+        out.extend_from_slice(b",\"repo\":");
+        push_json(&mut out, &repo.name);
+        out.push(b'}');
+        Ok(out)
     }
 
     fn plugin_digest(&mut self, name: &str) -> Result<String, String> {

@@ -104,20 +104,18 @@ impl LogMemo {
     }
 }
 
-/// Looks `key` up in the local cache; on an entry, verifies its log and outputs and restores the
-/// outputs into the service folder (`service_dir` resolves it, only for an entry with outputs).
-/// `Ok(None)`: nothing stored, or outputs but no service folder to restore them into. `Err`: an
-/// entry was stored but is unusable (the reason; the entry is dropped and the step runs).
+/// Uses `entry`, a result stored in the local cache: verifies its log and outputs and restores
+/// the outputs into the service folder (`service_dir` resolves it, only for an entry with
+/// outputs). `Ok(None)`: outputs but no service folder to restore them into. `Err`: the entry is
+/// unusable (the reason; the entry is dropped from `store` and the step runs).
 pub fn lookup(
     store: &mut Store,
     blobs: &Blobs,
     logs: &LogMemo,
-    key: &str,
+    entry: CacheEntry,
     service_dir: impl FnOnce() -> Result<PathBuf, String>,
 ) -> Result<Option<Hit>, String> {
-    let Some(entry) = store.cache_entry(key).map_err(|e| e.to_string())? else {
-        return Ok(None);
-    };
+    let key = entry.key.as_str();
     let result: Result<StoredResult, String> =
         serde_json::from_str(&entry.result).map_err(|e| format!("its record cannot be read ({e})"));
     let dir = match &result {

@@ -335,6 +335,7 @@ impl Started {
             from_remote: Default::default(),
             to_upload: Default::default(),
             used: Default::default(),
+            entries: Default::default(),
             logs: Default::default(),
             maskers: Default::default(),
         };
@@ -384,6 +385,9 @@ struct Executor<'a> {
     to_upload: std::sync::Mutex<Vec<String>>,
     /// Keys whose entries this run used, marked used when it ends (in one statement).
     used: std::sync::Mutex<Vec<String>>,
+    /// The entries stored under this run's keys, read once before the first lookup (with those
+    /// the remote cache served); a lookup takes its entry out.
+    entries: std::sync::Mutex<HashMap<String, crate::store::CacheEntry>>,
     /// The stored logs this run's hits replayed, each read once.
     logs: crate::cache::LogMemo,
     /// The masker of each plugin's hits (its granted secrets' values), made once.
@@ -435,6 +439,7 @@ impl Executor<'_> {
         let mut first_failure: Option<String> = None;
         // Each repository's commit and branch, as the keys read them (for the steps' provenance).
         let (keys, mut heads) = self.keys(plan, repos);
+        self.read_entries(plan, &keys);
         self.prefetch(plan, &keys);
         let mut running_info: Vec<Option<Running>> = (0..plan.steps.len()).map(|_| None).collect();
         // Hits found and not yet recorded; the steps whose cache entry was looked up.
@@ -659,6 +664,28 @@ impl Executor<'_> {
         Ok(reports.into_iter().flatten().collect())
     }
 
+    /// Reads the local cache's entries under the keys of the steps that may be hits, at once.
+    fn read_entries(&self, plan: &Plan, keys: &[Option<Arc<StepKey>>]) {
+        if !self.opts.cache.reads() {
+            return;
+        }
+        let wanted: Vec<&str> = plan
+            .steps
+            .iter()
+            .zip(keys)
+            .filter(|(step, _)| self.cached(step))
+            .filter_map(|(_, k)| Some(k.as_ref()?.key.as_str()))
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        // Unreadable: every step misses (and runs).
+        match self.rec.store().cache_entries(&wanted) {
+            Ok(found) => *self.entries.lock().unwrap_or_else(|p| p.into_inner()) = found,
+            Err(e) => tracing::warn!("the local cache cannot be read: {e}"),
+        }
+    }
+
     /// Fetches, from the remote cache, the entries of the cached steps the local cache lacks
     /// (many at once, each checked), and records them locally: the steps then hit as if they
     /// were stored here, with source `remote`. A remote that fails is one warning; its steps
@@ -669,13 +696,13 @@ impl Executor<'_> {
             return;
         }
         let wanted: Vec<String> = {
-            let mut store = self.rec.store();
+            let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
             plan.steps
                 .iter()
                 .zip(keys)
                 .filter(|(step, _)| self.cached(step))
                 .filter_map(|(_, k)| k.as_ref())
-                .filter(|k| matches!(store.cache_entry(&k.key), Ok(None)))
+                .filter(|k| !entries.contains_key(&k.key))
                 .map(|k| k.key.clone())
                 .collect()
         };
@@ -701,6 +728,10 @@ impl Executor<'_> {
             Ok(()) => {
                 let mut got = self.from_remote.lock().unwrap_or_else(|p| p.into_inner());
                 got.extend(found.iter().map(|(k, _)| (*k).clone()));
+                let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+                for (key, f) in found {
+                    entries.insert(key.clone(), f.entry);
+                }
             }
             Err(e) => failures.push(format!("{} entries not kept: {e}", found.len())),
         }
@@ -851,21 +882,28 @@ impl Executor<'_> {
             None => service_dir(&m.repo_dir(repo), &service.path),
         };
         let started = Instant::now();
+        let entry = self
+            .entries
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&key.key);
+        let Some(entry) = entry else {
+            return Ok(Err(None));
+        };
         let hit = match crate::cache::lookup(
             &mut self.rec.store(),
             &self.blobs,
             &self.logs,
-            &key.key,
+            entry,
             dir,
         ) {
             Ok(Some(hit)) => hit,
             Ok(None) => return Ok(Err(None)),
             Err(why) => return Ok(Err(Some(why))),
         };
-        let digest = key.manifest["plugin"]["digest"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let Some(parts) = key.plugin.clone() else {
+            return Ok(Err(None));
+        };
         let plugin = step.plugin.as_deref().unwrap_or_default();
         let masker = self
             .maskers
@@ -956,8 +994,7 @@ impl Executor<'_> {
         let chunks = std::mem::take(&mut *chunks.lock().unwrap_or_else(|p| p.into_inner()));
         Ok(Ok(record::CachedEnd {
             idx,
-            digest,
-            grants: key.manifest["grants"].clone(),
+            plugin: parts,
             chunks,
             end,
         }))

@@ -309,8 +309,8 @@ impl Recorder {
             .zip(&slots)
             .map(|(c, (id, _, _, key))| crate::store::CachedStepRecord {
                 step_id: *id,
-                digest: &c.digest,
-                grants: &c.grants,
+                digest: &c.plugin.digest,
+                grants: &c.plugin.grants,
                 chunks: &c.chunks,
                 end: &c.end,
                 key: key.as_deref(),
@@ -443,9 +443,8 @@ impl Drop for ActiveGuard {
 /// A step that ends from the cache, for [`Recorder::finish_cached`].
 pub struct CachedEnd {
     pub idx: usize,
-    /// The plugin digest and grants recorded as it starts (those of its key).
-    pub digest: String,
-    pub grants: serde_json::Value,
+    /// What its key took from its plugin: the digest and grants recorded as it starts.
+    pub plugin: std::sync::Arc<crate::cache::key::PluginParts>,
     /// Its replayed log.
     pub chunks: Vec<LogChunk>,
     pub end: StepEnd,

@@ -3,6 +3,8 @@
 //! (`cache_entries` with the blobs each holds, `cache_blobs`), and remembered program digests
 //! (`program_digests`). The blobs themselves are files (see `crate::cache::local`).
 
+use std::collections::HashMap;
+
 use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 
@@ -165,6 +167,32 @@ impl Store {
             })
             .optional()?;
         Ok(entry)
+    }
+
+    /// The stored results under `keys` (those there are), by key, read by one query (a run
+    /// looks up the keys of all its steps at once).
+    pub fn cache_entries(&self, keys: &[&str]) -> Result<HashMap<String, CacheEntry>, StoreError> {
+        let mut stmt = self.conn().prepare_cached(
+            "SELECT c.key, c.operation, c.service, c.result, c.run_id, c.created_at
+             FROM json_each(?1) AS j JOIN cache_entries c ON c.key = j.value",
+        )?;
+        let keys = serde_json::to_string(keys).unwrap_or_else(|_| "[]".into());
+        let rows = stmt.query_map([keys], |r| {
+            Ok(CacheEntry {
+                key: r.get(0)?,
+                operation: r.get(1)?,
+                service: r.get(2)?,
+                result: r.get(3)?,
+                run_id: r.get(4)?,
+                created_at: r.get(5)?,
+            })
+        })?;
+        let mut found = HashMap::new();
+        for entry in rows {
+            let entry = entry?;
+            found.insert(entry.key.clone(), entry);
+        }
+        Ok(found)
     }
 
     /// Stores a result with the blobs it holds (`(digest, stored size)`); an entry already

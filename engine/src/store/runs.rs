@@ -637,14 +637,8 @@ impl Store {
         let now = now_ms();
         self.write(|tx| {
             // The row a step that runs gets from `start_step_tx` then `finish_step_tx`, written
-            // once (the grants, the same for a plugin's steps, serialised once per plugin); the
-            // journal rows of both transitions.
-            let mut grants_text: Option<(&serde_json::Value, String)> = None;
+            // once; the journal rows of both transitions.
             for s in steps {
-                if grants_text.as_ref().is_none_or(|(g, _)| *g != s.grants) {
-                    grants_text = Some((s.grants, s.grants.to_string()));
-                }
-                let grants = grants_text.as_ref().map_or("{}", |(_, t)| t.as_str());
                 update_finished_step(
                     tx,
                     s.step_id,
@@ -652,7 +646,7 @@ impl Store {
                     s.end,
                     s.key,
                     now,
-                    Some((s.digest, grants)),
+                    Some((s.digest, s.grants)),
                 )?;
             }
             // Each step's `step_started` then `step_finished`, step after step, in one
@@ -1146,7 +1140,8 @@ impl Store {
 pub struct CachedStepRecord<'a> {
     pub step_id: i64,
     pub digest: &'a str,
-    pub grants: &'a serde_json::Value,
+    /// Its plugin's grants, JSON.
+    pub grants: &'a str,
     pub chunks: &'a [LogChunk],
     pub end: &'a StepEnd,
     /// Its cache key.
@@ -1309,33 +1304,45 @@ fn insert_logs_tx<'c>(
 ) -> rusqlite::Result<()> {
     // Each chunk takes its run's next line numbers (the run's count is read once per run and
     // written back once); one stored twice (same step and first line) is ignored and numbers
-    // nothing.
-    let mut run_of = tx.prepare_cached(
-        "SELECT r.id, r.log_lines FROM steps s JOIN runs r ON r.id = s.run_id WHERE s.id = ?1",
-    )?;
+    // nothing. The runs of the chunks' steps are read in one query (a run of hits stores a
+    // chunk for each of a thousand steps).
+    let chunks: Vec<&LogChunk> = chunks.into_iter().collect();
+    let mut ids: Vec<i64> = chunks.iter().map(|c| c.step_id).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    // step → its run; run → its next line number.
+    let mut steps: std::collections::HashMap<i64, std::rc::Rc<str>> =
+        std::collections::HashMap::with_capacity(ids.len());
+    let mut next: std::collections::HashMap<std::rc::Rc<str>, i64> =
+        std::collections::HashMap::new();
+    {
+        let mut runs_of = tx.prepare_cached(
+            "SELECT s.id, r.id, r.log_lines FROM json_each(?1) AS j
+             JOIN steps s ON s.id = j.value JOIN runs r ON r.id = s.run_id",
+        )?;
+        let mut rows = runs_of.query([serde_json::to_string(&ids).unwrap_or_default()])?;
+        while let Some(r) = rows.next()? {
+            let run: String = r.get(1)?;
+            let run: std::rc::Rc<str> = match next.get_key_value(run.as_str()) {
+                Some((k, _)) => k.clone(),
+                None => {
+                    let k: std::rc::Rc<str> = run.into();
+                    next.insert(k.clone(), r.get(2)?);
+                    k
+                }
+            };
+            steps.insert(r.get(0)?, run);
+        }
+    }
     let mut insert = tx.prepare_cached(
         "INSERT OR IGNORE INTO log_chunks
             (step_id, first_seq, last_seq, at, stream, level, text, run_id, line0)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?;
-    // step → its run; run → its next line number.
-    let mut steps: std::collections::HashMap<i64, String> = std::collections::HashMap::new();
-    let mut next: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
     for c in chunks.into_iter().flat_map(stored_pieces) {
-        let run: &String = match steps.entry(c.step_id) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(v) => {
-                let Some((run, lines)) = run_of
-                    .query_row([c.step_id], |r| {
-                        Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-                    })
-                    .optional()?
-                else {
-                    continue;
-                };
-                next.entry(run.clone()).or_insert(lines);
-                v.insert(run)
-            }
+        // A chunk of a step not stored (gone with its run) is dropped.
+        let Some(run) = steps.get(&c.step_id) else {
+            continue;
         };
         let line0 = next.get(run).copied().unwrap_or(0);
         let stored = insert.execute(params![
@@ -1346,7 +1353,7 @@ fn insert_logs_tx<'c>(
             c.stream.as_str(),
             c.level,
             c.text,
-            run,
+            &**run,
             line0
         ])?;
         if stored == 1 {
@@ -1355,7 +1362,7 @@ fn insert_logs_tx<'c>(
     }
     let mut count = tx.prepare_cached("UPDATE runs SET log_lines = ?2 WHERE id = ?1")?;
     for (run, lines) in &next {
-        count.execute(params![run, lines])?;
+        count.execute(params![&**run, lines])?;
     }
     Ok(())
 }
