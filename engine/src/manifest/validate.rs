@@ -30,13 +30,18 @@ const MAX_DISK_MB: i64 = 1024 * 1024;
 const MAX_PIDS: i64 = 1 << 22;
 
 pub(crate) fn validate(path: &Path, source: &str) -> Result<Manifest, InvalidManifest> {
+    use serde::Deserialize;
     let mut problems = Problems::new(source);
-    // Unknown keys first, all of them: the typed parse below stops at the first.
-    unknown_keys(source, &mut problems);
+    // The document is parsed once: unknown keys first, all of them (the typed reading below
+    // stops at the first), then the typed reading of the same document.
+    let raw = toml::de::DeTable::parse(source).and_then(|doc| {
+        unknown_keys(doc.get_ref(), &mut problems);
+        RawManifest::deserialize(toml::de::Deserializer::from(doc))
+    });
     if !problems.list.is_empty() {
         return Err(InvalidManifest::new(path, source, problems.list));
     }
-    let raw: RawManifest = match toml::from_str(source) {
+    let raw: RawManifest = match raw {
         Ok(raw) => raw,
         Err(e) => {
             let span = e.span().unwrap_or(0..0);
@@ -149,13 +154,9 @@ mod keys {
     ];
 }
 
-/// Every unknown key of every table, each at its own span (a manifest that does not parse is
-/// left to the typed parse, which reports the syntax error).
-fn unknown_keys(source: &str, problems: &mut Problems<'_>) {
+/// Every unknown key of every table of the document, each at its own span.
+fn unknown_keys(root: &toml::de::DeTable<'_>, problems: &mut Problems<'_>) {
     use toml::de::{DeTable, DeValue};
-    let Ok(doc) = DeTable::parse(source) else {
-        return;
-    };
     fn check(t: &DeTable<'_>, allowed: &[&str], problems: &mut Problems<'_>) {
         for key in t.keys() {
             let name: &str = key.get_ref();
@@ -182,7 +183,6 @@ fn unknown_keys(source: &str, problems: &mut Problems<'_>) {
                 _ => None,
             })
     }
-    let root = doc.get_ref();
     check(root, keys::ROOT, problems);
     if let Some(ws) = table(root, "workspace") {
         check(ws, keys::WORKSPACE, problems);
@@ -1041,12 +1041,14 @@ impl Validator<'_> {
     fn services(&mut self, raw: &RawManifest, plugins: &HashSet<&str>) -> Vec<Service> {
         let repo_names = || raw.repos.keys().map(|k| k.get_ref().as_str());
         let service_names = || raw.services.keys().map(|k| k.get_ref().as_str());
+        let repo_set: HashSet<&str> = repo_names().collect();
+        let service_set: HashSet<&str> = service_names().collect();
         let mut services = Vec::new();
         for (name, svc) in &raw.services {
             self.name(name, "service");
             let s = svc.get_ref();
             let repo = s.repo.get_ref();
-            if !repo_names().any(|r| r == repo) {
+            if !repo_set.contains(repo.as_str()) {
                 self.p.err(
                     s.repo.span(),
                     format!(
@@ -1072,7 +1074,7 @@ impl Validator<'_> {
                         format!("`{d}` appears twice in depends_on"),
                         "list each dependency once",
                     );
-                } else if !service_names().any(|n| n == d) {
+                } else if !service_set.contains(d.as_str()) {
                     self.p.err(
                         dep.span(),
                         format!(
