@@ -352,6 +352,84 @@ mod tests {
         );
     }
 
+    /// Migration 0014 rebuilds `steps`, `run_events` and `log_chunks` with their checks written
+    /// as comparisons: every row, id and AUTOINCREMENT counter survives (a deleted run's ids are
+    /// not given out again), and the checks still refuse what they refused.
+    #[test]
+    fn plain_checks_keep_rows_counters_and_what_they_refuse() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join(DB_FILE);
+        {
+            let mut conn = Connection::open(&path).expect("open");
+            let before: Vec<_> = migrations()
+                .iter()
+                .filter(|(name, _)| *name < "0014")
+                .map(|(_, sql)| M::up(sql))
+                .collect();
+            Migrations::new(before)
+                .to_latest(&mut conn)
+                .expect("migrate to 13");
+            conn.execute_batch(
+                "INSERT INTO runs (id, operation, selection, started_by, status, created_at)
+                     VALUES ('r1', 'build', '{}', 'cli', 'succeeded', 1),
+                            ('r2', 'build', '{}', 'cli', 'succeeded', 2);
+                 INSERT INTO steps (run_id, service, plugin, status, cache_source) VALUES
+                     ('r1', 'a', 'command', 'succeeded', NULL), ('r2', 'a', 'command', 'cached', 'local');
+                 INSERT INTO log_chunks (step_id, first_seq, last_seq, at, stream, text, run_id, line0)
+                     VALUES (1, 0, 0, 1, 'stdout', 'hello', 'r1', 0), (2, 0, 0, 1, 'system', 'x', 'r2', 0);
+                 INSERT INTO run_events (run_id, step_id, kind, status, at) VALUES
+                     ('r1', 1, 'step_finished', 'succeeded', 2), ('r2', 2, 'step_finished', 'cached', 2);
+                 DELETE FROM runs WHERE id = 'r2';",
+            )
+            .expect("history");
+        }
+        let store = Store::open(dir.path()).expect("migrated");
+        let one = |sql: &str| -> i64 { store.conn().query_row(sql, [], |r| r.get(0)).expect(sql) };
+        assert_eq!(one("SELECT count(*) FROM steps"), 1);
+        assert_eq!(one("SELECT count(*) FROM log_chunks"), 1);
+        assert_eq!(one("SELECT count(*) FROM run_events"), 1);
+        for table in ["steps", "log_chunks", "run_events"] {
+            assert_eq!(
+                one(&format!(
+                    "SELECT seq FROM sqlite_sequence WHERE name = '{table}'"
+                )),
+                2,
+                "{table}: the counter stays past the deleted run's rows"
+            );
+            let sql = one(&format!(
+                "SELECT instr(sql, ' IN (') FROM sqlite_master WHERE name = '{table}'"
+            ));
+            assert_eq!(sql, 0, "{table} has no IN list left");
+        }
+        assert_eq!(
+            one("SELECT count(*) FROM sqlite_sequence WHERE name LIKE '%_new'"),
+            0
+        );
+        let conn = store.conn();
+        let refused = [
+            "INSERT INTO steps (run_id, service, plugin, status) VALUES ('r1', 'b', 'p', 'bogus')",
+            "INSERT INTO steps (run_id, service, plugin, status, cache_source)
+                 VALUES ('r1', 'c', 'p', 'cached', 'elsewhere')",
+            "INSERT INTO run_events (run_id, kind, at) VALUES ('r1', 'step_paused', 1)",
+            "INSERT INTO log_chunks (step_id, first_seq, last_seq, at, stream, text)
+                 VALUES (1, 5, 5, 1, 'stdin', 'x')",
+        ];
+        for sql in refused {
+            assert!(conn.execute(sql, []).is_err(), "refused: {sql}");
+        }
+        conn.execute(
+            "INSERT INTO steps (run_id, service, plugin, status, cache_source)
+                 VALUES ('r1', 'd', 'p', 'cached', 'remote')",
+            [],
+        )
+        .expect("a value the checks allow");
+        assert_eq!(
+            one("SELECT max(id) FROM steps"),
+            3,
+            "ids go on past the counter"
+        );
+    }
+
     /// Migration 0009 numbers the lines of runs stored before it, run by run, in the order their
     /// chunks were stored.
     #[test]
