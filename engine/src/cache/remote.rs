@@ -12,8 +12,10 @@
 //! *reports* (its summary and test counts) is trusted as the workspace owner trusts the server:
 //! give write access to it as you would push access.
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -143,15 +145,19 @@ impl Remote {
                 })
             }
         };
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let config = ureq::Agent::config_builder()
             .timeout_global(Some(conf.timeout))
             .timeout_connect(Some(conf.timeout.min(Duration::from_secs(3))))
             .http_status_as_error(false)
             .max_idle_connections_per_host(PARALLEL)
             .max_redirects(0)
             .user_agent(concat!("nestr/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+            .build();
+        let agent = ureq::Agent::with_parts(
+            config,
+            ureq::unversioned::transport::DefaultConnector::default(),
+            MemoResolver::default(),
+        );
         Ok(Some(Remote {
             base: conf.url,
             read_only: conf.read_only,
@@ -471,6 +477,46 @@ impl Remote {
         });
         all.sort_by_key(|(i, _)| *i);
         all.into_iter().map(|(_, r)| r).collect()
+    }
+}
+
+/// Resolves each host once per agent (one run): ureq's resolver, bounded by a timeout, starts a
+/// thread for every request, even one that reuses a pooled connection — a thousand threads for
+/// a run of a thousand hits.
+#[derive(Debug, Default)]
+struct MemoResolver {
+    inner: ureq::unversioned::resolver::DefaultResolver,
+    known: Mutex<HashMap<String, ureq::unversioned::resolver::ResolvedSocketAddrs>>,
+}
+
+impl ureq::unversioned::resolver::Resolver for MemoResolver {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let host = match (uri.scheme(), uri.authority()) {
+            (Some(s), Some(a)) => ureq::unversioned::resolver::DefaultResolver::host_and_port(s, a),
+            _ => None,
+        };
+        let Some(host) = host else {
+            return self.inner.resolve(uri, config, timeout);
+        };
+        if let Some(addrs) = self
+            .known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&host)
+        {
+            return Ok(addrs.clone());
+        }
+        let addrs = self.inner.resolve(uri, config, timeout)?;
+        self.known
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(host, addrs.clone());
+        Ok(addrs)
     }
 }
 
