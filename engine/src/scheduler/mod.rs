@@ -439,7 +439,6 @@ impl Executor<'_> {
         let mut first_failure: Option<String> = None;
         // Each repository's commit and branch, as the keys read them (for the steps' provenance).
         let (keys, mut heads) = self.keys(plan, repos);
-        self.read_entries(plan, &keys);
         self.prefetch(plan, &keys);
         let mut running_info: Vec<Option<Running>> = (0..plan.steps.len()).map(|_| None).collect();
         // Hits found and not yet recorded; the steps whose cache entry was looked up.
@@ -850,7 +849,11 @@ impl Executor<'_> {
             .enumerate()
             .filter_map(|(i, k)| k.as_deref().map(|k| (i, k)))
             .collect();
-        if let Err(e) = self.rec.record_keys(&rows) {
+        // The entries stored under the keys are read now: the manifest of a key with a local
+        // entry was recorded by the run that stored it (manifests are never deleted).
+        self.read_entries(plan, &keys);
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = self.rec.record_keys(&rows, |k| entries.contains_key(k)) {
             tracing::warn!("the steps' cache keys could not be recorded: {e}");
         }
         (keys, heads)

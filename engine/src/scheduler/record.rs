@@ -191,9 +191,13 @@ impl Recorder {
         lock(&self.store)
     }
 
-    /// Records the cache keys of steps (`(index, key)`): their manifests now, once each; each
-    /// step's key with its start or its end.
-    pub fn record_keys(&self, keys: &[(usize, &crate::cache::StepKey)]) -> Result<(), StoreError> {
+    /// Records the cache keys of steps (`(index, key)`): their manifests now, once each (but
+    /// those `stored` says are stored already); each step's key with its start or its end.
+    pub fn record_keys(
+        &self,
+        keys: &[(usize, &crate::cache::StepKey)],
+        stored: impl Fn(&str) -> bool,
+    ) -> Result<(), StoreError> {
         {
             let mut slots = lock(&self.slots);
             for (idx, k) in keys {
@@ -202,6 +206,7 @@ impl Recorder {
         }
         let rows: Vec<(&str, &str)> = keys
             .iter()
+            .filter(|(_, k)| !stored(&k.key))
             .map(|(_, k)| (k.key.as_str(), k.text.as_str()))
             .collect();
         lock(&self.store).record_key_manifests(&self.run_id, &rows)
