@@ -149,24 +149,7 @@ impl Store {
 
     /// The stored result under `key` (see [`Store::touch_cache_entries`] to mark it used).
     pub fn cache_entry(&mut self, key: &str) -> Result<Option<CacheEntry>, StoreError> {
-        let entry = self
-            .conn()
-            .prepare_cached(
-                "SELECT key, operation, service, result, run_id, created_at FROM cache_entries
-                 WHERE key = ?1",
-            )?
-            .query_row([key], |r| {
-                Ok(CacheEntry {
-                    key: r.get(0)?,
-                    operation: r.get(1)?,
-                    service: r.get(2)?,
-                    result: r.get(3)?,
-                    run_id: r.get(4)?,
-                    created_at: r.get(5)?,
-                })
-            })
-            .optional()?;
-        Ok(entry)
+        Ok(self.cache_entries(&[key])?.remove(key))
     }
 
     /// The stored results under `keys` (those there are), by key, read by one query (a run
