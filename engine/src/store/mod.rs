@@ -279,6 +279,20 @@ mod tests {
         }
     }
 
+    /// A database at `path` with the migrations before `first` applied (foreign keys off).
+    fn migrated_before(path: &Path, first: &str) -> Connection {
+        let mut conn = Connection::open(path).expect("open");
+        let before: Vec<_> = migrations()
+            .iter()
+            .filter(|(name, _)| *name < first)
+            .map(|(_, sql)| M::up(sql))
+            .collect();
+        Migrations::new(before)
+            .to_latest(&mut conn)
+            .unwrap_or_else(|e| panic!("migrate to before {first}: {e}"));
+        conn
+    }
+
     /// Migration 0007 rebuilds `runs` (a parent of `steps`, `run_events`, …): the history of a
     /// database written before it survives, and a queued run can be recorded after it.
     #[test]
@@ -360,15 +374,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(DB_FILE);
         {
-            let mut conn = Connection::open(&path).expect("open");
-            let before: Vec<_> = migrations()
-                .iter()
-                .filter(|(name, _)| *name < "0014")
-                .map(|(_, sql)| M::up(sql))
-                .collect();
-            Migrations::new(before)
-                .to_latest(&mut conn)
-                .expect("migrate to 13");
+            let conn = migrated_before(&path, "0014");
             conn.execute_batch(
                 "INSERT INTO runs (id, operation, selection, started_by, status, created_at)
                      VALUES ('r1', 'build', '{}', 'cli', 'succeeded', 1),
@@ -437,15 +443,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(DB_FILE);
         {
-            let mut conn = Connection::open(&path).expect("open");
-            let before: Vec<_> = migrations()
-                .iter()
-                .filter(|(name, _)| *name < "0009")
-                .map(|(_, sql)| M::up(sql))
-                .collect();
-            Migrations::new(before)
-                .to_latest(&mut conn)
-                .expect("migrate to 8");
+            let conn = migrated_before(&path, "0009");
             conn.execute_batch(
                 "INSERT INTO runs (id, operation, selection, started_by, status, created_at)
                      VALUES ('r1', 'build', '{}', 'cli', 'succeeded', 1), ('r2', 'build', '{}', 'cli', 'succeeded', 2);
@@ -485,15 +483,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join(DB_FILE);
         {
-            let mut conn = Connection::open(&path).expect("open");
-            let before: Vec<_> = migrations()
-                .iter()
-                .filter(|(name, _)| *name < "0012")
-                .map(|(_, sql)| M::up(sql))
-                .collect();
-            Migrations::new(before)
-                .to_latest(&mut conn)
-                .expect("migrate to 11");
+            let conn = migrated_before(&path, "0012");
             conn.execute_batch(
                 "INSERT INTO runs (id, operation, selection, started_by, status, created_at)
                      VALUES ('r1', 'build', '{}', 'cli', 'succeeded', 1), ('r2', 'build', '{}', 'cli', 'succeeded', 2);
